@@ -1,0 +1,7 @@
+"""Real labelled data sets that packages ship, for work with no network."""
+
+TASKS: dict = {}
+
+
+def load(name):
+    raise KeyError(name)

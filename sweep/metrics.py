@@ -1,0 +1,72 @@
+"""Validation metrics, as pure functions of predictions and labels (higher is better for all)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def accuracy(pred: Sequence[float], gold: Sequence[float]) -> float:
+    p, g = np.asarray(pred), np.asarray(gold)
+    return float((p == g).mean())
+
+
+def f1(pred: Sequence[float], gold: Sequence[float]) -> float:
+    """Binary F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
+    p, g = np.asarray(pred) == 1, np.asarray(gold) == 1
+    tp = float((p & g).sum())
+    denom = float(p.sum() + g.sum())
+    return 2 * tp / denom if denom else 0.0
+
+
+def macro_f1(pred: Sequence[float], gold: Sequence[float]) -> float:
+    p, g = np.asarray(pred), np.asarray(gold)
+    scores = []
+    for c in np.unique(g):
+        tp = float(((p == c) & (g == c)).sum())
+        denom = float((p == c).sum() + (g == c).sum())
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores))
+
+
+def matthews(pred: Sequence[float], gold: Sequence[float]) -> float:
+    """Matthews correlation (multi-class form of Gorodkin 2004; the binary MCC for two classes)."""
+    p, g = np.asarray(pred), np.asarray(gold)
+    classes = np.unique(np.concatenate([p, g]))
+    conf = np.array([[np.sum((g == a) & (p == b)) for b in classes] for a in classes], dtype=float)
+    t, q = conf.sum(axis=1), conf.sum(axis=0)
+    c, s = np.trace(conf), conf.sum()
+    denom = math.sqrt((s * s - q @ q) * (s * s - t @ t))
+    return float((c * s - t @ q) / denom) if denom else 0.0
+
+
+def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
+    p, g = np.asarray(pred, dtype=float), np.asarray(gold, dtype=float)
+    if p.std() == 0 or g.std() == 0:
+        return 0.0
+    return float(np.corrcoef(p, g)[0, 1])
+
+
+def spearman(pred: Sequence[float], gold: Sequence[float]) -> float:
+    # Average ranks for ties, then Pearson of the ranks.
+    return pearson(pd.Series(pred).rank().to_numpy(), pd.Series(gold).rank().to_numpy())
+
+
+METRICS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
+    "accuracy": accuracy,
+    "f1": f1,
+    "macro_f1": macro_f1,
+    "matthews": matthews,
+    "pearson": pearson,
+    "spearman": spearman,
+}
+
+
+def compute(names: Sequence[str], pred: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
+    """All named metrics; NaN predictions (a diverged regression head) score as the worst value."""
+    if np.isnan(np.asarray(pred, dtype=float)).any():
+        return {name: -1.0 if name in ("matthews", "pearson", "spearman") else 0.0 for name in names}
+    return {name: METRICS[name](pred, gold) for name in names}

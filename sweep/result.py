@@ -1,0 +1,66 @@
+"""What a trial returns: its metric, how it got there, and what it cost."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from sweep.config import TrialConfig
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    step: int
+    examples: int
+    metric: float
+    metrics: dict[str, float]
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    config: TrialConfig
+    metric_name: str
+    metric: float  # the main metric at the end of training (or when stopped)
+    best_metric: float
+    best_step: int
+    metrics: dict[str, float]  # every metric of the task at the end
+    history: tuple[EvalPoint, ...]
+    steps: int
+    examples: int
+    tokens: int  # real training tokens, padding excluded
+    wall_time_s: float  # everything: loading, tokenizing, training, evaluating
+    train_time_s: float  # optimizer steps only
+    tokens_per_s: float
+    peak_memory_mb: float
+    stop_reason: str  # "completed", "diverged: ...", "stopped: ..."
+    device: str
+    versions: dict[str, str]
+
+    @property
+    def diverged(self) -> bool:
+        return self.stop_reason.startswith("diverged")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config"] = self.config.to_dict()
+        out["history"] = [dataclasses.asdict(p) for p in self.history]
+        return out
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    import sweep
+
+    return {
+        "loraplus_sweep": sweep.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }

@@ -1,0 +1,196 @@
+"""The trial engine: one LoRA+ fine-tune from a TrialConfig to a TrialResult.
+
+Knows nothing of Optuna: a caller may pass `on_eval`, called after every evaluation, and stop the
+run by returning True (a pruner does this), and `on_step` for progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from sweep.config import TrialConfig
+from sweep.data import collate, encode_task, eval_batches, train_batches
+from sweep.errors import SweepError
+from sweep.metrics import compute
+from sweep.models import load_model, load_tokenizer
+from sweep.optim import build_optimizer
+from sweep.result import EvalPoint, TrialResult, library_versions
+from sweep.tasks import TaskData, load_task
+
+OnEval = Callable[[EvalPoint], bool]
+OnStep = Callable[[int, int, float], None]
+
+# A loss this many times its starting value, or above a hard ceiling, means the run has blown up.
+EXPLODE_FACTOR = 10.0
+EXPLODE_CEILING = 1e4
+LOSS_EMA = 0.9
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SweepError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (unless fp32 is asked), fp32 on the CPU (unless bf16 is asked)."""
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_factor(cfg: TrialConfig, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup, then linear or cosine decay to zero (or constant)."""
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # Process-wide peak RSS (KiB on Linux, bytes on macOS): an upper bound for the trial.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+@torch.inference_mode()
+def evaluate(model, enc, task: TaskData, cfg: TrialConfig, device, pad_id: int) -> dict[str, float]:
+    model.eval()
+    preds = np.empty(len(enc), dtype=np.float64)
+    for idx in eval_batches(enc.lengths, cfg.batch_size * 2):
+        batch = {k: v.to(device) for k, v in collate(enc, idx, pad_id, task.is_regression).items()}
+        batch.pop("labels")
+        with autocast(cfg, device):
+            logits = model(**batch).logits.float()
+        out = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
+        preds[idx] = out.cpu().numpy()
+    model.train()
+    return compute(task.metrics, preds, enc.labels)
+
+
+def run_trial(
+    cfg: TrialConfig,
+    on_eval: OnEval | None = None,
+    on_step: OnStep | None = None,
+    task: TaskData | None = None,
+) -> TrialResult:
+    """Fine-tune `cfg.model` on `cfg.task` with LoRA+ and return the validation result.
+
+    A diverging run (non-finite or exploding loss) stops early with stop_reason "diverged: ...";
+    it is a result, not an error.
+    """
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if task is None:
+        task = load_task(cfg.task, cfg.text_column, cfg.text_pair_column, cfg.label_column)
+    tokenizer = load_tokenizer(cfg)
+    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)
+    train_enc, val_enc = train_enc.head(cfg.train_limit), val_enc.head(cfg.eval_limit)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    model = load_model(cfg, task.num_labels, task.label_names).to(device)
+    if model.config.pad_token_id is None:  # decoder models need it to find the last real token
+        model.config.pad_token_id = pad_id
+    optimizer = build_optimizer(model, cfg, device)
+    batches_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total))
+    eval_every = cfg.eval_every or batches_per_epoch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    rng = np.random.default_rng(cfg.seed)
+    history: list[EvalPoint] = []
+    step = examples = tokens = 0
+    train_time = 0.0
+    first_loss = ema = None
+    stop_reason = "completed"
+    epoch: list[np.ndarray] = []
+    model.train()
+    while step < total:
+        if not epoch:
+            epoch = train_batches(train_enc.lengths, cfg.batch_size, rng)
+        idx = epoch.pop()
+        batch = {k: v.to(device, non_blocking=True)
+                 for k, v in collate(train_enc, idx, pad_id, task.is_regression).items()}
+        t0 = time.perf_counter()
+        with autocast(cfg, device):
+            loss = model(**batch).loss
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()  # also waits for the GPU, so the step is timed in full
+        train_time += time.perf_counter() - t0
+        step += 1
+        examples += len(idx)
+        tokens += int(train_enc.lengths[idx].sum())
+
+        if not math.isfinite(value):
+            stop_reason = f"diverged: non-finite loss at step {step}"
+            break
+        first_loss = value if first_loss is None else first_loss
+        ema = value if ema is None else LOSS_EMA * ema + (1 - LOSS_EMA) * value
+        if ema > EXPLODE_CEILING or ema > EXPLODE_FACTOR * max(first_loss, 1e-3):
+            stop_reason = f"diverged: loss exploded to {ema:.3g} at step {step}"
+            break
+        if on_step is not None:
+            on_step(step, total, ema)
+        if step % eval_every == 0 or step == total:
+            metrics = evaluate(model, val_enc, task, cfg, device, pad_id)
+            point = EvalPoint(step, examples, metrics[task.main_metric], metrics, ema)
+            history.append(point)
+            if on_eval is not None and on_eval(point) and step < total:
+                stop_reason = f"stopped: by callback at step {step}"
+                break
+
+    if stop_reason.startswith("diverged"):
+        # The weights are no longer meaningful; score the run at its worst, not at random.
+        final = compute(task.metrics, np.full(len(val_enc), np.nan), val_enc.labels)
+    else:
+        final = history[-1].metrics
+    main = final[task.main_metric]
+    best = max(history, key=lambda p: p.metric, default=None)
+    return TrialResult(
+        config=cfg,
+        metric_name=task.main_metric,
+        metric=main,
+        best_metric=best.metric if best else main,
+        best_step=best.step if best else step,
+        metrics=final,
+        history=tuple(history),
+        steps=step,
+        examples=examples,
+        tokens=tokens,
+        wall_time_s=time.perf_counter() - started,
+        train_time_s=train_time,
+        tokens_per_s=tokens / train_time if train_time > 0 else 0.0,
+        peak_memory_mb=_peak_memory_mb(device),
+        stop_reason=stop_reason,
+        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        versions=library_versions(),
+    )
+
