@@ -117,7 +117,7 @@ def _run_with_progress(cfg: TrialConfig):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        transient=False,
+        transient=True,  # gone when done: the result (or the error) is what stays
     ) as progress:
         bar = progress.add_task(f"{cfg.model} / {cfg.task}", total=None, step="-", loss="-", metric="")
 

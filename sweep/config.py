@@ -96,7 +96,7 @@ class TrialConfig:
         kwargs = {}
         for key, value in data.items():
             name = _UNRENAMES.get(key, key)
-            if name not in known or name in _RENAMES:
+            if name not in known or key in _RENAMES:
                 raise SweepError(f"unknown trial setting {key!r}")
             kwargs[name] = value
         return cls(**kwargs)

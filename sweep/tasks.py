@@ -84,7 +84,9 @@ GLUE: dict[str, GlueSpec] = {
 }
 
 LOCAL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "question", "premise", "text_a")
+# First columns that start a pair (so "question" wins over "sentence" in question/sentence files).
+TEXT_COLUMNS = ("sentence1", "question1", "question", "premise", "text_a", "text", "sentence",
+                "review", "content", "document")
 PAIR_COLUMNS = {
     "sentence1": "sentence2",
     "question1": "question2",

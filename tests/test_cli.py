@@ -1,0 +1,69 @@
+"""The trial command through Typer's CliRunner: JSON output, and one-line errors with exit code 2."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_trial_json_prints_one_object_with_metric_and_throughput(tiny_model, toy_csv):
+    r = invoke("trial", "--model", tiny_model, "--task", toy_csv, "--eta-a", 1e-3, "--lambda", 4,
+               "--rank", 4, "--max-steps", 6, "--eval-every", 3, "--max-length", 32, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert 0 <= out["metric"] <= 1 and out["metric_name"] == "accuracy"
+    assert out["tokens_per_s"] > 0 and out["steps"] == 6 and len(out["history"]) == 2
+    assert out["config"]["lambda"] == 4 and out["config"]["rank"] == 4
+    assert out["stop_reason"] == "completed"
+
+
+def test_trial_config_file_with_flag_override(tiny_model, toy_csv, tmp_path):
+    first = invoke("trial", "--model", tiny_model, "--task", toy_csv, "--max-steps", 2, "--json")
+    path = tmp_path / "result.json"
+    path.write_text(first.stdout)
+    again = invoke("trial", "--config", path, "--lambda", 2, "--json")
+    assert again.exit_code == 0, again.output
+    cfg = json.loads(again.stdout)["config"]
+    assert cfg["lambda"] == 2 and cfg["max_steps"] == 2 and cfg["model"] == tiny_model
+
+
+def test_trial_prints_a_table_by_default(tiny_model, toy_csv):
+    r = invoke("trial", "--model", tiny_model, "--task", toy_csv, "--max-steps", 2)
+    assert r.exit_code == 0 and "accuracy (final)" in r.stdout and "tokens/s" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--eta-a", "0"], "eta_a must be a finite number > 0, got 0.0"),
+        (["--eta-a", "-1e-4"], "eta_a must be a finite number > 0"),
+        (["--lambda", "0"], "lambda must be a finite number > 0, got 0.0"),
+        (["--lambda", "-4"], "lambda must be a finite number > 0"),
+        (["--rank", "0"], "rank must be an integer >= 1, got 0"),
+        (["--task", "nosuchtask"], "unknown task 'nosuchtask'"),
+        (["--model", "./no/such/model"], "model directory './no/such/model' does not exist"),
+        (["--label-column", "stars"], "label column 'stars' not in toy.csv"),
+        (["--text-column", "body"], "text column 'body' not in toy.csv"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tiny_model, toy_csv, args, message):
+    base = {"--model": tiny_model, "--task": toy_csv}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    r = invoke("trial", *[x for kv in base.items() for x in kv], "--max-steps", 1)
+    assert r.exit_code == 2
+    assert message in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.output
+
+
+def test_usage_error_exits_2():
+    r = invoke("trial", "--rank", "eight")
+    assert r.exit_code == 2

@@ -1,0 +1,84 @@
+"""Task loading: local files with auto-detected columns, label mapping, splits, errors."""
+
+import json
+
+import pytest
+
+from sweep import tasks
+from sweep.errors import SweepError
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_csv_with_string_labels_maps_them_in_sorted_order(toy_csv):
+    task = tasks.load_task(toy_csv)
+    assert task.label_names == ("neg", "pos")
+    assert len(task.train) + len(task.validation) == 320
+    assert len(task.validation) == 64  # 20 %, stratified: 32 of each class
+    assert sorted(task.validation.label) == [0] * 32 + [1] * 32
+    assert task.metrics == ("accuracy", "f1") and task.main_metric == "accuracy"
+    assert task.train.pair is None
+
+
+def test_split_is_fixed_whatever_the_trial(toy_csv):
+    a, b = tasks.load_task(toy_csv), tasks.load_task(toy_csv)
+    assert a.validation == b.validation and a.fingerprint() == b.fingerprint()
+
+
+def test_jsonl_text_pair_is_detected_and_integer_labels_kept(tmp_path):
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": i % 3} for i in range(30)]
+    path = write(tmp_path / "nli.jsonl", "\n".join(json.dumps(r) for r in rows))
+    task = tasks.load_task(path)
+    assert task.train.pair is not None and task.label_names == ("0", "1", "2")
+    assert task.main_metric == "accuracy" and task.metrics[1] == "macro_f1"
+    split = task.train if "p4" in task.train.text else task.validation
+    i = split.text.index("p4")
+    assert split.pair[i] == "h4" and split.label[i] == 1
+
+
+def test_split_column_and_overrides(tmp_path):
+    path = write(
+        tmp_path / "reviews.tsv",
+        "body\tstars\tsplit\ngreat\t5\ttrain\nbad\t1\ttrain\nok\t3\tvalidation\nfine\t5\tvalidation\n",
+    )
+    task = tasks.load_task(path, text_column="body", label_column="stars")
+    assert task.train.text == ("great", "bad") and task.validation.text == ("ok", "fine")
+    assert task.label_names == ("1", "3", "5") and task.validation.label == (1, 2)
+
+
+def test_float_labels_make_a_regression_task(tmp_path):
+    lines = ["sentence1,sentence2,score"] + [f"a{i},b{i},{i / 7:.3f}" for i in range(20)]
+    task = tasks.load_task(write(tmp_path / "sts.csv", "\n".join(lines)))
+    assert task.is_regression and task.num_labels == 1 and task.main_metric == "pearson"
+    assert task.train.pair is not None
+
+
+def test_missing_column_names_the_columns_and_the_flag(tmp_path):
+    path = write(tmp_path / "x.csv", "body,label\nhi,1\n")
+    with pytest.raises(SweepError, match=r"no text column found in x.csv \(columns: body, label\); "
+                                         "name it with --text-column"):
+        tasks.load_task(path)
+    with pytest.raises(SweepError, match="label column 'stars' not in x.csv"):
+        tasks.load_task(path, text_column="body", label_column="stars")
+
+
+def test_unknown_task_lists_the_choices():
+    with pytest.raises(SweepError, match="unknown task 'qqq': use one of .*qqp.*sst2"):
+        tasks.load_task("qqq")
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SweepError, match="does not exist"):
+        tasks.load_task(str(tmp_path / "nope.csv"))
+
+
+def test_glue_offline_and_uncached_fails_in_one_line(monkeypatch, tmp_path):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(tasks, "hub_reachable", lambda: False)
+    with pytest.raises(SweepError, match="could not load GLUE task 'rte'.*unreachable") as e:
+        tasks.load_task("rte")
+    assert "\n" not in str(e.value)

@@ -1,0 +1,100 @@
+"""The trial engine end to end on a tiny model: learning, determinism, stopping, divergence."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sweep.data import collate, encode_task, eval_batches, train_batches
+from sweep.models import load_tokenizer
+from sweep.tasks import load_task
+from sweep.train import lr_factor, run_trial
+
+
+def test_a_trial_learns_the_toy_task(tiny_cfg):
+    r = run_trial(tiny_cfg.replace(epochs=10, eta_a=1e-2, lam=8.0, eval_every=40))
+    assert r.stop_reason == "completed" and r.metric_name == "accuracy"
+    assert r.steps == math.ceil(256 / 16) * 10
+    assert r.history[0].metric < r.metric  # it got better with training
+    assert r.metric > 0.65 and r.best_metric >= r.metric
+    assert [p.step for p in r.history] == [40, 80, 120, 160]
+    assert set(r.metrics) == {"accuracy", "f1"}
+    assert r.tokens_per_s > 0 and r.peak_memory_mb > 0 and r.device == "cpu"
+    assert {"torch", "transformers", "peft"} <= set(r.versions)
+
+
+def test_same_seed_same_run_on_cpu(tiny_cfg):
+    cfg = tiny_cfg.replace(max_steps=12, eval_every=4, dropout=0.1)
+    a, b = run_trial(cfg), run_trial(cfg)
+    assert [(p.metric, p.train_loss) for p in a.history] == [(p.metric, p.train_loss) for p in b.history]
+    c = run_trial(cfg.replace(seed=1))
+    assert [p.train_loss for p in a.history] != [p.train_loss for p in c.history]
+
+
+def test_tokens_count_real_tokens_not_padding(tiny_cfg):
+    cfg = tiny_cfg.replace(max_steps=1000, epochs=1)
+    task = load_task(cfg.task)
+    train, _ = encode_task(task, load_tokenizer(cfg), cfg.max_length)
+    r = run_trial(cfg.replace(max_steps=None, epochs=1))
+    assert r.examples == len(train) and r.tokens == int(train.lengths.sum())
+
+
+def test_callback_can_stop_the_run(tiny_cfg):
+    seen = []
+
+    def on_eval(point):
+        seen.append(point.step)
+        return point.step >= 8
+
+    r = run_trial(tiny_cfg.replace(eval_every=4), on_eval=on_eval)
+    assert seen == [4, 8] and r.steps == 8 and r.stop_reason == "stopped: by callback at step 8"
+    assert r.metric == r.history[-1].metric
+
+
+def test_divergence_stops_cleanly_with_a_reason(tiny_cfg):
+    r = run_trial(tiny_cfg.replace(eta_a=50.0, lam=64.0, max_grad_norm=None, warmup_ratio=0.0))
+    assert r.diverged and r.stop_reason.startswith("diverged: ")
+    assert r.steps < 16  # well before the end of the epoch
+    assert r.metric == 0.0  # scored at its worst, not at a random-weights value
+    assert math.isfinite(r.tokens_per_s)
+
+
+def test_length_grouped_batches_cover_each_example_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 120, size=1000)
+    batches = train_batches(lengths, 16, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    random_padded = sum(len(b) * lengths[b].max() for b in np.array_split(rng.permutation(1000), 63))
+    assert padded < 0.7 * random_padded
+    assert batches[0].tolist() != train_batches(lengths, 16, np.random.default_rng(2))[0].tolist()
+    flat = np.concatenate(eval_batches(lengths, 64))
+    assert sorted(flat.tolist()) == list(range(1000)) and lengths[flat[0]] == lengths.max()
+
+
+def test_collate_pads_to_the_longest_in_the_batch(tiny_cfg):
+    task = load_task(tiny_cfg.task)
+    train, _ = encode_task(task, load_tokenizer(tiny_cfg), 32)
+    idx = np.array([0, 1, 2])
+    batch = collate(train, idx, pad_id=0, regression=False)
+    assert batch["input_ids"].shape == (3, int(train.lengths[idx].max()))
+    assert batch["attention_mask"].sum().item() == int(train.lengths[idx].sum())
+
+
+def test_tokenization_is_cached_on_disk(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAPLUS_SWEEP_CACHE", str(tmp_path))
+    task, tok = load_task(tiny_cfg.task), load_tokenizer(tiny_cfg)
+    first = encode_task(task, tok, 32)
+    files = list((tmp_path / "tokens").iterdir())
+    assert len(files) == 1
+    again = encode_task(task, tok, 32)
+    assert np.array_equal(first[0].lengths, again[0].lengths)
+    encode_task(task, tok, 16)
+    assert len(list((tmp_path / "tokens").iterdir())) == 2
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_schedule_warms_up_then_decays(tiny_cfg, schedule):
+    f = lr_factor(tiny_cfg.replace(warmup_ratio=0.1, schedule=schedule), 100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(99) == pytest.approx(1.0 if schedule == "constant" else 0.0, abs=0.02)
