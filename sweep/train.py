@@ -131,10 +131,10 @@ def run_trial(
     while step < total:
         if not epoch:
             epoch = train_batches(train_enc.lengths, cfg.batch_size, rng)
+        t0 = time.perf_counter()  # the batch's assembly counts as training time too
         idx = epoch.pop()
         batch = {k: v.to(device, non_blocking=True)
                  for k, v in collate(train_enc, idx, pad_id, task.is_regression).items()}
-        t0 = time.perf_counter()
         with autocast(cfg, device):
             loss = model(**batch).loss
         loss.backward()

@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv if missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean-venv
+
+# torch first, so pip does not resolve the dependency to a build we do not want: the CUDA build
+# where a GPU answers, the CPU wheel (torch==2.13.0) elsewhere.
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(BIN)/pip install -q torch; \
+	else \
+		$(BIN)/pip install -q torch==2.13.0; \
+	fi
+	$(BIN)/pip install -q -e '.[glue,dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/loraplus-sweep trial --eta-a 5e-4 --lambda 8 --epochs 2
+
+test: $(BIN)/.installed
+	$(BIN)/pytest -q -m "not slow" tests
+	$(BIN)/pytest -q -m slow tests
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/engine_vs_trainer.py
+
+clean-venv:
+	rm -rf $(VENV)
