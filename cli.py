@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -50,30 +50,30 @@ def trial(
     eta_a: Annotated[float, typer.Option("--eta-a", help="Learning rate of the A matrices.")] = TrialConfig.eta_a,
     lam: Annotated[float, typer.Option("--lambda", help="eta_B / eta_A; 1 is plain LoRA.")] = TrialConfig.lam,
     rank: Annotated[int, typer.Option(help="LoRA rank r.")] = TrialConfig.rank,
-    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default: the rank).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default: the rank).")] = None,
     dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = TrialConfig.dropout,
-    target_modules: Annotated[Optional[str], typer.Option(help="Comma-separated module names (default: per architecture).")] = None,
+    target_modules: Annotated[str | None, typer.Option(help="Comma-separated module names (default: per architecture).")] = None,
     init: Annotated[str, typer.Option(help="standard (A random, B zero) or reversed (B random, A zero).")] = TrialConfig.init,
     embedding_lr: Annotated[float, typer.Option(help="Learning rate of LoRA on embeddings.")] = TrialConfig.embedding_lr,
-    head_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the classifier head (default: eta_A).")] = None,
+    head_lr: Annotated[float | None, typer.Option(help="Learning rate of the classifier head (default: eta_A).")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay of matrices.")] = TrialConfig.weight_decay,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = TrialConfig.batch_size,
     max_length: Annotated[int, typer.Option(help="Tokens per example, truncated beyond.")] = TrialConfig.max_length,
     epochs: Annotated[float, typer.Option(help="Passes over the training set.")] = TrialConfig.epochs,
-    max_steps: Annotated[Optional[int], typer.Option(help="Step budget; overrides --epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Step budget; overrides --epochs.")] = None,
     warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")] = TrialConfig.warmup_ratio,
     schedule: Annotated[str, typer.Option(help="linear, cosine or constant.")] = TrialConfig.schedule,
     seed: Annotated[int, typer.Option(help="Seed of init, order and dropout.")] = TrialConfig.seed,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: each epoch).")] = TrialConfig.eval_every,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = TrialConfig.precision,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = TrialConfig.device,
-    train_limit: Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Use only the first N validation examples.")] = None,
-    text_column: Annotated[Optional[str], typer.Option(help="Text column of a local task file.")] = None,
-    text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column of a local task file.")] = None,
-    label_column: Annotated[Optional[str], typer.Option(help="Label column of a local task file.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Use only the first N validation examples.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of a local task file.")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Second text column of a local task file.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column of a local task file.")] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow model code from the Hub.")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="A trial config JSON (as --json prints); flags given override it.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A trial config JSON (as --json prints); flags given override it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Run one LoRA+ fine-tune and print its validation result."""

@@ -79,7 +79,9 @@ def run_trainer(cfg: TrialConfig, task, train_enc, val_enc, tokenizer, pad_to_ma
             learning_rate=cfg.eta_a,
             lr_scheduler_type=cfg.schedule,
             # Integer steps, computed as the engine does (transformers 4 and 5 read ratios differently).
-            warmup_steps=math.ceil(cfg.warmup_ratio * math.ceil(len(train_rows) / cfg.batch_size) * cfg.epochs),
+            warmup_steps=math.ceil(
+                cfg.warmup_ratio * math.ceil(len(train_rows) / cfg.batch_size) * cfg.epochs
+            ),
             max_grad_norm=cfg.max_grad_norm,
             seed=cfg.seed,
             save_strategy="no",

@@ -56,7 +56,7 @@ def test_trial_prints_a_table_by_default(tiny_model, toy_csv):
 )
 def test_bad_input_is_one_line_and_exit_code_2(tiny_model, toy_csv, args, message):
     base = {"--model": tiny_model, "--task": toy_csv}
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2], strict=False):
         base[flag] = value
     r = invoke("trial", *[x for kv in base.items() for x in kv], "--max-steps", 1)
     assert r.exit_code == 2

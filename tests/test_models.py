@@ -60,9 +60,9 @@ def test_same_seed_same_model_other_seed_other_head(tiny_cfg):
 
 def test_weights_missing_from_the_checkpoint_are_trained(tiny_model, tiny_cfg, tmp_path):
     # A checkpoint without its pooler: the fresh pooler must not stay frozen at random values.
-    from safetensors.torch import load_file, save_file
-
     import shutil
+
+    from safetensors.torch import load_file, save_file
     shutil.copytree(tiny_model, tmp_path / "m")
     weights = load_file(tmp_path / "m" / "model.safetensors")
     save_file({k: v for k, v in weights.items() if "pooler" not in k}, tmp_path / "m" / "model.safetensors",
