@@ -16,7 +16,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 # The offline default: a pretrained MiniLM-L6 encoder and a real labelled task shipped by packages.
 DEFAULT_MODEL = "minilm-l6"
-DEFAULT_TASK = "drugreview"
+DEFAULT_TASK = "rotten-tomatoes"
 
 # `lam` is spelled `lambda` in dicts, JSON and Optuna (it is a Python keyword).
 _RENAMES = {"lam": "lambda"}
@@ -36,7 +36,7 @@ class TrialConfig:
 
     model: str = DEFAULT_MODEL
     task: str = DEFAULT_TASK
-    eta_a: float = 2e-4
+    eta_a: float = 5e-4
     lam: float = 16.0
     rank: int = 8
     alpha: float | None = None

@@ -97,7 +97,7 @@ PAIR_COLUMNS = {
 }
 LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y", "score")
 VALIDATION_FRACTION = 0.2
-SPLIT_SEED = 0  # fixed, so every trial of a study sees the same validation set
+SPLIT_SEED = 0  # fixed, so every trial on every machine sees the same validation set
 
 
 def task_names() -> list[str]:
@@ -114,7 +114,9 @@ def load_task(
     if Path(task).suffix.lower() in LOCAL_SUFFIXES:
         return load_local(Path(task), text_column, text_pair_column, label_column)
     if task in embedded.TASKS:
-        return _from_frames(task, *embedded.load(task))
+        df, spec = embedded.load(task)
+        train, val = _stratified_split(df, "label", spec.validation_size / len(df))
+        return _from_frames(task, train.assign(pair=None), val.assign(pair=None), spec.label_names)
     if task in GLUE:
         return _load_glue(task)
     raise SweepError(
@@ -215,7 +217,7 @@ def load_local(
             raise SweepError(f"`split` column in {path.name} needs both train and validation rows")
         frames = (train_df, val_df)
     else:
-        frames = _stratified_split(df, label)
+        frames = _stratified_split(df, label, VALIDATION_FRACTION)
     train_df, val_df = (
         pd.DataFrame(
             {
@@ -229,17 +231,18 @@ def load_local(
     return _from_frames(path.stem, train_df, val_df, None)
 
 
-def _stratified_split(df: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _stratified_split(
+    df: pd.DataFrame, label: str, fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation): seeded shuffle, then `fraction` of each class to validation."""
     rng = np.random.default_rng(SPLIT_SEED)
-    order = rng.permutation(len(df))
-    shuffled = df.iloc[order]
+    shuffled = df.iloc[rng.permutation(len(df))]
     if _is_regression(shuffled[label]):
-        n_val = max(1, round(len(df) * VALIDATION_FRACTION))
+        n_val = max(1, round(len(df) * fraction))
         return shuffled.iloc[n_val:], shuffled.iloc[:n_val]
-    # Every class is represented in validation in proportion to its size.
     rank = shuffled.groupby(label, sort=False).cumcount()
     size = shuffled.groupby(label, sort=False)[label].transform("size")
-    is_val = rank < (size * VALIDATION_FRACTION).round().clip(lower=1)
+    is_val = rank < (size * fraction).round().clip(lower=1)
     if is_val.all():
         raise SweepError("too few examples to make a validation split; add a `split` column")
     return shuffled[~is_val], shuffled[is_val]
