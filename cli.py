@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
 from sweep.errors import SweepError
+from sweep.storage import mask_url
 
 app = typer.Typer(
     help="Find the learning rates and the ratio lambda = eta_B / eta_A for LoRA+ on your model and task.",
@@ -31,7 +33,12 @@ def fail(message: str) -> None:
 
 
 def _quiet_libraries() -> None:
+    import warnings
+
     import transformers
+
+    # Deprecation notices from inside transformers/peft are for their developers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -106,29 +113,11 @@ def _read_config(path: Path) -> TrialConfig:
 
 def _run_with_progress(cfg: TrialConfig):
     from sweep.train import run_trial
+    from sweep.ui import TrialProgress
 
     _quiet_libraries()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("step {task.fields[step]}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[metric]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,  # gone when done: the result (or the error) is what stays
-    ) as progress:
-        bar = progress.add_task(f"{cfg.model} / {cfg.task}", total=None, step="-", loss="-", metric="")
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            progress.update(bar, completed=step, total=total, step=f"{step}/{total}", loss=f"{loss:.4f}")
-
-        def on_eval(point) -> bool:
-            progress.update(bar, metric=f"eval {point.metric:.4f}")
-            return False
-
-        return run_trial(cfg, on_eval=on_eval, on_step=on_step)
+    with TrialProgress(f"{cfg.model} / {cfg.task}") as bar:
+        return run_trial(cfg, on_eval=bar.eval, on_step=bar.step)
 
 
 def _print_result(r) -> None:
@@ -150,6 +139,290 @@ def _print_result(r) -> None:
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Errors the user can fix: one line on stderr, exit code 2."""
+    try:
+        yield
+    except SweepError as e:
+        fail(str(e))
+
+
+@app.command()
+def run(
+    study_file: Annotated[str | None, typer.Argument(help="A study TOML file, or a preset name from studies/ (e.g. default).")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id, local model directory, or 'minilm-l6'.")] = None,
+    task: Annotated[str | None, typer.Option(help="GLUE task, embedded task, or a .csv/.tsv/.jsonl file.")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="Finished trials the study should hold (re-runs continue to it).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    eta_a: Annotated[str | None, typer.Option("--eta-a", help="eta_A range LOW:HIGH (log-uniform) or a value.")] = None,
+    lam: Annotated[str | None, typer.Option("--lambda", help="lambda range LOW:HIGH (log-uniform, must include 1) or a value.")] = None,
+    rank: Annotated[str | None, typer.Option(help="Ranks to try, comma-separated, e.g. 4,8,16.")] = None,
+    init: Annotated[str | None, typer.Option(help="LoRA init: standard or reversed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampler and of every trial.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs per trial.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Steps per trial; overrides epochs.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate (and maybe prune) every N steps.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Use only the first N validation examples.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per example.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe, random, grid or qmc.")] = None,
+    pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///results/loraplus.db).")] = None,
+    study_name: Annotated[str | None, typer.Option(help="Name of the study (default: model, task and a hash of the definition).")] = None,
+) -> None:
+    """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""
+    from sweep import spec as specs
+    from sweep.study import finished_count, open_study, run_study
+    from sweep.ui import SweepProgress
+
+    with user_errors():
+        path = specs.find_study_file(study_file) if study_file else None
+        overrides = {
+            "model": model, "task": task, "n_trials": n_trials, "timeout": timeout,
+            "eta_a": specs.parse_range(eta_a, "eta_a") if eta_a else None,
+            "lambda": specs.parse_range(lam, "lambda") if lam else None,
+            "rank": specs.parse_ranks(rank) if rank else None,
+            "init": init, "seed": seed, "epochs": epochs, "max_steps": max_steps,
+            "eval_every": eval_every, "train_limit": train_limit, "eval_limit": eval_limit,
+            "batch_size": batch_size, "max_length": max_length, "device": device,
+            "sampler": sampler, "pruner": pruner, "storage": storage, "name": study_name,
+        }
+        spec = specs.load_spec(path, overrides)
+        _quiet_libraries()
+        done = finished_count(open_study(spec))
+        err.print(f"study [bold]{spec.study_name}[/] in {mask_url(spec.storage)}: {done} of "
+                  f"{spec.n_trials} trials finished", highlight=False)
+        try:
+            with SweepProgress(spec.study_name, done, spec.n_trials) as ui:
+                study = run_study(spec, ui.hooks())
+        except KeyboardInterrupt:
+            err.print(f"interrupted: finished trials are stored in {mask_url(spec.storage)}; "
+                      "run the same command again to continue", highlight=False)
+            raise typer.Exit(130) from None
+    _print_study_summary(study)
+
+
+def _print_study_summary(study) -> None:
+    from sweep.storage import FINISHED
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in FINISHED]
+    out = Console()
+    out.print(f"[bold]{study.study_name}[/]: {len(done)} finished trials "
+              f"({sum(t.state.name == 'PRUNED' for t in trials)} pruned, "
+              f"{sum(t.state.name == 'FAIL' for t in trials)} failed)", highlight=False)
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    if not complete:
+        return
+    best = max(complete, key=lambda t: t.value)
+    plain = [t for t in complete if abs(t.params["lambda"] - 1.0) < 1e-9]
+    metric = best.user_attrs.get("metric_name", "metric")
+    p = best.params
+    out.print(f"best {metric} {best.value:.4f}: eta_A {p['eta_a']:.3g}, lambda {p['lambda']:.3g}, "
+              f"rank {p['rank']} (trial {best.number})", highlight=False)
+    if plain:
+        b = max(plain, key=lambda t: t.value)
+        out.print(f"best plain LoRA (lambda = 1): {b.value:.4f} at eta_A {b.params['eta_a']:.3g}; "
+                  f"LoRA+ gain {best.value - b.value:+.4f}", highlight=False)
+
+
+@app.command()
+def report(
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///results/loraplus.db).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="rich, csv, json or markdown.")] = "rich",
+    out: Annotated[Path | None, typer.Option(help="Also write every table (csv, markdown, json) and the PNG plots here.")] = None,
+) -> None:
+    """Best (eta_A, lambda, rank) per model and task, the gain over plain LoRA, the lambda curve,
+    the recommended default lambda per model, and the compute each answer cost."""
+    from sweep import report as rep
+    from sweep.storage import trials_frame
+
+    if fmt not in ("rich", *rep.FORMATS):
+        fail(f"--format must be one of rich, {', '.join(rep.FORMATS)}; got {fmt!r}")
+    with user_errors():
+        df = trials_frame(_storage(storage))
+        if model is not None:
+            df = df[df["model"] == model]
+        if task is not None:
+            df = df[df["task"] == task]
+        if df.empty:
+            raise SweepError("no trials to report" + (" for that model/task" if model or task else "")
+                             + "; run a sweep first (loraplus-sweep run)")
+        tables = rep.tables(df)
+        if out is not None:
+            written = rep.write(df, tables, out)
+            err.print(f"wrote {len(written)} files to {out}", highlight=False)
+    if fmt == "rich":
+        _print_report(tables)
+    elif fmt == "json":
+        typer.echo(json.dumps({name: json.loads(rep.to_format(t, "json")) for name, t in tables.items()}))
+    elif fmt == "csv":
+        typer.echo(rep.to_format(tables["summary"], "csv"), nl=False)
+    else:
+        for name, t in tables.items():
+            typer.echo(f"## {name}\n\n{rep.to_format(t, 'markdown')}")
+
+
+def _num(v, spec: str = ".4f") -> str:
+    return "-" if v is None or pd.isna(v) else format(v, spec)
+
+
+def _stdout() -> Console:
+    """A terminal's own width; 160 columns when piped, so that tables stay whole in files and logs."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _print_report(tables) -> None:
+    out = _stdout()
+    s = tables["summary"].to_dict("records")
+    t = Table("model", "task", "metric", "best", "eta_A", "lambda", "rank", "λ=1 best", "at eta_A", "gain",
+              title="best configuration vs plain LoRA (λ = 1)")
+    for r in s:
+        t.add_row(str(r["model"]), str(r["task"]), str(r["metric_name"]), _num(r["best"]),
+                  _num(r["eta_a"], ".2g"), _num(r["lambda"], ".3g"), _num(r["rank"], ".0f"),
+                  _num(r["best_plain"]), _num(r["plain_eta_a"], ".2g"), _num(r["gain"], "+.4f"))
+    out.print(t)
+    t = Table("model", "task", "trials", "complete", "pruned", "failed", "tokens", "wall time",
+              title="compute spent")
+    for r in s:
+        t.add_row(str(r["model"]), str(r["task"]), str(r["trials"]), str(r["complete"]), str(r["pruned"]),
+                  str(r["failed"]), f"{r['tokens']:,}", f"{r['wall_time_s'] / 60:.1f} min")
+    out.print(t)
+    curve = tables["lambda_curve"]
+    if not curve.empty:
+        pivot = curve.pivot_table(index=["model", "task"], columns="lambda", values="value", aggfunc="max")
+        t = Table("model", "task", *(f"{c:g}" for c in pivot.columns),
+                  title="lambda curve: best metric over eta_A and rank, per lambda bin (powers of 2)")
+        for (m, k), row in pivot.iterrows():
+            t.add_row(str(m), str(k), *(_num(v) for v in row))
+        out.print(t)
+    d = tables["default_lambda"]
+    t = Table("model", "default lambda", "mean normalised metric", "spread (std)", "worst task", "tasks",
+              title="recommended default lambda (metric normalised per task by its best)")
+    for r in d.to_dict("records"):
+        t.add_row(str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["spread"]),
+                  _num(r["worst"]), str(r["n_tasks"]))
+    out.print(t)
+
+
+studies_app = typer.Typer(help="List, show and delete stored studies.", no_args_is_help=True)
+app.add_typer(studies_app, name="studies")
+StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///results/loraplus.db).")]
+
+
+def _storage(url: str | None):
+    from sweep.spec import DEFAULT_STORAGE
+    from sweep.storage import open_storage
+
+    return open_storage(url or DEFAULT_STORAGE, create=False)
+
+
+def _load_study(name: str, url: str | None):
+    import optuna
+
+    storage = _storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        raise SweepError(f"no study {name!r} (stored: {', '.join(names) or 'none'}); see loraplus-sweep studies list")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@studies_app.command("list")
+def studies_list(storage: StorageOpt = None) -> None:
+    """One line per study: model, task, trials by state, best value."""
+    import optuna
+
+    with user_errors():
+        summaries = optuna.get_all_study_summaries(_storage(storage), include_best_trial=True)
+    table = Table("study", "model", "task", "trials", "best", title="studies")
+    for s in summaries:
+        best = f"{s.best_trial.value:.4f}" if s.best_trial is not None and s.best_trial.value is not None else "-"
+        table.add_row(s.study_name, str(s.user_attrs.get("model", "?")), str(s.user_attrs.get("task", "?")),
+                      str(s.n_trials), best)
+    Console().print(table)
+
+
+@studies_app.command("show")
+def studies_show(name: str, storage: StorageOpt = None) -> None:
+    """The study's definition and its trials, best first."""
+    with user_errors():
+        study = _load_study(name, storage)
+    out = Console()
+    out.print_json(json.dumps(study.user_attrs.get("spec", {})))
+    table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=name)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: -(t.value if t.value is not None else -1e9))
+    for t in trials:
+        p = t.params
+        table.add_row(str(t.number), t.state.name, f"{t.value:.4f}" if t.value is not None else "-",
+                      f"{p['eta_a']:.3g}" if "eta_a" in p else "-", f"{p['lambda']:.3g}" if "lambda" in p else "-",
+                      str(p.get("rank", "-")), str(t.user_attrs.get("stop_reason", "")))
+    out.print(table)
+
+
+@studies_app.command("delete")
+def studies_delete(
+    name: str,
+    storage: StorageOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a study and all its trials."""
+    import optuna
+
+    with user_errors():
+        study = _load_study(name, storage)
+        n = len(study.get_trials(deepcopy=False))
+        if not yes and not typer.confirm(f"delete study {name!r} and its {n} trials?"):
+            err.print("nothing deleted")
+            raise typer.Exit(1)
+        optuna.delete_study(study_name=name, storage=_storage(storage))
+    err.print(f"deleted study {name!r} ({n} trials)", highlight=False)
+
+
+@app.command()
+def export(
+    name: str,
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the best config JSON (default results/NAME-best.json).")] = None,
+) -> None:
+    """Write the study's best trial config as JSON and print the PEFT code that uses it."""
+    with user_errors():
+        study = _load_study(name, storage)
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+        if not complete:
+            raise SweepError(f"study {name!r} has no complete trial yet")
+        best = max(complete, key=lambda t: t.value)
+        cfg = TrialConfig.from_dict(best.user_attrs["config"])
+        path = out or Path("results") / f"{name}-best.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"study": name, "trial": best.number, "value": best.value,
+                                    "metric_name": best.user_attrs.get("metric_name"),
+                                    "config": cfg.to_dict()}, indent=2) + "\n")
+    err.print(f"wrote {path}", highlight=False)
+    typer.echo(peft_snippet(cfg))
+
+
+def peft_snippet(cfg: TrialConfig) -> str:
+    targets = list(cfg.target_modules) if cfg.target_modules else "<the architecture's default, e.g. ['query', 'value']>"
+    return f"""from peft import LoraConfig, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
+import torch
+
+model = get_peft_model(model, LoraConfig(r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.dropout:g},
+                                         target_modules={targets!r}, task_type="SEQ_CLS"))
+optimizer = create_loraplus_optimizer(
+    model, torch.optim.AdamW, lr={cfg.eta_a:.4g}, loraplus_lr_ratio={cfg.lam:.4g},
+    loraplus_weight_decay={cfg.weight_decay:g}, betas={tuple(cfg.betas)!r},
+)
+# Note: PEFT also gives 1-D trainable parameters (e.g. the classifier bias) lr * loraplus_lr_ratio."""
 
 
 def main() -> None:

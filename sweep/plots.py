@@ -1,0 +1,117 @@
+"""PNG plots of a sweep: one study's metric over (eta_A, lambda), and every task's lambda curve."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sweep import report
+from sweep.errors import SweepError
+
+LAMBDA_LABEL = "lambda = eta_B / eta_A"
+# Lambda ticks always cover 1..64, the range the LoRA+ paper discusses, so plots compare at a glance.
+LAMBDA_SPAN = (0, 6)
+
+
+def _pyplot():
+    import matplotlib
+
+    # Agg renders without a display (CI, SSH, workers); imported here so `import sweep` stays cheap.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _exponents(logs: np.ndarray, span: tuple[int, int] | None = None) -> list[int]:
+    # Whole powers around the data, at least two, so a log axis always shows a labelled tick.
+    lo, hi = math.floor(logs.min() + 1e-9), math.ceil(logs.max() - 1e-9)
+    if span is not None:
+        lo, hi = min(lo, span[0]), max(hi, span[1])
+    return list(range(lo, max(hi, lo + 1) + 1))
+
+
+def _lambda_axis(ax, axis: str, lambdas: pd.Series) -> None:
+    from matplotlib.ticker import NullLocator
+
+    ks = _exponents(np.log2(lambdas.to_numpy(float)), LAMBDA_SPAN)
+    getattr(ax, f"set_{axis}scale")("log", base=2)
+    getattr(ax, f"set_{axis}ticks")([2.0**k for k in ks], labels=[f"{2.0**k:g}" for k in ks])
+    getattr(ax, f"{axis}axis").set_minor_locator(NullLocator())
+    getattr(ax, f"set_{axis}lim")(2.0 ** (ks[0] - 0.3), 2.0 ** (ks[-1] + 0.3))
+    getattr(ax, f"set_{axis}label")(LAMBDA_LABEL)
+
+
+def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
+    """Scatter of one study's completed trials over (eta_A, lambda), coloured by value; best starred.
+
+    Trials are sampled continuously, not on a grid, so each trial is a point rather than a cell.
+    """
+    studies = sorted(df["study"].unique())
+    if len(studies) != 1:
+        raise ValueError(f"plot_heatmap takes the trials of one study; got {len(studies)}: {studies}")
+    done = report.completed(df).sort_values("value")  # the best points are drawn last, on top
+    if done.empty:
+        raise SweepError(f"study {studies[0]!r} has no completed trials to plot; run or resume it first")
+    best = report.best_configs(done).iloc[0]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    try:
+        points = ax.scatter(done["eta_a"], done["lambda"], c=done["value"], cmap="viridis", s=45)
+        fig.colorbar(points, ax=ax, label=best["metric_name"])
+        ax.scatter(
+            [best["eta_a"]],
+            [best["lambda"]],
+            marker="*",
+            s=350,
+            c="red",
+            edgecolors="black",
+            zorder=3,
+            label=f"best: {best['value']:.4g} (trial {best['number']})",
+        )
+        ks = _exponents(np.log10(done["eta_a"].to_numpy(float)))
+        ax.set_xscale("log")
+        ax.set_xticks([10.0**k for k in ks])
+        ax.set_xlim(10.0 ** (ks[0] - 0.1), 10.0 ** (ks[-1] + 0.1))
+        ax.set_xlabel("eta_A")
+        _lambda_axis(ax, "y", done["lambda"])
+        ax.set_title(f"{best['model']} / {best['task']}: {best['metric_name']}\nstudy {studies[0]}", fontsize=10)
+        ax.legend(loc="best")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_lambda_curves(curve: pd.DataFrame, path: str | Path) -> Path:
+    """One line per (model, task) of the normalised best value over lambda, each model's default marked.
+
+    `curve` is a report.lambda_curve frame; tasks whose best value is <= 0 have no normalised curve.
+    """
+    shown = curve.dropna(subset=["normalised"])
+    if shown.empty:
+        raise SweepError("no completed trials with a positive best value to plot; run the sweep first")
+    defaults = report.default_lambda_from_curve(curve)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        for (model, task), rows in shown.groupby(report.KEYS, sort=True):
+            ax.plot(rows["lambda"], rows["normalised"], marker="o", label=f"{model} / {task}")
+        for style, d in zip(itertools.cycle(["--", ":", "-."]), defaults.values()):
+            label = f"default {d.model}: {d.lam:g}"
+            ax.axvline(d.lam, color="black", linestyle=style, linewidth=1.2, label=label)
+        _lambda_axis(ax, "x", shown["lambda"])
+        ax.set_ylabel("best value / task's best")
+        ax.set_title("Best metric over lambda, normalised per task")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return Path(path)

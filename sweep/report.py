@@ -1,0 +1,289 @@
+"""Report aggregation over a sweep's trials: best configs, the gain over plain LoRA, the lambda curve.
+
+Every function takes the trials frame (one row per trial: study, model, task, metric_name, number,
+state, value, eta_a, lambda, rank, init, tokens, wall_time_s; other columns are ignored) and returns a
+new frame or value; nothing here reads or writes anything. Higher values are better for every metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["model", "task"]
+CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value", "metric_name"]
+# "lambda == 1" within this relative tolerance: a 1.0 that went through float round trips is still plain LoRA.
+PLAIN_RTOL = 1e-6
+# Output column -> Optuna state name.
+STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running": "RUNNING"}
+FORMATS = ("csv", "json", "markdown")
+
+
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials with state COMPLETE and a finite value (Optuna completes a trial that returned +-inf)."""
+    values = pd.to_numeric(df["value"], errors="coerce")
+    return df[df["state"].eq("COMPLETE") & np.isfinite(values)]
+
+
+def _best_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    # Ties go to the earlier trial (lower number), then to the study name, so every run picks the same row.
+    ordered = df.sort_values(["value", "number", "study"], ascending=[False, True, True], kind="mergesort")
+    return ordered.drop_duplicates(keys).sort_values(keys).reset_index(drop=True)
+
+
+def best_configs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, task): the best completed trial's study, number, config, value and metric."""
+    return _best_rows(completed(df), KEYS)[KEYS + CONFIG_COLUMNS]
+
+
+def is_plain(lam: pd.Series) -> pd.Series:
+    """True where lambda is 1 (plain LoRA), within PLAIN_RTOL."""
+    return pd.Series(np.isclose(lam.astype(float), 1.0, rtol=PLAIN_RTOL, atol=0.0), index=lam.index)
+
+
+def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task): best value with lambda = 1, best value overall, and gain = best - best_plain.
+
+    Columns: model, task, metric_name, best, best_lambda, best_plain, plain_eta_a, plain_rank (Int64),
+    gain. The plain columns and gain are NaN/NA where the task has no completed lambda = 1 trial.
+    """
+    done = completed(df)
+    best = _best_rows(done, KEYS)[KEYS + ["metric_name", "value", "lambda"]]
+    best = best.rename(columns={"value": "best", "lambda": "best_lambda"})
+    plain = _best_rows(done[is_plain(done["lambda"])], KEYS)[KEYS + ["value", "eta_a", "rank"]]
+    plain = plain.rename(columns={"value": "best_plain", "eta_a": "plain_eta_a", "rank": "plain_rank"})
+    out = best.merge(plain, on=KEYS, how="left")
+    out["plain_rank"] = out["plain_rank"].astype("Int64")
+    out["gain"] = out["best"] - out["best_plain"]
+    return out
+
+
+def lambda_bin(lam: float | pd.Series | np.ndarray) -> int | pd.Series | np.ndarray:
+    """Power-of-two bin of lambda, floor(log2(lambda) + 0.5): bin 0 is plain LoRA, bin 4 is lambda = 16.
+
+    Bin k holds [2^(k - 1/2), 2^(k + 1/2)): a lambda exactly at a geometric midpoint goes up (2^2.5 is in
+    bin 3), where Python's round() would send half of them down. Scalars give an int, Series a Series.
+    """
+    values = np.asarray(lam, dtype=float)
+    flat = values.ravel()
+    bad = flat[~(np.isfinite(flat) & (flat > 0))]
+    if bad.size:
+        raise ValueError(f"lambda must be finite and > 0; got {bad.tolist()}")
+    bins = np.floor(np.log2(values) + 0.5).astype(int)
+    if isinstance(lam, pd.Series):
+        return pd.Series(bins, index=lam.index, name="lambda_bin")
+    return int(bins) if bins.ndim == 0 else bins
+
+
+def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, lambda bin): the best value over every eta_a and rank, and what achieved it.
+
+    Long format, sorted by model, task, lambda_bin. Columns: model, task, lambda_bin, lambda (= 2^bin),
+    metric_name, value, eta_a and rank of the best trial, trials (completed trials in the bin), and
+    normalised (value / the task's best value over all bins; NaN when that best is <= 0, e.g. an MCC
+    that never left 0, because a ratio to it says nothing).
+    """
+    done = completed(df)
+    done = done.assign(lambda_bin=lambda_bin(done["lambda"].astype(float)))
+    keys = KEYS + ["lambda_bin"]
+    best = _best_rows(done, keys)[keys + ["metric_name", "value", "eta_a", "rank"]]
+    counts = done.groupby(keys).size().rename("trials").reset_index()
+    out = best.merge(counts, on=keys)
+    out.insert(3, "lambda", 2.0 ** out["lambda_bin"].astype(float))
+    top = out.groupby(KEYS)["value"].transform("max")
+    out["normalised"] = (out["value"] / top).where(top > 0)
+    return out
+
+
+@dataclass(frozen=True)
+class DefaultLambda:
+    """The recommended default lambda of one model across its tasks.
+
+    Values are normalised per task (value / the task's best over all bins, so 1.0 is that task's best).
+    mean_normalised, spread (std across tasks, ddof 0) and worst (min across tasks) are taken at the
+    recommended bin; by_bin maps each bin tried on every task to its mean normalised value. excluded
+    names tasks left out because their best value was <= 0.
+    """
+
+    model: str
+    lambda_bin: int
+    mean_normalised: float
+    spread: float
+    worst: float
+    n_tasks: int
+    by_bin: dict[int, float]
+    excluded: tuple[str, ...] = ()
+
+    @property
+    def lam(self) -> float:
+        return 2.0**self.lambda_bin
+
+
+def default_lambda(df: pd.DataFrame) -> dict[str, DefaultLambda]:
+    """Per model, the lambda with the best mean normalised value across its tasks (see ..._from_curve)."""
+    return default_lambda_from_curve(lambda_curve(df))
+
+
+def default_lambda_from_curve(curve: pd.DataFrame) -> dict[str, DefaultLambda]:
+    """Per model (sorted), the recommended lambda from a lambda_curve frame.
+
+    Only bins tried on every (usable) task of the model compete, so a bin seen on one easy task cannot
+    win by absence of evidence. Ties go to the smaller lambda, the more conservative choice. With one
+    task this is that task's best bin, spread 0. A model is left out when none of its tasks has a best
+    value > 0, or no bin is common to all of them.
+    """
+    out = {}
+    for model, rows in curve.groupby("model", sort=True):
+        usable = rows[rows["normalised"].notna()]
+        table = usable.pivot(index="lambda_bin", columns="task", values="normalised").dropna()
+        if table.empty:
+            continue
+        mean = table.mean(axis=1)
+        pick = int(mean.idxmax())  # the index is sorted, and idxmax returns the first maximum
+        at = table.loc[pick]
+        out[str(model)] = DefaultLambda(
+            model=str(model),
+            lambda_bin=pick,
+            mean_normalised=float(mean[pick]),
+            spread=float(np.std(at.to_numpy())),
+            worst=float(at.min()),
+            n_tasks=table.shape[1],
+            by_bin={int(b): float(v) for b, v in mean.items()},
+            excluded=tuple(sorted(set(rows["task"]) - set(usable["task"]))),
+        )
+    return out
+
+
+def defaults_table(defaults: dict[str, DefaultLambda]) -> pd.DataFrame:
+    """The recommendations as one row per model, ready for to_format (by_bin left out)."""
+    columns = ["model", "lambda", "lambda_bin", "mean_normalised", "spread", "worst", "n_tasks", "excluded"]
+    rows = [
+        [d.model, d.lam, d.lambda_bin, d.mean_normalised, d.spread, d.worst, d.n_tasks, ", ".join(d.excluded)]
+        for d in defaults.values()
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task): trials in all and by state, total training tokens, total wall time in seconds.
+
+    Columns: model, task, trials, complete, pruned, failed, running, tokens, wall_time_s. Every trial
+    counts, whatever its state; trials in other states (e.g. WAITING) count only in `trials`.
+    """
+    flags = df.assign(
+        **{name: df["state"].eq(state) for name, state in STATES.items()},
+        tokens=pd.to_numeric(df["tokens"], errors="coerce"),
+        wall_time_s=pd.to_numeric(df["wall_time_s"], errors="coerce"),
+    )
+    out = (
+        flags.groupby(KEYS, sort=True)
+        .agg(
+            trials=("state", "size"),
+            **{name: (name, "sum") for name in STATES},
+            tokens=("tokens", "sum"),
+            wall_time_s=("wall_time_s", "sum"),
+        )
+        .reset_index()
+    )
+    ints = ["trials", *STATES, "tokens"]
+    out[ints] = out[ints].astype("int64")
+    return out
+
+
+def to_format(frame: pd.DataFrame, fmt: str) -> str:
+    """The frame as csv, json (a list of records, NaN and +-inf as null) or a GitHub markdown table."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        records = frame.to_dict(orient="records")
+        return json.dumps([{str(k): _json_value(v) for k, v in r.items()} for r in records], allow_nan=False)
+    if fmt == "markdown":
+        return _markdown(frame)
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    # JSON has no spelling for NaN or infinity.
+    if _missing(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    # Written here rather than DataFrame.to_markdown, which needs the optional `tabulate` package.
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        for c in frame.columns
+    ]
+    lines = [
+        "| " + " | ".join(_cell(c) for c in frame.columns) + " |",
+        "| " + " | ".join("---:" if n else "---" for n in numeric) + " |",
+    ]
+    for row in frame.itertuples(index=False, name=None):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if _missing(value):
+        return ""
+    text = f"{value:.6g}" if isinstance(value, (float, np.floating)) else str(value)
+    # A pipe would end the cell and a newline the row.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task): the best config, the best plain LoRA and the gain, and the compute spent."""
+    best = best_configs(df).drop(columns=["study", "value", "metric_name"])
+    best = best.rename(columns={"number": "best_trial"})
+    gain = plain_lora_gain(df).drop(columns=["best_lambda"])
+    spent = compute_spent(df)
+    return gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right")
+
+
+def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every table of a report, by name."""
+    curve = lambda_curve(df)
+    return {
+        "summary": summary(df),
+        "lambda_curve": curve,
+        "default_lambda": defaults_table(default_lambda_from_curve(curve)),
+    }
+
+
+def write(df: pd.DataFrame, frames: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
+    """Write every table as csv, markdown and json, a heatmap per study and the lambda curves."""
+    from sweep import plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, frame in frames.items():
+        for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
+            path = out_dir / f"{name}.{suffix}"
+            path.write_text(to_format(frame, fmt))
+            written.append(path)
+    for study, rows in df.groupby("study", sort=True):
+        if not completed(rows).empty:
+            written.append(plots.plot_heatmap(rows, out_dir / f"heatmap-{_safe(str(study))}.png"))
+    if not frames["lambda_curve"].empty:
+        written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
+    return written
+
+
+def _safe(name: str) -> str:
+    """A study name as a file name: no path separators or traversal."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"

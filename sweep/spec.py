@@ -1,0 +1,278 @@
+"""StudySpec: what a sweep searches and how, from a TOML file and CLI overrides, validated once.
+
+A study file has up to four tables (every key optional; unknown keys are errors):
+
+    [study]   name, model, task, n_trials, timeout, sampler, pruner, seed, storage
+    [search]  eta_a = [low, high] (log-uniform) or a number; lambda = [low, high] or a number
+              (log-uniform; the range must include 1, so plain LoRA is always a candidate);
+              rank = [4, 8, 16] (categorical) or a number
+    [grid]    for sampler = "grid": eta_a = [...], and lambda = [...] or eta_b = [...], rank = [...];
+              every combination is run exactly once
+    [trial]   any other TrialConfig field (epochs, batch_size, train_limit, init, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweep.config import TrialConfig
+from sweep.errors import SweepError
+
+SAMPLERS = ("tpe", "random", "grid", "qmc")
+PRUNERS = ("asha", "median", "none")
+DEFAULT_STORAGE = "sqlite:///results/loraplus.db"
+STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage")
+SEARCH_KEYS = ("eta_a", "lambda", "rank")
+GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
+# Searched (or study-level) fields cannot also be set in [trial].
+NOT_IN_TRIAL = {"model", "task", "eta_a", "lam", "lambda", "rank", "seed"}
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    base: TrialConfig  # every trial setting but the searched ones
+    eta_a: tuple[float, float] = (1e-4, 1e-2)
+    lam: tuple[float, float] = (1.0, 64.0)
+    ranks: tuple[int, ...] = (8,)
+    grid: tuple[tuple[float, float, int], ...] = ()  # (eta_a, lambda, rank) points for sampler "grid"
+    n_trials: int = 20
+    timeout: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "asha"
+    storage: str = DEFAULT_STORAGE
+    name: str | None = None
+    source: str = field(default="<flags>", compare=False)  # where it came from, for messages
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def study_name(self) -> str:
+        return self.name or f"{_slug(self.base.model)}-{_slug(self.base.task)}-{self.definition_hash()}"
+
+    def definition_hash(self) -> str:
+        """What the trials measure: the search space and every fixed trial setting.
+
+        Not the budget, sampler, pruner or storage, so that re-running with more trials or another
+        sampler continues the same study.
+        """
+        definition = {
+            "base": self.base.to_dict(),
+            "eta_a": self.eta_a,
+            "lambda": self.lam,
+            "ranks": self.ranks,
+            "grid": self.grid,
+        }
+        return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:8]
+
+    def baseline_params(self) -> dict[str, Any]:
+        """Plain LoRA (lambda = 1) at the geometric middle of the eta_A range and the middle rank."""
+        low, high = self.eta_a
+        eta = math.sqrt(low * high)
+        return {"eta_a": float(f"{eta:.3g}"), "lambda": 1.0, "rank": self.ranks[len(self.ranks) // 2]}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["base"] = self.base.to_dict()
+        out["lambda"] = out.pop("lam")
+        out.pop("source")
+        return out
+
+    def replace(self, **changes: Any) -> StudySpec:
+        return dataclasses.replace(self, **changes)
+
+
+def _slug(text: str) -> str:
+    """A safe name fragment: the last path part, lower case, only [a-z0-9.-]."""
+    stem = Path(text).stem if text.endswith((".csv", ".tsv", ".jsonl", ".json")) else text
+    stem = stem.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^a-z0-9.-]+", "-", stem.lower()).strip("-.")[:40] or "x"
+
+
+def _range(value: Any, key: str, where: str) -> tuple[float, float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), float(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        return float(value[0]), float(value[1])
+    raise SweepError(f"{where}: {key} must be a number or [low, high], got {value!r}")
+
+
+def _ints(value: Any, key: str, where: str) -> tuple[int, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise SweepError(f"{where}: {key} must be an integer or a list of integers, got {value!r}")
+    return tuple(values)
+
+
+def _floats(value: Any, key: str, where: str) -> list[float]:
+    if not isinstance(value, list) or not value or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise SweepError(f"{where}: grid.{key} must be a non-empty list of numbers, got {value!r}")
+    return [float(v) for v in value]
+
+
+def parse_range(text: str, key: str) -> tuple[float, float]:
+    """CLI form of a range: "1e-5:1e-3", or one number for a fixed value."""
+    parts = text.split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise SweepError(f"--{key.replace('_', '-')} must be LOW:HIGH or a number, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise SweepError(f"--{key.replace('_', '-')} must be LOW:HIGH or a number, got {text!r}")
+    return values[0], values[-1]
+
+
+def parse_ranks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise SweepError(f"--rank must be a comma-separated list of integers, got {text!r}") from None
+
+
+def find_study_file(ref: str) -> Path:
+    """A TOML path, or the name of a preset in studies/ (with or without .toml)."""
+    path = Path(ref)
+    if path.suffix == ".toml" and path.is_file():
+        return path
+    preset = STUDIES_DIR / (ref if ref.endswith(".toml") else f"{ref}.toml")
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
+    raise SweepError(f"no study file {ref!r} (a .toml path, or a preset: {names})")
+
+
+def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read a study file (or none: all defaults), apply CLI overrides, validate.
+
+    Overrides use the file's key names: study keys, `eta_a`/`lambda` as (low, high), `rank` as a
+    tuple, and any TrialConfig field; None values are ignored.
+    """
+    where = str(path) if path is not None else "<flags>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as e:
+            raise SweepError(f"cannot read study file {where}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise SweepError(f"{where} is not valid TOML: {e}") from e
+    tables = {"study": STUDY_KEYS, "search": SEARCH_KEYS, "grid": GRID_KEYS, "trial": None}
+    for table in data:
+        if table not in tables:
+            raise SweepError(f"{where}: unknown table [{table}] (use {', '.join(tables)})")
+        if not isinstance(data[table], dict):
+            raise SweepError(f"{where}: {table} must be a table")
+        allowed = tables[table]
+        for key in data[table]:
+            if allowed is not None and key not in allowed:
+                raise SweepError(f"{where}: unknown key {table}.{key} (use {', '.join(allowed)})")
+    study = dict(data.get("study", {}))
+    search = dict(data.get("search", {}))
+    grid = dict(data.get("grid", {}))
+    trial = dict(data.get("trial", {}))
+    trial_fields = {f.name for f in dataclasses.fields(TrialConfig)} - NOT_IN_TRIAL
+    for key in trial:
+        if key not in trial_fields:
+            hint = " (set it in [study] or [search])" if key in NOT_IN_TRIAL else ""
+            raise SweepError(f"{where}: unknown key trial.{key}{hint}")
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in STUDY_KEYS:
+            study[key] = value
+        elif key in SEARCH_KEYS:
+            search[key] = value
+        elif key in trial_fields:
+            trial[key] = value
+        else:
+            raise SweepError(f"unknown study setting {key!r}")
+
+    try:
+        base = TrialConfig(
+            model=study.get("model", TrialConfig.model),
+            task=study.get("task", TrialConfig.task),
+            seed=study.get("seed", TrialConfig.seed),
+            **trial,
+        )
+    except TypeError as e:
+        raise SweepError(f"{where}: {e}") from e
+    except SweepError as e:
+        raise SweepError(f"{where}: {e}") from e
+
+    spec_kwargs: dict[str, Any] = {"base": base, "source": where}
+    if "eta_a" in search:
+        spec_kwargs["eta_a"] = _range(search["eta_a"], "search.eta_a", where)
+    if "lambda" in search:
+        spec_kwargs["lam"] = _range(search["lambda"], "search.lambda", where)
+    if "rank" in search:
+        spec_kwargs["ranks"] = _ints(search["rank"], "search.rank", where)
+    for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage"):
+        if key in study:
+            spec_kwargs[key] = study[key]
+    if grid or study.get("sampler") == "grid":
+        spec_kwargs["grid"] = _grid_points(grid, where)
+        spec_kwargs["sampler"] = "grid"
+        lams = [p[1] for p in spec_kwargs["grid"]]
+        etas = [p[0] for p in spec_kwargs["grid"]]
+        # The search space is the grid's own span, so every point lies inside it.
+        spec_kwargs["eta_a"] = (min(etas), max(etas))
+        spec_kwargs["lam"] = (min(lams), max(lams))
+        spec_kwargs["ranks"] = tuple(sorted({p[2] for p in spec_kwargs["grid"]}))
+        spec_kwargs.setdefault("n_trials", len(spec_kwargs["grid"]))
+    return StudySpec(**spec_kwargs)
+
+
+def _grid_points(grid: dict[str, Any], where: str) -> tuple[tuple[float, float, int], ...]:
+    if "eta_a" not in grid or ("lambda" in grid) == ("eta_b" in grid):
+        raise SweepError(f"{where}: a grid needs grid.eta_a and one of grid.lambda or grid.eta_b")
+    etas = _floats(grid["eta_a"], "eta_a", where)
+    ranks = _ints(grid.get("rank", [TrialConfig.rank]), "grid.rank", where)
+    if "lambda" in grid:
+        pairs = [(e, lam) for e, lam in itertools.product(etas, _floats(grid["lambda"], "lambda", where))]
+    else:  # a paper-style eta_B x eta_A grid: lambda = eta_B / eta_A per point
+        pairs = [(e, b / e) for e, b in itertools.product(etas, _floats(grid["eta_b"], "eta_b", where))]
+    return tuple((e, lam, r) for (e, lam), r in itertools.product(pairs, ranks))
+
+
+def _validate(s: StudySpec) -> None:
+    where = s.source
+    for key, (low, high) in (("eta_a", s.eta_a), ("lambda", s.lam)):
+        if not (math.isfinite(low) and math.isfinite(high)) or low <= 0 or high <= 0:
+            raise SweepError(f"{where}: {key} range must be positive, got [{low:g}, {high:g}]")
+        if low > high:
+            raise SweepError(f"{where}: {key} range is empty: low {low:g} > high {high:g}")
+    if s.sampler != "grid" and not s.lam[0] <= 1.0 <= s.lam[1]:
+        raise SweepError(
+            f"{where}: lambda range [{s.lam[0]:g}, {s.lam[1]:g}] must include 1 (plain LoRA, the baseline)"
+        )
+    if not s.ranks or any(r < 1 for r in s.ranks):
+        raise SweepError(f"{where}: ranks must be integers >= 1, got {list(s.ranks)}")
+    if isinstance(s.n_trials, bool) or not isinstance(s.n_trials, int) or s.n_trials < 1:
+        raise SweepError(f"{where}: n_trials must be an integer >= 1, got {s.n_trials!r}")
+    if s.timeout is not None and (not isinstance(s.timeout, (int, float)) or s.timeout <= 0):
+        raise SweepError(f"{where}: timeout must be a number of seconds > 0, got {s.timeout!r}")
+    if s.sampler not in SAMPLERS:
+        raise SweepError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}; got {s.sampler!r}")
+    if s.pruner not in PRUNERS:
+        raise SweepError(f"{where}: pruner must be one of {', '.join(PRUNERS)}; got {s.pruner!r}")
+    if s.sampler == "grid" and not s.grid:
+        raise SweepError(f"{where}: sampler grid needs a [grid] table")
+    if s.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", s.name):
+        raise SweepError(f"{where}: study name {s.name!r} may hold only letters, digits, '.', '_' and '-'")
+    if not isinstance(s.storage, str) or not s.storage:
+        raise SweepError(f"{where}: storage must be a database URL, got {s.storage!r}")

@@ -1,0 +1,205 @@
+"""An Optuna study from a StudySpec: sampler, pruner, baseline, objective, and resumable runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from sweep.config import TrialConfig
+from sweep.errors import SweepError
+from sweep.result import EvalPoint, TrialResult
+from sweep.spec import StudySpec
+from sweep.storage import FINISHED, mask_url, open_storage
+from sweep.train import run_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class Hooks:
+    """Progress callbacks for a UI; all optional. The engine and the study know nothing of rich."""
+
+    trial_start: Callable[[int, TrialConfig], None] | None = None
+    step: Callable[[int, int, float], None] | None = None
+    eval: Callable[[EvalPoint], None] | None = None
+    trial_end: Callable[[FrozenTrial], None] | None = None
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    seed = spec.base.seed
+    if spec.sampler == "tpe":
+        # Multivariate TPE models eta_A and lambda jointly: their good values move together.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    if spec.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    # "grid" runs enqueued points; the sampler only has to accept them.
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=3)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: StudySpec) -> optuna.Study:
+    """Create the study, or load it when it exists (same name: same definition)."""
+    storage = open_storage(spec.storage)
+    name = spec.study_name
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("definition_hash")
+    if stored is None:
+        study.set_user_attr("definition_hash", spec.definition_hash())
+        study.set_user_attr("spec", spec.to_dict())
+        study.set_user_attr("model", spec.base.model)
+        study.set_user_attr("task", spec.base.task)
+    elif stored != spec.definition_hash():
+        raise SweepError(
+            f"study {name!r} in {mask_url(spec.storage)} was created with another definition; "
+            "pick another --study-name, or leave it unset to name the study after its definition"
+        )
+    return study
+
+
+def _key(params: dict) -> tuple:
+    return (round(math.log(params["eta_a"]), 9), round(math.log(params["lambda"]), 9), params["rank"])
+
+
+def enqueue_initial(study: optuna.Study, spec: StudySpec) -> int:
+    """Queue the plain-LoRA baseline (or every grid point) not yet in the study. Returns how many."""
+    points = (
+        [{"eta_a": e, "lambda": lam, "rank": r} for e, lam, r in spec.grid]
+        if spec.sampler == "grid"
+        else [spec.baseline_params()]
+    )
+    existing = set()
+    # Failed points do not count: a re-run queues them again.
+    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING)):
+        params = t.params if "rank" in t.params else t.system_attrs.get("fixed_params", {})
+        if {"eta_a", "lambda", "rank"} <= set(params):
+            existing.add(_key(params))
+    queued = 0
+    for p in points:
+        if _key(p) not in existing:
+            study.enqueue_trial(p, skip_if_exists=True)
+            existing.add(_key(p))
+            queued += 1
+    return queued
+
+
+def suggest_config(trial: Trial, spec: StudySpec) -> TrialConfig:
+    eta_a = trial.suggest_float("eta_a", *spec.eta_a, log=True)
+    lam = trial.suggest_float("lambda", *spec.lam, log=True)
+    rank = trial.suggest_categorical("rank", list(spec.ranks))
+    return spec.base.replace(eta_a=eta_a, lam=lam, rank=rank)
+
+
+def record(trial: Trial, result: TrialResult) -> None:
+    """Everything a report or a re-run needs, as user attributes of the trial."""
+    cfg = result.config
+    attrs = {
+        "config": cfg.to_dict(),
+        "model": cfg.model,
+        "task": cfg.task,
+        "metric_name": result.metric_name,
+        "metric": result.metric,
+        "best_metric": result.best_metric,
+        "metrics": result.metrics,
+        "history": [[p.step, p.metric] for p in result.history],
+        "history_len": len(result.history),
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "tokens_per_s": result.tokens_per_s,
+        "wall_time_s": result.wall_time_s,
+        "device": result.device,
+        "peak_memory_mb": result.peak_memory_mb,
+        "stop_reason": result.stop_reason,
+        "seed": cfg.seed,
+        "init": cfg.init,
+        "versions": result.versions,
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def objective(spec: StudySpec, hooks: Hooks) -> Callable[[Trial], float]:
+    def run(trial: Trial) -> float:
+        cfg = suggest_config(trial, spec)
+        if hooks.trial_start:
+            hooks.trial_start(trial.number, cfg)
+
+        def on_eval(point: EvalPoint) -> bool:
+            if hooks.eval:
+                hooks.eval(point)
+            trial.report(point.metric, point.step)
+            return trial.should_prune()
+
+        try:
+            result = run_trial(cfg, on_eval=on_eval, on_step=hooks.step)
+        except KeyboardInterrupt:
+            trial.set_user_attr("stop_reason", "interrupted by the user")
+            raise
+        record(trial, result)
+        if result.diverged:
+            # A diverged run is a result about its learning rates, not a crash: prune, keep why.
+            raise optuna.TrialPruned(result.stop_reason)
+        if result.stop_reason.startswith("stopped"):
+            trial.set_user_attr("stop_reason", f"pruned at step {result.steps}")
+            raise optuna.TrialPruned(f"pruned at step {result.steps}")
+        return result.metric
+
+    return run
+
+
+def preflight(spec: StudySpec) -> None:
+    """Fail on a bad task, column or model before the first trial, not in the middle of a sweep."""
+    from sweep.models import load_tokenizer
+    from sweep.tasks import load_task
+
+    b = spec.base
+    load_task(b.task, b.text_column, b.text_pair_column, b.label_column)
+    load_tokenizer(b)
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_study(spec: StudySpec, hooks: Hooks | None = None) -> optuna.Study:
+    """Run (or continue) the study until it holds spec.n_trials finished (complete or pruned) trials.
+
+    Failed trials do not count, so re-running the same command retries them.
+    """
+    hooks = hooks or Hooks()
+    preflight(spec)
+    study = open_study(spec)
+    enqueue_initial(study, spec)
+    remaining = spec.n_trials - finished_count(study)
+    if remaining <= 0:
+        return study
+
+    def on_trial_end(study: optuna.Study, trial: FrozenTrial) -> None:
+        if hooks.trial_end:
+            hooks.trial_end(trial)
+
+    study.optimize(
+        objective(spec, hooks),
+        n_trials=remaining,
+        timeout=spec.timeout,
+        callbacks=[on_trial_end],
+        gc_after_trial=True,
+    )
+    return study

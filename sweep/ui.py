@@ -1,0 +1,103 @@
+"""Rich progress for a trial and for a sweep, on stderr so that stdout stays for results."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sweep.config import TrialConfig
+from sweep.result import EvalPoint
+from sweep.study import Hooks
+
+err = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=24),
+        TextColumn("{task.fields[count]}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,  # gone when done: the result (or the error) is what stays
+    )
+
+
+class TrialProgress:
+    """One bar: step, smoothed loss and the last evaluation."""
+
+    def __init__(self, title: str, progress: Progress | None = None) -> None:
+        self.progress = progress or _progress()
+        self.bar = self.progress.add_task(title, total=None, count="loading", info="")
+        self.loss = ""
+        self.metric = ""
+
+    def __enter__(self) -> TrialProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def reset(self, title: str) -> None:
+        self.loss = self.metric = ""
+        self.progress.reset(self.bar, total=None, description=title, count="loading", info="")
+
+    def step(self, step: int, total: int, loss: float) -> None:
+        self.loss = f"loss {loss:.4f}"
+        self.progress.update(self.bar, completed=step, total=total, count=f"step {step}/{total}",
+                             info=f"{self.loss} {self.metric}")
+
+    def eval(self, point: EvalPoint) -> None:
+        self.metric = f"eval {point.metric:.4f}"
+        self.progress.update(self.bar, info=f"{self.loss} {self.metric}")
+
+
+class SweepProgress:
+    """Two bars: trials finished (complete / pruned / failed, best so far) and the current trial."""
+
+    def __init__(self, study_name: str, done: int, total: int) -> None:
+        self.progress = _progress()
+        self.sweep = self.progress.add_task(study_name, total=total, completed=done,
+                                            count=f"{done}/{total} trials", info="")
+        self.trial = TrialProgress("trial", self.progress)
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        self.best_value: float | None = None
+        self.best = ""
+        self.total = total
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def hooks(self) -> Hooks:
+        return Hooks(trial_start=self.trial_start, step=self.trial.step, eval=self.trial.eval,
+                     trial_end=self.trial_end)
+
+    def trial_start(self, number: int, cfg: TrialConfig) -> None:
+        self.trial.reset(f"#{number} eta_A {cfg.eta_a:.2e} lambda {cfg.lam:.3g} r {cfg.rank}")
+
+    def trial_end(self, trial) -> None:
+        state = trial.state.name
+        self.counts[state] = self.counts.get(state, 0) + 1
+        if state == "COMPLETE" and trial.value is not None:
+            if self.best_value is None or trial.value > self.best_value:
+                self.best_value = trial.value
+                p = trial.params
+                self.best = (f"best {trial.value:.4f} (eta_A {p['eta_a']:.2e}, lambda {p['lambda']:.3g}, "
+                             f"r {p['rank']})")
+        if state in ("COMPLETE", "PRUNED"):
+            self.progress.advance(self.sweep)
+        done = int(self.progress.tasks[self.sweep].completed)
+        c = self.counts
+        self.progress.update(
+            self.sweep,
+            count=f"{done}/{self.total} trials",
+            info=f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed  {self.best}",
+        )

@@ -1,0 +1,313 @@
+"""Report aggregation and plots on hand-built trial frames with known answers."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep import plots, report
+from sweep.errors import SweepError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METRIC = {"sst2": "accuracy", "mrpc": "f1", "mnli": "accuracy", "cola": "matthews"}
+
+
+def trial(model, task, number, state, value, eta_a, lam, rank=8, tokens=1000, wall_time_s=60.0):
+    return {
+        "study": f"{model}-{task}",
+        "model": model,
+        "task": task,
+        "metric_name": METRIC[task],
+        "number": number,
+        "state": state,
+        "value": value,
+        "eta_a": eta_a,
+        "lambda": lam,
+        "rank": rank,
+        "init": "standard",
+        "tokens": tokens,
+        "wall_time_s": wall_time_s,
+        "seed": 0,  # an extra column, to be ignored
+    }
+
+
+NAN = float("nan")
+
+
+@pytest.fixture
+def trials() -> pd.DataFrame:
+    """bert on sst2 and mrpc, llama on mnli only (no lambda = 1 trial), with pruned/failed/running rows.
+
+    Lambda bins, by hand: sst2 {0: 0.82, 2: 0.85, 4: 0.90}, mrpc {0: 0.70, 2: 0.80, 3: 0.78, 4: 0.75},
+    mnli {1: 0.60, 2: 0.65, 3: 0.70}.
+    """
+    rows = [
+        trial("bert", "sst2", 0, "COMPLETE", 0.80, 1e-4, 1.0),
+        # Ties #1 at lambda ~ 1 with a later number; listed first so row order cannot decide the tie.
+        trial("bert", "sst2", 8, "COMPLETE", 0.82, 3e-4, 1.0000001, rank=16),
+        trial("bert", "sst2", 1, "COMPLETE", 0.82, 2e-4, 1.0),
+        trial("bert", "sst2", 2, "COMPLETE", 0.85, 1e-4, 4.0),
+        trial("bert", "sst2", 3, "COMPLETE", 0.90, 5e-5, 16.0),
+        trial("bert", "sst2", 4, "COMPLETE", 0.88, 1e-4, 15.0, rank=4),
+        trial("bert", "sst2", 5, "PRUNED", 0.99, 1e-4, 16.0),
+        trial("bert", "sst2", 6, "FAIL", NAN, 1e-3, 64.0, wall_time_s=5.0),
+        trial("bert", "sst2", 7, "RUNNING", NAN, 1e-4, 2.0),
+        trial("bert", "mrpc", 0, "COMPLETE", 0.70, 1e-4, 1.0),
+        trial("bert", "mrpc", 1, "COMPLETE", 0.80, 1e-4, 4.0),
+        trial("bert", "mrpc", 2, "COMPLETE", 0.75, 1e-4, 16.0),
+        trial("bert", "mrpc", 3, "COMPLETE", 0.78, 2e-4, 11.3),  # log2 = 3.498 -> bin 3
+        trial("bert", "mrpc", 4, "PRUNED", 0.99, 1e-4, 4.0),
+        trial("llama", "mnli", 0, "COMPLETE", 0.60, 1e-4, 2.0, rank=16),
+        trial("llama", "mnli", 1, "COMPLETE", 0.70, 1e-4, 8.0, rank=16),
+        trial("llama", "mnli", 2, "COMPLETE", 0.65, 5e-5, 4.0, rank=16),
+        trial("llama", "mnli", 3, "FAIL", NAN, 1e-2, 32.0, rank=16, wall_time_s=5.0),
+    ]
+    return pd.DataFrame(rows)
+
+
+def row(frame: pd.DataFrame, **match) -> pd.Series:
+    hits = frame
+    for key, value in match.items():
+        hits = hits[hits[key] == value]
+    assert len(hits) == 1, f"expected one row for {match}, got {len(hits)}"
+    return hits.iloc[0]
+
+
+def keys(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(frame[["model", "task"]].itertuples(index=False, name=None))
+
+
+def test_completed_keeps_only_complete_trials_with_finite_values():
+    df = pd.DataFrame(
+        [
+            trial("bert", "sst2", 0, "COMPLETE", 0.8, 1e-4, 1.0),
+            trial("bert", "sst2", 1, "COMPLETE", math.inf, 1e-4, 1.0),  # Optuna COMPLETEs an inf
+            trial("bert", "sst2", 2, "COMPLETE", NAN, 1e-4, 1.0),
+            trial("bert", "sst2", 3, "PRUNED", 0.9, 1e-4, 1.0),
+            trial("bert", "sst2", 4, "FAIL", NAN, 1e-4, 1.0),
+        ]
+    )
+    assert report.completed(df)["number"].tolist() == [0]
+
+
+def test_best_configs_pick_the_best_completed_trial_per_model_and_task(trials):
+    best = report.best_configs(trials)
+    assert keys(best) == [("bert", "mrpc"), ("bert", "sst2"), ("llama", "mnli")]
+    sst2 = row(best, task="sst2")  # the pruned 0.99 at lambda 16 does not count
+    assert (sst2["study"], sst2["number"], sst2["eta_a"], sst2["lambda"]) == ("bert-sst2", 3, 5e-5, 16.0)
+    assert (sst2["rank"], sst2["init"], sst2["value"]) == (8, "standard", 0.90)
+    assert sst2["metric_name"] == "accuracy"
+    mrpc = row(best, task="mrpc")
+    assert (mrpc["number"], mrpc["lambda"], mrpc["value"], mrpc["metric_name"]) == (1, 4.0, 0.80, "f1")
+    assert row(best, task="mnli")["number"] == 1
+
+
+def test_best_configs_break_ties_by_lower_trial_number():
+    df = pd.DataFrame(
+        [
+            trial("bert", "sst2", 5, "COMPLETE", 0.9, 3e-4, 8.0),
+            trial("bert", "sst2", 2, "COMPLETE", 0.9, 1e-4, 2.0),
+            trial("bert", "sst2", 7, "COMPLETE", 0.9, 2e-4, 4.0),
+        ]
+    )
+    best = report.best_configs(df).iloc[0]
+    assert (best["number"], best["eta_a"], best["lambda"]) == (2, 1e-4, 2.0)
+
+
+def test_plain_lora_gain_is_best_minus_best_at_lambda_one(trials):
+    gain = report.plain_lora_gain(trials)
+    mrpc = row(gain, task="mrpc")
+    assert (mrpc["best"], mrpc["best_lambda"], mrpc["best_plain"]) == (0.80, 4.0, 0.70)
+    assert (mrpc["plain_eta_a"], mrpc["plain_rank"]) == (1e-4, 8)
+    assert mrpc["gain"] == pytest.approx(0.10)
+    assert row(gain, task="sst2")["gain"] == pytest.approx(0.90 - 0.82)
+
+
+def test_plain_lora_tie_goes_to_lower_number_and_lambda_near_one_counts(trials):
+    sst2 = row(report.plain_lora_gain(trials), task="sst2")
+    # #1 (eta 2e-4, rank 8) and #8 (lambda 1.0000001, eta 3e-4, rank 16) both reach 0.82.
+    assert (sst2["best_plain"], sst2["plain_eta_a"], sst2["plain_rank"]) == (0.82, 2e-4, 8)
+    near = report.is_plain(pd.Series([1.0, 1.0000001, 1.00001, 2.0]))
+    assert near.tolist() == [True, True, False, False]
+
+
+def test_plain_lora_gain_is_nan_without_a_lambda_one_trial(trials):
+    mnli = row(report.plain_lora_gain(trials), task="mnli")
+    assert mnli["best"] == 0.70
+    assert math.isnan(mnli["best_plain"]) and math.isnan(mnli["plain_eta_a"]) and math.isnan(mnli["gain"])
+    assert mnli["plain_rank"] is pd.NA
+
+
+def test_lambda_bin_rounds_log2_to_the_nearest_power_of_two():
+    assert report.lambda_bin(1.0) == 0
+    assert report.lambda_bin(16.0) == 4
+    assert report.lambda_bin(11.3) == 3  # log2(11.3) = 3.498
+    assert report.lambda_bin(11.4) == 4  # log2(11.4) = 3.511
+    assert report.lambda_bin(0.5) == -1
+    assert isinstance(report.lambda_bin(16.0), int)
+
+
+def test_lambda_bin_sends_an_exact_midpoint_up_unlike_round():
+    assert round(2.5) == 2  # banker's rounding, which lambda_bin does not use
+    assert report.lambda_bin(2.0**2.5) == 3
+    assert report.lambda_bin(2.0**3.5) == 4
+
+
+def test_lambda_bin_of_a_series_is_an_int_series_with_the_same_index():
+    bins = report.lambda_bin(pd.Series([1.0, 3.0, 64.0], index=[10, 11, 12]))
+    assert bins.tolist() == [0, 2, 6]
+    assert bins.index.tolist() == [10, 11, 12]
+    assert pd.api.types.is_integer_dtype(bins)
+
+
+def test_lambda_bin_rejects_non_positive_lambda():
+    with pytest.raises(ValueError, match="lambda must be finite and > 0"):
+        report.lambda_bin(pd.Series([4.0, 0.0]))
+
+
+def test_lambda_curve_takes_the_best_value_per_bin_over_eta_and_rank(trials):
+    curve = report.lambda_curve(trials)
+    sst2 = curve[curve["task"] == "sst2"]
+    assert sst2["lambda_bin"].tolist() == [0, 2, 4]
+    assert sst2["lambda"].tolist() == [1.0, 4.0, 16.0]
+    assert sst2["value"].tolist() == [0.82, 0.85, 0.90]
+    assert sst2["eta_a"].tolist() == [2e-4, 1e-4, 5e-5]
+    # Completed trials only: bin 0 has #0, #1, #8; bin 4 has #3 and #4 (lambda 15), not the pruned #5.
+    assert sst2["trials"].tolist() == [3, 1, 2]
+    mrpc = curve[curve["task"] == "mrpc"]
+    assert mrpc["lambda_bin"].tolist() == [0, 2, 3, 4]
+    assert mrpc["value"].tolist() == [0.70, 0.80, 0.78, 0.75]
+
+
+def test_lambda_curve_normalises_by_the_tasks_best_value(trials):
+    curve = report.lambda_curve(trials)
+    mrpc = curve[curve["task"] == "mrpc"]
+    assert mrpc["normalised"].tolist() == pytest.approx([0.70 / 0.80, 1.0, 0.78 / 0.80, 0.75 / 0.80])
+
+
+def test_default_lambda_maximises_the_mean_normalised_value_over_common_bins(trials):
+    bert = report.default_lambda(trials)["bert"]
+    # Bin 3 (mrpc only, 0.975) is not common to both tasks; of 0, 2, 4 bin 2 has the best mean.
+    assert set(bert.by_bin) == {0, 2, 4}
+    assert bert.by_bin[0] == pytest.approx((0.82 / 0.90 + 0.70 / 0.80) / 2)
+    assert bert.by_bin[4] == pytest.approx((1.0 + 0.75 / 0.80) / 2)
+    assert (bert.lambda_bin, bert.lam, bert.n_tasks) == (2, 4.0, 2)
+    assert bert.mean_normalised == pytest.approx((0.85 / 0.90 + 1.0) / 2)
+    assert bert.spread == pytest.approx((1.0 - 0.85 / 0.90) / 2)  # population std of two values
+    assert bert.worst == pytest.approx(0.85 / 0.90)
+    assert bert.excluded == ()
+
+
+def test_default_lambda_of_a_one_task_model_is_its_best_bin_with_no_spread(trials):
+    llama = report.default_lambda(trials)["llama"]
+    assert (llama.lambda_bin, llama.lam, llama.n_tasks) == (3, 8.0, 1)
+    assert (llama.mean_normalised, llama.spread, llama.worst) == (1.0, 0.0, 1.0)
+
+
+def test_default_lambda_tie_goes_to_the_smaller_lambda():
+    df = pd.DataFrame(
+        [
+            trial("bert", "sst2", 0, "COMPLETE", 0.9, 1e-4, 16.0),
+            trial("bert", "sst2", 1, "COMPLETE", 0.9, 1e-4, 4.0),
+        ]
+    )
+    assert report.default_lambda(df)["bert"].lambda_bin == 2
+
+
+def test_default_lambda_excludes_a_task_whose_best_is_not_positive():
+    df = pd.DataFrame(
+        [
+            trial("bert", "sst2", 0, "COMPLETE", 0.9, 1e-4, 16.0),
+            trial("bert", "sst2", 1, "COMPLETE", 0.8, 1e-4, 4.0),
+            trial("bert", "cola", 0, "COMPLETE", -0.1, 1e-4, 4.0),  # MCC below chance: no ratio to it
+        ]
+    )
+    assert math.isnan(row(report.lambda_curve(df), task="cola")["normalised"])
+    bert = report.default_lambda(df)["bert"]
+    assert (bert.lambda_bin, bert.n_tasks, bert.excluded) == (4, 1, ("cola",))
+
+
+def test_defaults_table_has_one_row_per_model(trials):
+    table = report.defaults_table(report.default_lambda(trials))
+    assert table["model"].tolist() == ["bert", "llama"]
+    assert table["lambda"].tolist() == [4.0, 8.0]
+    assert table["n_tasks"].tolist() == [2, 1]
+
+
+def test_compute_spent_counts_every_state_and_sums_tokens_and_time(trials):
+    spent = report.compute_spent(trials)
+    assert keys(spent) == [("bert", "mrpc"), ("bert", "sst2"), ("llama", "mnli")]
+    sst2 = row(spent, task="sst2")
+    counts = [sst2[c] for c in ("trials", "complete", "pruned", "failed", "running")]
+    assert counts == [9, 6, 1, 1, 1]
+    assert (sst2["tokens"], sst2["wall_time_s"]) == (9000, 8 * 60.0 + 5.0)
+    mrpc = row(spent, task="mrpc")
+    assert [mrpc[c] for c in ("trials", "complete", "pruned", "failed", "running")] == [5, 4, 1, 0, 0]
+
+
+@pytest.fixture
+def small() -> pd.DataFrame:
+    return pd.DataFrame({"model": ["bert", "a|b"], "rank": [8, 16], "gain": [0.05, np.nan]})
+
+
+def test_markdown_is_a_pipe_table_with_numbers_right_aligned(small):
+    expected = (
+        "| model | rank | gain |\n"
+        "| --- | ---: | ---: |\n"
+        "| bert | 8 | 0.05 |\n"
+        "| a\\|b | 16 |  |\n"  # an escaped pipe; NaN as an empty cell
+    )
+    assert report.to_format(small, "markdown") == expected
+
+
+def test_csv_has_a_header_and_no_index(small):
+    assert report.to_format(small, "csv") == "model,rank,gain\nbert,8,0.05\na|b,16,\n"
+
+
+def test_json_is_records_with_numbers_and_null_for_nan(small):
+    text = report.to_format(small, "json")
+    assert json.loads(text) == [
+        {"model": "bert", "rank": 8, "gain": 0.05},
+        {"model": "a|b", "rank": 16, "gain": None},
+    ]
+    assert "NaN" not in text and '"8"' not in text
+
+
+def test_json_writes_a_missing_nullable_int_as_null(trials):
+    records = json.loads(report.to_format(report.plain_lora_gain(trials), "json"))
+    assert [r["plain_rank"] for r in records] == [8, 8, None]
+
+
+def test_unknown_format_is_a_value_error(small):
+    with pytest.raises(ValueError, match="use one of csv, json, markdown"):
+        report.to_format(small, "xlsx")
+
+
+def assert_png(path, written):
+    assert written == path
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 5000  # a rendered figure, not an empty canvas
+
+
+def test_plot_heatmap_writes_a_png(trials, tmp_path):
+    path = tmp_path / "heatmap.png"
+    assert_png(path, plots.plot_heatmap(trials[trials["study"] == "bert-sst2"], path))
+
+
+def test_plot_heatmap_refuses_several_studies(trials, tmp_path):
+    with pytest.raises(ValueError, match="one study"):
+        plots.plot_heatmap(trials, tmp_path / "heatmap.png")
+
+
+def test_plot_heatmap_of_a_study_without_completed_trials_says_so(trials, tmp_path):
+    running = trials[(trials["study"] == "bert-sst2") & (trials["state"] != "COMPLETE")]
+    with pytest.raises(SweepError, match="no completed trials"):
+        plots.plot_heatmap(running, tmp_path / "heatmap.png")
+
+
+def test_plot_lambda_curves_writes_a_png(trials, tmp_path):
+    path = tmp_path / "curves.png"
+    assert_png(path, plots.plot_lambda_curves(report.lambda_curve(trials), path))
