@@ -79,7 +79,8 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xlim(10.0 ** (ks[0] - 0.1), 10.0 ** (ks[-1] + 0.1))
         ax.set_xlabel("eta_A")
         _lambda_axis(ax, "y", done["lambda"])
-        ax.set_title(f"{best['model']} / {best['task']}: {best['metric_name']}\nstudy {studies[0]}", fontsize=10)
+        title = f"{best['model']} / {best['task']}: {best['metric_name']}\nstudy {studies[0]}"
+        ax.set_title(title, fontsize=10)
         ax.legend(loc="best")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
