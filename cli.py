@@ -178,7 +178,7 @@ def run(
 ) -> None:
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""
     from sweep import spec as specs
-    from sweep.study import finished_count, open_study, run_study
+    from sweep.study import finished_count, open_study, preflight, run_study
     from sweep.ui import SweepProgress
 
     with user_errors():
@@ -195,12 +195,14 @@ def run(
         }
         spec = specs.load_spec(path, overrides)
         _quiet_libraries()
-        done = finished_count(open_study(spec))
+        preflight(spec)  # a bad task or model fails here, before a study is created
+        study = open_study(spec)
+        done = finished_count(study)
         err.print(f"study [bold]{spec.study_name}[/] in {mask_url(spec.storage)}: {done} of "
-                  f"{spec.n_trials} trials finished", highlight=False)
+                  f"{spec.n_trials} trials finished", highlight=False, soft_wrap=True)
         try:
             with SweepProgress(spec.study_name, done, spec.n_trials) as ui:
-                study = run_study(spec, ui.hooks())
+                study = run_study(spec, ui.hooks(), study)
         except KeyboardInterrupt:
             err.print(f"interrupted: finished trials are stored in {mask_url(spec.storage)}; "
                       "run the same command again to continue", highlight=False)

@@ -178,14 +178,18 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_study(spec: StudySpec, hooks: Hooks | None = None) -> optuna.Study:
+def run_study(
+    spec: StudySpec, hooks: Hooks | None = None, study: optuna.Study | None = None
+) -> optuna.Study:
     """Run (or continue) the study until it holds spec.n_trials finished (complete or pruned) trials.
 
-    Failed trials do not count, so re-running the same command retries them.
+    Failed trials do not count, so re-running the same command retries them. Pass `study` when the
+    caller has already checked the spec (preflight) and opened it.
     """
     hooks = hooks or Hooks()
-    preflight(spec)
-    study = open_study(spec)
+    if study is None:
+        preflight(spec)
+        study = open_study(spec)
     enqueue_initial(study, spec)
     remaining = spec.n_trials - finished_count(study)
     if remaining <= 0:

@@ -1,0 +1,95 @@
+"""run / report / studies / export through the CLI, on a tiny model, and their one-line errors."""
+
+import json
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return f"sqlite:///{tmp_path}/results/loraplus.db"
+
+
+@pytest.fixture
+def run_args(tiny_model, toy_csv, db):
+    return ["--model", tiny_model, "--task", toy_csv, "--eta-a", "1e-3:1e-2", "--lambda", "1:64",
+            "--rank", "2,4", "--epochs", 1, "--max-length", 32, "--batch-size", 32, "--eval-every", 4,
+            "--sampler", "random", "--device", "cpu", "--storage", db, "--study-name", "toy"]
+
+
+def test_run_then_rerun_merges_into_one_study_and_report_shows_it(run_args, db, tmp_path):
+    first = invoke("run", *run_args, "--n-trials", 2)
+    assert first.exit_code == 0, first.output
+    assert "toy: 2 finished trials" in first.stdout
+    second = invoke("run", *run_args, "--n-trials", 3)
+    assert second.exit_code == 0, second.output
+    assert "2 of 3 trials finished" in second.stderr and "toy: 3 finished trials" in second.stdout
+    study = optuna.load_study(study_name="toy", storage=db)
+    assert len(study.trials) == 3
+
+    rep = invoke("report", "--storage", db, "--format", "json", "--out", tmp_path / "rep")
+    assert rep.exit_code == 0, rep.output
+    out = json.loads(rep.stdout)
+    summary = out["summary"][0]
+    assert summary["trials"] == 3 and summary["best"] == max(t.value for t in study.trials)
+    assert summary["best_plain"] == study.trials[0].value  # the lambda = 1 baseline
+    assert {p.name for p in (tmp_path / "rep").iterdir()} >= {
+        "summary.csv", "summary.md", "lambda_curve.csv", "default_lambda.json", "heatmap-toy.png",
+        "lambda_curves.png"}
+    table = invoke("report", "--storage", db)
+    assert table.exit_code == 0 and "best configuration vs plain LoRA" in table.stdout
+
+
+def test_studies_list_show_export_delete(run_args, db, tmp_path):
+    assert invoke("run", *run_args, "--n-trials", 1).exit_code == 0
+    listed = invoke("studies", "list", "--storage", db)
+    assert listed.exit_code == 0 and "toy" in listed.stdout
+    shown = invoke("studies", "show", "toy", "--storage", db)
+    assert shown.exit_code == 0 and "COMPLETE" in shown.stdout
+    exported = invoke("export", "toy", "--storage", db, "--out", tmp_path / "best.json")
+    assert exported.exit_code == 0, exported.output
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["config"]["lambda"] == 1.0 and "create_loraplus_optimizer" in exported.stdout
+    assert "loraplus_lr_ratio=1" in exported.stdout
+    kept = invoke("studies", "delete", "toy", "--storage", db, input="n\n")
+    assert kept.exit_code == 1 and len(optuna.load_study(study_name="toy", storage=db).trials) == 1
+    gone = invoke("studies", "delete", "toy", "--storage", db, "--yes")
+    assert gone.exit_code == 0
+    assert "toy" not in invoke("studies", "list", "--storage", db).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report", "--storage", "sqlite:///{tmp}/missing.db"], "no results database at"),
+        (["report", "--storage", "sqlite:///{tmp}/results/loraplus.db", "--model", "nope"],
+         "no trials to report for that model/task"),
+        (["report", "--format", "xml"], "--format must be one of rich, csv, json, markdown"),
+        (["run", "{tmp}/bad.toml"], "bad.toml is not valid TOML"),
+        (["run", "nosuchpreset"], "no study file 'nosuchpreset'"),
+        (["run", "--task", "nosuchtask", "--storage", "sqlite:///{tmp}/x.db"], "unknown task 'nosuchtask'"),
+        (["run", "--lambda", "2:64"], "lambda range [2, 64] must include 1"),
+        (["run", "--eta-a", "1e-3:1e-5"], "eta_a range is empty"),
+        (["run", "--storage", "postgresql://u:secret@127.0.0.1:1/db"], "cannot open storage postgresql://u:***@"),
+        (["run", "--storage", "sqlite:////proc/nope/x.db"], "cannot create the directory"),
+        (["studies", "show", "nope", "--storage", "sqlite:///{tmp}/results/loraplus.db"], "no study 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, run_args, args, message):
+    (tmp_path / "bad.toml").write_text("[study\n")
+    assert invoke("run", *run_args, "--n-trials", 1).exit_code == 0  # a stored study that must survive
+    r = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and r.stderr.strip().count("\n") == 0
+    assert "secret" not in r.output
+    assert len(optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path}/results/loraplus.db").trials) == 1

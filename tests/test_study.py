@@ -1,0 +1,111 @@
+"""Studies on a tiny model: stored trials, baseline first, resume, interruption, grid, pruning."""
+
+import optuna
+import pytest
+
+from sweep import study as study_mod
+from sweep.spec import load_spec
+from sweep.storage import trials_frame
+from sweep.study import Hooks, run_study
+
+
+@pytest.fixture
+def spec(tiny_model, toy_csv, tmp_path):
+    return load_spec(None, {
+        "model": tiny_model, "task": toy_csv, "n_trials": 4, "sampler": "random",
+        "eta_a": (1e-4, 1e-2), "lambda": (1.0, 64.0), "rank": (2, 4),
+        "epochs": 1.0, "batch_size": 32, "max_length": 32, "eval_every": 4, "device": "cpu",
+        "storage": f"sqlite:///{tmp_path}/sweep.db",
+    })
+
+
+def test_a_study_opens_with_optuna_and_holds_every_trial(spec):
+    run_study(spec)
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert all(set(t.params) == {"eta_a", "lambda", "rank"} for t in trials)
+    assert trials[0].params["lambda"] == 1.0  # the plain-LoRA baseline runs first
+    attrs = trials[1].user_attrs
+    for key in ("config", "metric_name", "metric", "best_metric", "history_len", "tokens_per_s",
+                "wall_time_s", "device", "peak_memory_mb", "stop_reason", "seed", "init", "versions"):
+        assert key in attrs, key
+    assert attrs["config"]["lambda"] == trials[1].params["lambda"] and attrs["metric"] == trials[1].value
+    assert study.user_attrs["model"] == spec.base.model and "spec" in study.user_attrs
+
+
+def test_rerunning_continues_to_the_target_count(spec):
+    run_study(spec.replace(n_trials=2))
+    run_study(spec.replace(n_trials=2))  # nothing to do
+    assert len(optuna.load_study(study_name=spec.study_name, storage=spec.storage).trials) == 2
+    run_study(spec.replace(n_trials=5))
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    assert sum(t.params["lambda"] == 1.0 for t in study.trials) == 1  # the baseline only once
+
+
+def test_interrupted_trial_is_failed_with_a_reason_and_nothing_else_is_lost(spec):
+    run_study(spec.replace(n_trials=2))
+    calls = []
+
+    def interrupt(point):
+        calls.append(point)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec.replace(n_trials=4), Hooks(eval=interrupt))
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert study.trials[2].user_attrs["stop_reason"] == "interrupted by the user"
+    run_study(spec.replace(n_trials=4))
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    assert [t.state.name for t in study.trials].count("COMPLETE") == 4
+
+
+def test_grid_runs_every_point_exactly_once_even_when_resumed(spec, tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text("""
+[study]
+sampler = "grid"
+[grid]
+eta_a = [1e-3, 3e-3]
+eta_b = [3e-3, 1e-2, 3e-2]
+rank = [2]
+""")
+    overrides = {"model": spec.base.model, "task": spec.base.task, "epochs": 1.0, "max_length": 32,
+                 "batch_size": 64, "device": "cpu", "storage": spec.storage}
+    grid = load_spec(path, overrides)
+    assert grid.n_trials == 6
+    run_study(grid.replace(n_trials=4))
+    run_study(grid)
+    run_study(grid)
+    study = optuna.load_study(study_name=grid.study_name, storage=grid.storage)
+    got = sorted((t.params["eta_a"], round(t.params["eta_a"] * t.params["lambda"], 12)) for t in study.trials)
+    want = sorted((e, b) for e in (1e-3, 3e-3) for b in (3e-3, 1e-2, 3e-2))
+    assert got == want
+
+
+def test_pruned_trials_keep_their_last_value_and_reason(spec, monkeypatch):
+    class PruneAfterFirstReport(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return trial.number > 0 and len(trial.intermediate_values) >= 1
+
+    monkeypatch.setattr(study_mod, "make_pruner", lambda spec: PruneAfterFirstReport())
+    run_study(spec.replace(n_trials=3))
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert len(pruned) == 2
+    for t in pruned:
+        assert t.value == t.intermediate_values[4] == t.user_attrs["metric"]
+        assert t.user_attrs["stop_reason"] == "pruned at step 4"
+    df = trials_frame(optuna.storages.RDBStorage(spec.storage))
+    assert df[df.state == "PRUNED"]["value"].notna().all()  # the report keeps their last value
+
+
+def test_a_diverged_trial_is_pruned_with_its_reason(spec):
+    blowup = spec.replace(eta_a=(50.0, 50.0), lam=(1.0, 1.0), n_trials=1,
+                          base=spec.base.replace(max_grad_norm=None, warmup_ratio=0.0))
+    run_study(blowup)
+    t = optuna.load_study(study_name=blowup.study_name, storage=blowup.storage).trials[0]
+    assert t.state.name == "PRUNED" and t.user_attrs["stop_reason"].startswith("diverged")
