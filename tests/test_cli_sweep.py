@@ -92,4 +92,5 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, run_args, args, message
     assert r.exit_code == 2, r.output
     assert message in r.stderr and r.stderr.strip().count("\n") == 0
     assert "secret" not in r.output
-    assert len(optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path}/results/loraplus.db").trials) == 1
+    stored = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path}/results/loraplus.db")
+    assert len(stored.trials) == 1

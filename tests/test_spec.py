@@ -59,7 +59,8 @@ rank = [8]
     assert spec.n_trials == 6 and len(spec.grid) == 6
     points = {(e, round(lam, 9), r) for e, lam, r in spec.grid}
     assert (1e-4, 4.0, 8) in points and (1e-5, 100.0, 8) in points and (1e-4, 1.0, 8) in points
-    assert spec.eta_a == (1e-5, 1e-4) and spec.lam[0] == pytest.approx(1.0) and spec.lam[1] == pytest.approx(100)
+    assert spec.eta_a == (1e-5, 1e-4)
+    assert spec.lam == (pytest.approx(1.0), pytest.approx(100.0))
 
 
 @pytest.mark.parametrize(
