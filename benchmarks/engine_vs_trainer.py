@@ -5,7 +5,7 @@ Same model, data, init and hyperparameters on each side, run one after the other
   (b) HF Trainer with peft.optimizers.create_loraplus_optimizer and dynamic padding,
   (c) the same Trainer padding every example to max length, as the LoRA+ authors' GLUE script does.
 Tokens/s counts real (non-padding) training tokens over the training wall time. Prints a table and
-the machine. Usage: python benchmarks/engine_vs_trainer.py [--train N] [--epochs E] [--task T]
+the machine. Usage: python benchmarks/engine_vs_trainer.py [--train N] [--epochs E] [--task T] [--eta-a X]
 """
 
 from __future__ import annotations
@@ -115,12 +115,14 @@ def main() -> None:
     parser.add_argument("--task", default=DEFAULT_TASK)
     parser.add_argument("--train", type=int, default=1024, help="training examples")
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--eta-a", type=float, default=2e-3, help="high enough to learn in one short epoch")
+    parser.add_argument("--lambda", dest="lam", type=float, default=8.0)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    cfg = TrialConfig(model=args.model, task=args.task, eta_a=5e-4, lam=8.0, rank=8, batch_size=32,
+    cfg = TrialConfig(model=args.model, task=args.task, eta_a=args.eta_a, lam=args.lam, rank=8, batch_size=32,
                       max_length=128, epochs=args.epochs, warmup_ratio=0.06, train_limit=args.train,
                       device="auto", precision="fp32")
     task = load_task(cfg.task)

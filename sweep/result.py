@@ -49,6 +49,14 @@ class TrialResult:
         out["history"] = [dataclasses.asdict(p) for p in self.history]
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+        return cls(**{
+            **data,
+            "config": TrialConfig.from_dict(data["config"]),
+            "history": tuple(EvalPoint(**p) for p in data["history"]),
+        })
+
 
 def library_versions() -> dict[str, str]:
     import peft

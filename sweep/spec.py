@@ -2,7 +2,8 @@
 
 A study file has up to four tables (every key optional; unknown keys are errors):
 
-    [study]   name, model, task, n_trials, timeout, sampler, pruner, seed, storage
+    [study]   name, model, task, n_trials, timeout, sampler, pruner, seed, storage,
+              trial_timeout, jobs, devices, in_process
     [search]  eta_a = [low, high] (log-uniform) or a number; lambda = [low, high] or a number
               (log-uniform; the range must include 1, so plain LoRA is always a candidate);
               rank = [4, 8, 16] (categorical) or a number
@@ -30,7 +31,10 @@ from sweep.errors import SweepError
 SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("asha", "median", "none")
 DEFAULT_STORAGE = "sqlite:///results/loraplus.db"
-STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage")
+STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage",
+              "trial_timeout", "jobs", "devices", "in_process")
+# How trials run, not what they measure: left out of the definition hash like the budget.
+RUN_KEYS = ("trial_timeout", "jobs", "devices", "in_process")
 SEARCH_KEYS = ("eta_a", "lambda", "rank")
 GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
 # Searched (or study-level) fields cannot also be set in [trial].
@@ -51,6 +55,10 @@ class StudySpec:
     pruner: str = "asha"
     storage: str = DEFAULT_STORAGE
     name: str | None = None
+    trial_timeout: float | None = None  # seconds per trial (needs a child process per trial)
+    jobs: int = 1  # concurrent trials on the CPU
+    devices: str = "auto"  # "auto" (every visible GPU, else the CPU), "cpu", or GPU ids "0,1"
+    in_process: bool = False  # run trials in this process (debugging): no timeout, no isolation
     source: str = field(default="<flags>", compare=False)  # where it came from, for messages
 
     def __post_init__(self) -> None:
@@ -221,7 +229,7 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
         spec_kwargs["lam"] = _range(search["lambda"], "search.lambda", where)
     if "rank" in search:
         spec_kwargs["ranks"] = _ints(search["rank"], "search.rank", where)
-    for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage"):
+    for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage", *RUN_KEYS):
         if key in study:
             spec_kwargs[key] = study[key]
     if grid or study.get("sampler") == "grid":
@@ -264,8 +272,11 @@ def _validate(s: StudySpec) -> None:
         raise SweepError(f"{where}: ranks must be integers >= 1, got {list(s.ranks)}")
     if isinstance(s.n_trials, bool) or not isinstance(s.n_trials, int) or s.n_trials < 1:
         raise SweepError(f"{where}: n_trials must be an integer >= 1, got {s.n_trials!r}")
-    if s.timeout is not None and (not isinstance(s.timeout, (int, float)) or s.timeout <= 0):
-        raise SweepError(f"{where}: timeout must be a number of seconds > 0, got {s.timeout!r}")
+    for key in ("timeout", "trial_timeout"):
+        value = getattr(s, key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and (not number or value <= 0):
+            raise SweepError(f"{where}: {key} must be a number of seconds > 0, got {value!r}")
     if s.sampler not in SAMPLERS:
         raise SweepError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}; got {s.sampler!r}")
     if s.pruner not in PRUNERS:
@@ -274,5 +285,11 @@ def _validate(s: StudySpec) -> None:
         raise SweepError(f"{where}: sampler grid needs a [grid] table")
     if s.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", s.name):
         raise SweepError(f"{where}: study name {s.name!r} may hold only letters, digits, '.', '_' and '-'")
+    if isinstance(s.jobs, bool) or not isinstance(s.jobs, int) or s.jobs < 1:
+        raise SweepError(f"{where}: jobs must be an integer >= 1, got {s.jobs!r}")
+    if s.devices not in ("auto", "cpu") and not re.fullmatch(r"\d+(,\d+)*", s.devices):
+        raise SweepError(f"{where}: devices must be auto, cpu or GPU ids like 0,1; got {s.devices!r}")
+    if s.in_process and (s.trial_timeout is not None or s.jobs > 1):
+        raise SweepError(f"{where}: in_process runs one trial at a time without a timeout")
     if not isinstance(s.storage, str) or not s.storage:
         raise SweepError(f"{where}: storage must be a database URL, got {s.storage!r}")

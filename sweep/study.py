@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from sweep.result import EvalPoint, TrialResult
 from sweep.spec import StudySpec
 from sweep.storage import FINISHED, mask_url, open_storage
 from sweep.train import run_trial
+from sweep.worker import Slot, TrialFailed, make_slots, run_isolated
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -23,9 +25,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class Hooks:
     """Progress callbacks for a UI; all optional. The engine and the study know nothing of rich."""
 
-    trial_start: Callable[[int, TrialConfig], None] | None = None
-    step: Callable[[int, int, float], None] | None = None
-    eval: Callable[[EvalPoint], None] | None = None
+    trial_start: Callable[[int, TrialConfig], None] | None = None  # (trial number, config)
+    step: Callable[[int, int, int, float], None] | None = None  # (number, step, total, loss)
+    eval: Callable[[int, EvalPoint], None] | None = None  # (number, point)
     trial_end: Callable[[FrozenTrial], None] | None = None
 
 
@@ -135,23 +137,45 @@ def record(trial: Trial, result: TrialResult) -> None:
         trial.set_user_attr(key, value)
 
 
-def objective(spec: StudySpec, hooks: Hooks) -> Callable[[Trial], float]:
+def objective(spec: StudySpec, hooks: Hooks, free: list[Slot]) -> Callable[[Trial], float]:
+    """The trial function; with several slots, Optuna's threads each take a free one."""
+    slots: queue.Queue[Slot] = queue.Queue()
+    for slot in free:
+        slots.put(slot)
+
     def run(trial: Trial) -> float:
         cfg = suggest_config(trial, spec)
+        n = trial.number
         if hooks.trial_start:
-            hooks.trial_start(trial.number, cfg)
+            hooks.trial_start(n, cfg)
 
         def on_eval(point: EvalPoint) -> bool:
             if hooks.eval:
-                hooks.eval(point)
+                hooks.eval(n, point)
             trial.report(point.metric, point.step)
             return trial.should_prune()
 
+        def on_step(step: int, total: int, loss: float) -> None:
+            if hooks.step:
+                hooks.step(n, step, total, loss)
+
+        slot = slots.get()
+        trial.set_user_attr("slot", slot.label)
         try:
-            result = run_trial(cfg, on_eval=on_eval, on_step=hooks.step)
+            if spec.in_process:
+                result = run_trial(cfg, on_eval=on_eval, on_step=on_step)
+            else:
+                result = run_isolated(cfg, on_eval, on_step, spec.trial_timeout, slot)
         except KeyboardInterrupt:
             trial.set_user_attr("stop_reason", "interrupted by the user")
             raise
+        except TrialFailed as e:
+            trial.set_user_attr("stop_reason", str(e))
+            if e.detail:
+                trial.set_user_attr("traceback", e.detail[-4000:])
+            raise
+        finally:
+            slots.put(slot)
         record(trial, result)
         if result.diverged:
             # A diverged run is a result about its learning rates, not a crash: prune, keep why.
@@ -159,6 +183,9 @@ def objective(spec: StudySpec, hooks: Hooks) -> Callable[[Trial], float]:
         if result.stop_reason.startswith("stopped"):
             trial.set_user_attr("stop_reason", f"pruned at step {result.steps}")
             raise optuna.TrialPruned(f"pruned at step {result.steps}")
+        if not math.isfinite(result.metric):
+            trial.set_user_attr("stop_reason", f"non-finite {result.metric_name}: {result.metric}")
+            raise TrialFailed(f"non-finite {result.metric_name}: {result.metric}")
         return result.metric
 
     return run
@@ -199,11 +226,14 @@ def run_study(
         if hooks.trial_end:
             hooks.trial_end(trial)
 
+    slots = make_slots(spec.devices, spec.jobs)
     study.optimize(
-        objective(spec, hooks),
+        objective(spec, hooks, slots),
         n_trials=remaining,
         timeout=spec.timeout,
+        n_jobs=len(slots),
         callbacks=[on_trial_end],
+        catch=(TrialFailed,),  # the trial is FAIL with its reason; the sweep goes on
         gc_after_trial=True,
     )
     return study

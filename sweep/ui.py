@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sweep.config import TrialConfig
 from sweep.result import EvalPoint
@@ -26,14 +26,31 @@ def _progress() -> Progress:
     )
 
 
-class TrialProgress:
-    """One bar: step, smoothed loss and the last evaluation."""
+class _TrialBar:
+    """One trial's bar: step, smoothed loss and the last evaluation."""
 
-    def __init__(self, title: str, progress: Progress | None = None) -> None:
-        self.progress = progress or _progress()
-        self.bar = self.progress.add_task(title, total=None, count="loading", info="")
-        self.loss = ""
-        self.metric = ""
+    def __init__(self, progress: Progress, title: str) -> None:
+        self.progress = progress
+        self.id: TaskID = progress.add_task(title, total=None, count="starting", info="")
+        self.loss = self.metric = ""
+
+    def step(self, step: int, total: int, loss: float) -> None:
+        self.loss = f"loss {loss:.4f}"
+        self.progress.update(self.id, completed=step, total=total, count=f"step {step}/{total}",
+                             info=f"{self.loss} {self.metric}")
+
+    def eval(self, point: EvalPoint) -> None:
+        self.metric = f"eval {point.metric:.4f}"
+        self.progress.update(self.id, info=f"{self.loss} {self.metric}")
+
+
+class TrialProgress:
+    """Progress of a single trial (the `trial` command)."""
+
+    def __init__(self, title: str) -> None:
+        self.progress = _progress()
+        self.bar = _TrialBar(self.progress, title)
+        self.step, self.eval = self.bar.step, self.bar.eval
 
     def __enter__(self) -> TrialProgress:
         self.progress.__enter__()
@@ -42,28 +59,15 @@ class TrialProgress:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def reset(self, title: str) -> None:
-        self.loss = self.metric = ""
-        self.progress.reset(self.bar, total=None, description=title, count="loading", info="")
-
-    def step(self, step: int, total: int, loss: float) -> None:
-        self.loss = f"loss {loss:.4f}"
-        self.progress.update(self.bar, completed=step, total=total, count=f"step {step}/{total}",
-                             info=f"{self.loss} {self.metric}")
-
-    def eval(self, point: EvalPoint) -> None:
-        self.metric = f"eval {point.metric:.4f}"
-        self.progress.update(self.bar, info=f"{self.loss} {self.metric}")
-
 
 class SweepProgress:
-    """Two bars: trials finished (complete / pruned / failed, best so far) and the current trial."""
+    """A bar for the trials finished (complete / pruned / failed, best so far), one per running trial."""
 
     def __init__(self, study_name: str, done: int, total: int) -> None:
         self.progress = _progress()
         self.sweep = self.progress.add_task(study_name, total=total, completed=done,
                                             count=f"{done}/{total} trials", info="")
-        self.trial = TrialProgress("trial", self.progress)
+        self.running: dict[int, _TrialBar] = {}
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.best_value: float | None = None
         self.best = ""
@@ -77,13 +81,21 @@ class SweepProgress:
         self.progress.__exit__(*exc)
 
     def hooks(self) -> Hooks:
-        return Hooks(trial_start=self.trial_start, step=self.trial.step, eval=self.trial.eval,
-                     trial_end=self.trial_end)
+        return Hooks(
+            trial_start=self.trial_start,
+            step=lambda n, step, total, loss: self.running[n].step(step, total, loss),
+            eval=lambda n, point: self.running[n].eval(point),
+            trial_end=self.trial_end,
+        )
 
     def trial_start(self, number: int, cfg: TrialConfig) -> None:
-        self.trial.reset(f"#{number} eta_A {cfg.eta_a:.2e} lambda {cfg.lam:.3g} r {cfg.rank}")
+        title = f"#{number} eta_A {cfg.eta_a:.2e} lambda {cfg.lam:.3g} r {cfg.rank}"
+        self.running[number] = _TrialBar(self.progress, title)
 
     def trial_end(self, trial) -> None:
+        bar = self.running.pop(trial.number, None)
+        if bar is not None:
+            self.progress.remove_task(bar.id)
         state = trial.state.name
         self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and trial.value is not None:
@@ -94,7 +106,7 @@ class SweepProgress:
                              f"r {p['rank']})")
         if state in ("COMPLETE", "PRUNED"):
             self.progress.advance(self.sweep)
-        done = int(self.progress.tasks[self.sweep].completed)
+        done = int(self.progress.tasks[0].completed)
         c = self.counts
         self.progress.update(
             self.sweep,

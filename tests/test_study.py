@@ -15,7 +15,7 @@ def spec(tiny_model, toy_csv, tmp_path):
         "model": tiny_model, "task": toy_csv, "n_trials": 4, "sampler": "random",
         "eta_a": (1e-4, 1e-2), "lambda": (1.0, 64.0), "rank": (2, 4),
         "epochs": 1.0, "batch_size": 32, "max_length": 32, "eval_every": 4, "device": "cpu",
-        "storage": f"sqlite:///{tmp_path}/sweep.db",
+        "storage": f"sqlite:///{tmp_path}/sweep.db", "in_process": True,
     })
 
 
@@ -48,7 +48,7 @@ def test_interrupted_trial_is_failed_with_a_reason_and_nothing_else_is_lost(spec
     run_study(spec.replace(n_trials=2))
     calls = []
 
-    def interrupt(point):
+    def interrupt(n, point):
         calls.append(point)
         raise KeyboardInterrupt
 
