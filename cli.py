@@ -16,6 +16,7 @@ from rich.table import Table
 
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
 from sweep.errors import SweepError
+from sweep.quiet import quiet_libraries
 from sweep.storage import mask_url
 
 app = typer.Typer(
@@ -27,21 +28,9 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def _quiet_libraries() -> None:
-    import warnings
-
-    import transformers
-
-    # Deprecation notices from inside transformers/peft are for their developers, not our users.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    raise typer.Exit(code)
 
 
 @app.callback()
@@ -96,7 +85,7 @@ def trial(
             cfg = TrialConfig(**given)
         result = _run_with_progress(cfg)
     except SweepError as e:
-        fail(str(e))
+        fail(str(e), e.exit_code)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
     else:
@@ -115,7 +104,7 @@ def _run_with_progress(cfg: TrialConfig):
     from sweep.train import run_trial
     from sweep.ui import TrialProgress
 
-    _quiet_libraries()
+    quiet_libraries()
     with TrialProgress(f"{cfg.model} / {cfg.task}") as bar:
         return run_trial(cfg, on_eval=bar.eval, on_step=bar.step)
 
@@ -148,7 +137,7 @@ def user_errors():
     try:
         yield
     except SweepError as e:
-        fail(str(e))
+        fail(str(e), e.exit_code)
 
 
 @app.command()
@@ -179,11 +168,11 @@ def run(
     jobs: Annotated[int | None, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")] = None,
     devices: Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")] = None,
     in_process: Annotated[bool | None, typer.Option("--in-process", help="Run trials in this process (debugging): no isolation, no timeout.")] = None,
+    heartbeat: Annotated[int | None, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")] = None,
 ) -> None:
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""
     from sweep import spec as specs
-    from sweep.study import finished_count, open_study, preflight, run_study
-    from sweep.ui import SweepProgress
+    from sweep.study import open_study, preflight
 
     with user_errors():
         path = specs.find_study_file(study_file) if study_file else None
@@ -197,21 +186,52 @@ def run(
             "batch_size": batch_size, "max_length": max_length, "device": device,
             "sampler": sampler, "pruner": pruner, "storage": storage, "name": study_name,
             "trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "in_process": in_process,
+            "heartbeat": heartbeat,
         }
         spec = specs.load_spec(path, overrides)
-        _quiet_libraries()
+        quiet_libraries()
         preflight(spec)  # a bad task or model fails here, before a study is created
-        study = open_study(spec)
-        done = finished_count(study)
-        err.print(f"study [bold]{spec.study_name}[/] in {mask_url(spec.storage)}: {done} of "
-                  f"{spec.n_trials} trials finished", highlight=False, soft_wrap=True)
-        try:
-            with SweepProgress(spec.study_name, done, spec.n_trials) as ui:
-                study = run_study(spec, ui.hooks(), study)
-        except KeyboardInterrupt:
-            err.print(f"interrupted: finished trials are stored in {mask_url(spec.storage)}; "
-                      "run the same command again to continue", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+        _sweep(spec, open_study(spec))
+
+
+@app.command()
+def worker(
+    name: Annotated[str, typer.Argument(help="The study to join (see loraplus-sweep studies list).")],
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL of the study (default sqlite:///results/loraplus.db).")] = None,
+    trial_timeout: Annotated[float | None, typer.Option(help="Fail a trial that runs longer than this many seconds.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")] = None,
+    devices: Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")] = None,
+    heartbeat: Annotated[int | None, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")] = None,
+) -> None:
+    """Join a stored study from this machine: take its trials until it holds its budget."""
+    from sweep.spec import DEFAULT_STORAGE
+    from sweep.study import joined_spec, open_study, preflight
+
+    with user_errors():
+        url = storage or DEFAULT_STORAGE
+        run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat}
+        spec = joined_spec(_load_study(name, url), url, run)
+        quiet_libraries()
+        preflight(spec)
+        _sweep(spec, open_study(spec))
+
+
+def _sweep(spec, study) -> None:
+    """Run the study with live progress; Ctrl-C ends the running trials as failed, exit 130."""
+    from sweep.coordinator import run_study
+    from sweep.study import finished_count
+    from sweep.ui import SweepProgress
+
+    done = finished_count(study)
+    err.print(f"study [bold]{spec.study_name}[/] in {mask_url(spec.storage)}: {done} of "
+              f"{spec.n_trials} trials finished", highlight=False, soft_wrap=True)
+    try:
+        with SweepProgress(spec.study_name, done, spec.n_trials) as ui:
+            study = run_study(spec, ui.hooks(), study)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished trials are stored in {mask_url(spec.storage)}; "
+                  "run the same command again to continue", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     _print_study_summary(study)
 
 

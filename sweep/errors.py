@@ -7,3 +7,11 @@ class SweepError(Exception):
     The CLI prints the message on one line and exits with code 2; anything else is a bug and keeps
     its traceback.
     """
+
+    exit_code = 2
+
+
+class SweepStopped(SweepError):
+    """A sweep that cannot go on (its trials keep failing): one line, exit code 1."""
+
+    exit_code = 1

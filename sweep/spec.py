@@ -32,9 +32,9 @@ SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("asha", "median", "none")
 DEFAULT_STORAGE = "sqlite:///results/loraplus.db"
 STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage",
-              "trial_timeout", "jobs", "devices", "in_process")
+              "trial_timeout", "jobs", "devices", "in_process", "heartbeat")
 # How trials run, not what they measure: left out of the definition hash like the budget.
-RUN_KEYS = ("trial_timeout", "jobs", "devices", "in_process")
+RUN_KEYS = ("trial_timeout", "jobs", "devices", "in_process", "heartbeat")
 SEARCH_KEYS = ("eta_a", "lambda", "rank")
 GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
 # Searched (or study-level) fields cannot also be set in [trial].
@@ -59,6 +59,7 @@ class StudySpec:
     jobs: int = 1  # concurrent trials on the CPU
     devices: str = "auto"  # "auto" (every visible GPU, else the CPU), "cpu", or GPU ids "0,1"
     in_process: bool = False  # run trials in this process (debugging): no timeout, no isolation
+    heartbeat: int = 30  # seconds; a trial silent for 3 beats lost its worker and runs again
     source: str = field(default="<flags>", compare=False)  # where it came from, for messages
 
     def __post_init__(self) -> None:
@@ -95,6 +96,18 @@ class StudySpec:
         out["lambda"] = out.pop("lam")
         out.pop("source")
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> StudySpec:
+        """The inverse of to_dict (a study's stored definition, for workers that join it)."""
+        known = {f.name for f in dataclasses.fields(cls)} | {"lambda"}
+        d = {k: v for k, v in data.items() if k in known and k not in ("base", "source")}
+        d["lam"] = tuple(d.pop("lambda", cls.lam))
+        for key in ("eta_a", "ranks"):
+            if key in d:
+                d[key] = tuple(d[key])
+        d["grid"] = tuple(tuple(p) for p in d.get("grid", ()))
+        return cls(base=TrialConfig.from_dict(data["base"]), source=source, **d)
 
     def replace(self, **changes: Any) -> StudySpec:
         return dataclasses.replace(self, **changes)
@@ -289,6 +302,8 @@ def _validate(s: StudySpec) -> None:
         raise SweepError(f"{where}: jobs must be an integer >= 1, got {s.jobs!r}")
     if s.devices not in ("auto", "cpu") and not re.fullmatch(r"\d+(,\d+)*", s.devices):
         raise SweepError(f"{where}: devices must be auto, cpu or GPU ids like 0,1; got {s.devices!r}")
+    if isinstance(s.heartbeat, bool) or not isinstance(s.heartbeat, int) or s.heartbeat < 1:
+        raise SweepError(f"{where}: heartbeat must be a whole number of seconds >= 1, got {s.heartbeat!r}")
     if s.in_process and (s.trial_timeout is not None or s.jobs > 1):
         raise SweepError(f"{where}: in_process runs one trial at a time without a timeout")
     if not isinstance(s.storage, str) or not s.storage:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import hashlib
+import importlib.util
 import re
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import SweepError
@@ -27,10 +36,12 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(url: str, create: bool = True, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for a SQLAlchemy URL (SQLite by default; PostgreSQL across machines).
 
-    With create=False a missing SQLite file is an error instead of a new empty database.
+    With create=False a missing SQLite file is an error instead of a new empty database. With a
+    heartbeat (seconds), running trials record that they are alive, and a trial that has not beaten
+    for three intervals counts as stale (sweep.coordinator fails it and queues its parameters again).
     """
     path = sqlite_path(url)
     engine_kwargs: dict[str, Any] = {}
@@ -42,15 +53,89 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise SweepError(f"cannot create the directory for {path}: {e.strerror}") from e
-        # Wait for a busy writer instead of failing with "database is locked".
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        # Wait for a busy writer instead of failing; our own BEGIN (below) instead of pysqlite's.
+        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
     elif "://" not in url:
         raise SweepError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///results/x.db)")
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None)
+        # Workers started together on a new database would all create its tables at once.
+        lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
+        with lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                _with_driver(url), engine_kwargs=engine_kwargs or None, heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat if heartbeat else None,
+            )
+    except SweepError:
+        raise
     except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SweepError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from e
+    if path is not None:
+        _immediate_transactions(storage.engine)
+    return storage
+
+
+def _with_driver(url: str) -> str:
+    """postgresql:// means psycopg2 to SQLAlchemy; use psycopg 3 (our `postgres` extra) when that is
+    what is installed."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    raise SweepError("PostgreSQL storage needs a driver: pip install 'loraplus-sweep[postgres]'")
+
+
+def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Every SQLite transaction takes the write lock when it begins. A transaction that reads first
+    and writes later cannot wait for another writer (SQLite would deadlock), so it fails at once
+    with "database is locked" whatever the timeout; taking the lock up front makes it wait instead.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(conn: sqlalchemy.engine.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made while the tables were created predate the hook
+
+
+@contextlib.contextmanager
+def storage_lock(url: str, name: str) -> Iterator[None]:
+    """An exclusive lock called `name` across every process and machine that uses the storage: a
+    file lock beside a SQLite database, an advisory lock on PostgreSQL, this process only for other
+    databases. sweep.coordinator holds it (named after the study) while a worker checks the trial
+    budget and takes a trial, so that no number of workers starts more trials than the budget."""
+    with _THREADS:
+        path = sqlite_path(url)
+        if path is not None:
+            with open(path.with_name(path.name + ".lock"), "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        elif url.startswith(("postgresql", "postgres:")):
+            key = int(hashlib.sha1(name.encode()).hexdigest()[:15], 16)
+            with _lock_engine(url).connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+        else:
+            yield
+
+
+_THREADS = threading.Lock()
+
+
+@functools.cache
+def _lock_engine(url: str) -> sqlalchemy.engine.Engine:
+    return sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
 
 
 def trial_row(study_name: str, t: FrozenTrial) -> dict[str, Any]:

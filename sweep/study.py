@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-import queue
+import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -13,10 +15,10 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.result import EvalPoint, TrialResult
-from sweep.spec import StudySpec
+from sweep.spec import RUN_KEYS, StudySpec
 from sweep.storage import FINISHED, mask_url, open_storage
 from sweep.train import run_trial
-from sweep.worker import Slot, TrialFailed, make_slots, run_isolated
+from sweep.worker import Slot, TrialFailed, run_isolated
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -31,8 +33,12 @@ class Hooks:
     trial_end: Callable[[FrozenTrial], None] | None = None
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, draw: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler; `draw` (the study's trial count) varies the seed of TPE and random
+    sampling, so that workers sharing a study, or a re-run continuing it, never repeat a draw."""
     seed = spec.base.seed
+    if spec.sampler in ("tpe", "random"):
+        seed = (seed * 1_000_003 + draw) % 2**32
     if spec.sampler == "tpe":
         # Multivariate TPE models eta_A and lambda jointly: their good values move together.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
@@ -52,7 +58,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def open_study(spec: StudySpec) -> optuna.Study:
     """Create the study, or load it when it exists (same name: same definition)."""
-    storage = open_storage(spec.storage)
+    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
     name = spec.study_name
     study = optuna.create_study(
         study_name=name,
@@ -65,7 +71,6 @@ def open_study(spec: StudySpec) -> optuna.Study:
     stored = study.user_attrs.get("definition_hash")
     if stored is None:
         study.set_user_attr("definition_hash", spec.definition_hash())
-        study.set_user_attr("spec", spec.to_dict())
         study.set_user_attr("model", spec.base.model)
         study.set_user_attr("task", spec.base.task)
     elif stored != spec.definition_hash():
@@ -73,6 +78,11 @@ def open_study(spec: StudySpec) -> optuna.Study:
             f"study {name!r} in {mask_url(spec.storage)} was created with another definition; "
             "pick another --study-name, or leave it unset to name the study after its definition"
         )
+    # The latest budget, sampler and pruner, for `worker`s that join the study. Not the storage
+    # URL (it may hold a password) nor how this machine runs trials.
+    shared = {k: v for k, v in spec.to_dict().items() if k not in ("storage", *RUN_KEYS)}
+    if study.user_attrs.get("spec") != shared:
+        study.set_user_attr("spec", shared)
     return study
 
 
@@ -137,58 +147,55 @@ def record(trial: Trial, result: TrialResult) -> None:
         trial.set_user_attr(key, value)
 
 
-def objective(spec: StudySpec, hooks: Hooks, free: list[Slot]) -> Callable[[Trial], float]:
-    """The trial function; with several slots, Optuna's threads each take a free one."""
-    slots: queue.Queue[Slot] = queue.Queue()
-    for slot in free:
-        slots.put(slot)
+def execute(trial: Trial, spec: StudySpec, hooks: Hooks, slot: Slot,
+            cancel: threading.Event | None = None) -> float:
+    """Run one trial on its slot and record it: the metric, or TrialPruned / TrialFailed with the
+    reason stored on the trial. Setting `cancel` interrupts it like Ctrl-C."""
+    cfg = suggest_config(trial, spec)
+    n = trial.number
+    if hooks.trial_start:
+        hooks.trial_start(n, cfg)
 
-    def run(trial: Trial) -> float:
-        cfg = suggest_config(trial, spec)
-        n = trial.number
-        if hooks.trial_start:
-            hooks.trial_start(n, cfg)
+    def on_eval(point: EvalPoint) -> bool:
+        if hooks.eval:
+            hooks.eval(n, point)
+        trial.report(point.metric, point.step)
+        return trial.should_prune()
 
-        def on_eval(point: EvalPoint) -> bool:
-            if hooks.eval:
-                hooks.eval(n, point)
-            trial.report(point.metric, point.step)
-            return trial.should_prune()
+    def on_step(step: int, total: int, loss: float) -> None:
+        if hooks.step:
+            hooks.step(n, step, total, loss)
 
-        def on_step(step: int, total: int, loss: float) -> None:
-            if hooks.step:
-                hooks.step(n, step, total, loss)
-
-        slot = slots.get()
-        trial.set_user_attr("slot", slot.label)
-        try:
-            if spec.in_process:
+    trial.set_user_attr("slot", slot.label)
+    try:
+        if spec.in_process:
+            try:
                 result = run_trial(cfg, on_eval=on_eval, on_step=on_step)
-            else:
-                result = run_isolated(cfg, on_eval, on_step, spec.trial_timeout, slot)
-        except KeyboardInterrupt:
-            trial.set_user_attr("stop_reason", "interrupted by the user")
-            raise
-        except TrialFailed as e:
-            trial.set_user_attr("stop_reason", str(e))
-            if e.detail:
-                trial.set_user_attr("traceback", e.detail[-4000:])
-            raise
-        finally:
-            slots.put(slot)
-        record(trial, result)
-        if result.diverged:
-            # A diverged run is a result about its learning rates, not a crash: prune, keep why.
-            raise optuna.TrialPruned(result.stop_reason)
-        if result.stop_reason.startswith("stopped"):
-            trial.set_user_attr("stop_reason", f"pruned at step {result.steps}")
-            raise optuna.TrialPruned(f"pruned at step {result.steps}")
-        if not math.isfinite(result.metric):
-            trial.set_user_attr("stop_reason", f"non-finite {result.metric_name}: {result.metric}")
-            raise TrialFailed(f"non-finite {result.metric_name}: {result.metric}")
-        return result.metric
-
-    return run
+            except Exception as e:  # as a child's failure would be: the trial fails, the sweep goes on
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise TrialFailed(f"{type(e).__name__}: {first}", traceback.format_exc()) from e
+        else:
+            result = run_isolated(cfg, on_eval, on_step, spec.trial_timeout, slot, cancel)
+    except KeyboardInterrupt:
+        trial.set_user_attr("stop_reason", "interrupted by the user")
+        raise
+    except TrialFailed as e:
+        trial.set_user_attr("stop_reason", str(e))
+        if e.detail:
+            trial.set_user_attr("traceback", e.detail[-4000:])
+        raise
+    record(trial, result)
+    if result.diverged:
+        # A diverged run is a result about its learning rates, not a crash: prune, keep why.
+        raise optuna.TrialPruned(result.stop_reason)
+    if result.stop_reason.startswith("stopped"):
+        trial.set_user_attr("stop_reason", f"pruned at step {result.steps}")
+        raise optuna.TrialPruned(f"pruned at step {result.steps}")
+    if not math.isfinite(result.metric):
+        reason = f"non-finite {result.metric_name}: {result.metric}"
+        trial.set_user_attr("stop_reason", reason)
+        raise TrialFailed(reason)
+    return result.metric
 
 
 def preflight(spec: StudySpec) -> None:
@@ -205,35 +212,12 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_study(
-    spec: StudySpec, hooks: Hooks | None = None, study: optuna.Study | None = None
-) -> optuna.Study:
-    """Run (or continue) the study until it holds spec.n_trials finished (complete or pruned) trials.
 
-    Failed trials do not count, so re-running the same command retries them. Pass `study` when the
-    caller has already checked the spec (preflight) and opened it.
-    """
-    hooks = hooks or Hooks()
-    if study is None:
-        preflight(spec)
-        study = open_study(spec)
-    enqueue_initial(study, spec)
-    remaining = spec.n_trials - finished_count(study)
-    if remaining <= 0:
-        return study
-
-    def on_trial_end(study: optuna.Study, trial: FrozenTrial) -> None:
-        if hooks.trial_end:
-            hooks.trial_end(trial)
-
-    slots = make_slots(spec.devices, spec.jobs)
-    study.optimize(
-        objective(spec, hooks, slots),
-        n_trials=remaining,
-        timeout=spec.timeout,
-        n_jobs=len(slots),
-        callbacks=[on_trial_end],
-        catch=(TrialFailed,),  # the trial is FAIL with its reason; the sweep goes on
-        gc_after_trial=True,
-    )
-    return study
+def joined_spec(study: optuna.Study, storage_url: str, run: dict[str, Any]) -> StudySpec:
+    """The spec of an existing study, as its creator stored it, run here with `run` settings."""
+    stored = study.user_attrs.get("spec")
+    if not isinstance(stored, dict):
+        raise SweepError(f"study {study.study_name!r} was not created by loraplus-sweep run")
+    data = {**stored, "storage": storage_url, "name": study.study_name}
+    data.update({k: v for k, v in run.items() if v is not None})
+    return StudySpec.from_dict(data, source=f"study {study.study_name}")

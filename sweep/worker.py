@@ -8,11 +8,13 @@ parent ever talks to the study.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import importlib
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -65,11 +67,26 @@ def _gpu_ids() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the parent dies, even by SIGKILL, so a killed
+    sweep leaves no trial training on."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the child ends at its next message to the parent (a broken pipe)
+
+
 def _child(conn: Connection, runner: str, cfg_json: str, env: dict[str, str], threads: int | None) -> None:
+    _die_with_parent()
     # Before torch is imported, so that CUDA sees only this trial's device.
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import torch
+
+    from sweep.quiet import quiet_libraries
+
+    quiet_libraries()
 
     module, _, name = runner.partition(":")
     run_trial = getattr(importlib.import_module(module), name)
@@ -113,8 +130,10 @@ def run_isolated(
     on_step: Callable[[int, int, float], None] | None = None,
     timeout: float | None = None,
     slot: Slot = Slot(),
+    cancel: threading.Event | None = None,
 ) -> TrialResult:
-    """run_trial in a spawned child; raises TrialFailed with the reason if it gives no result."""
+    """run_trial in a spawned child; raises TrialFailed with the reason if it gives no result, and
+    KeyboardInterrupt when `cancel` is set (the way other threads pass on a Ctrl-C)."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_child, args=(child, RUNNER, cfg.to_json(), dict(slot.env), slot.threads),
@@ -143,6 +162,8 @@ def run_isolated(
                     raise TrialFailed(msg[1], msg[2])
             elif not proc.is_alive():
                 break
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
             if deadline is not None and time.monotonic() >= deadline:
                 raise TrialFailed(f"timed out after {timeout:g} s")
         proc.join(timeout=30)

@@ -311,3 +311,12 @@ def test_plot_heatmap_of_a_study_without_completed_trials_says_so(trials, tmp_pa
 def test_plot_lambda_curves_writes_a_png(trials, tmp_path):
     path = tmp_path / "curves.png"
     assert_png(path, plots.plot_lambda_curves(report.lambda_curve(trials), path))
+
+
+def test_a_study_name_never_leads_a_report_file_out_of_its_directory():
+    from sweep.report import _safe
+
+    for name in ("../../etc/passwd", "/abs/path", "..", "a/../../b", "ok-name_1.2"):
+        safe = _safe(name)
+        assert "/" not in safe and not safe.startswith(".") and safe
+    assert _safe("ok-name_1.2") == "ok-name_1.2"

@@ -5,8 +5,8 @@ import optuna
 import pytest
 
 from sweep import worker
+from sweep.coordinator import run_study
 from sweep.spec import load_spec
-from sweep.study import run_study
 from sweep.worker import TrialFailed, make_slots, run_isolated
 
 # A runner for the child that fails in the way the trial's lambda asks for, else trains for real.

@@ -1,0 +1,113 @@
+"""Workers of one process: an exact trial budget, heartbeats, and trials whose worker is gone."""
+
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from sweep.coordinator import reclaim, run_study, worker_identity
+from sweep.spec import load_spec
+from sweep.study import open_study, suggest_config
+
+
+@pytest.fixture
+def spec(tiny_model, toy_csv, tmp_path):
+    return load_spec(None, {
+        "model": tiny_model, "task": toy_csv, "n_trials": 4, "sampler": "random", "pruner": "none",
+        "eta_a": (1e-3, 1e-2), "lambda": (1.0, 64.0), "rank": (2, 4), "epochs": 1.0, "batch_size": 32,
+        "max_length": 32, "eval_every": 4, "device": "cpu", "storage": f"sqlite:///{tmp_path}/sweep.db",
+    })
+
+
+def states(study):
+    return sorted(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def test_two_cpu_workers_share_the_cores_and_stop_at_the_budget(spec):
+    run_study(spec.replace(jobs=2))
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    assert states(study) == ["COMPLETE"] * 4
+    assert {t.user_attrs["slot"] for t in study.trials} == {"cpu#0", "cpu#1"}
+    assert {t.user_attrs["worker"]["pid"] for t in study.trials} == {worker_identity()["pid"]}
+
+
+def dead_pid() -> int:
+    """The pid of a process of this machine that has ended."""
+    code = "import os; print(os.getpid())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def running_trial(study, spec, worker):
+    trial = study.ask()
+    suggest_config(trial, spec)
+    trial.set_user_attr("worker", worker)
+    return trial
+
+
+def test_trials_of_a_dead_local_process_are_failed_and_requeued_at_once(spec):
+    study = open_study(spec)
+    gone = {**worker_identity(), "pid": dead_pid()}
+    orphan = running_trial(study, spec, gone)
+    mine = running_trial(study, spec, worker_identity())
+    assert reclaim(study, study._storage) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[orphan.number].state.name == "FAIL"
+    reason = trials[orphan.number].user_attrs["stop_reason"]
+    assert reason.startswith(f"orphaned: its worker (pid {gone['pid']} on ")
+    assert trials[mine.number].state.name == "RUNNING"  # this process is alive
+    retry = trials[-1]
+    assert retry.state.name == "WAITING" and retry.params == trials[orphan.number].params
+    assert retry.system_attrs["failed_trial"] == orphan.number
+
+
+def test_a_trial_whose_machine_stopped_beating_is_failed_and_requeued(spec):
+    study = open_study(spec.replace(heartbeat=1))  # stale after 3 s without a beat
+    elsewhere = {"host": "another-machine", "pid": 1, "started": None}
+    lost = running_trial(study, spec, elsewhere)
+    alive = running_trial(study, spec, elsewhere)
+    study._storage.record_heartbeat(lost._trial_id)
+    time.sleep(2.5)
+    study._storage.record_heartbeat(alive._trial_id)
+    assert reclaim(study, study._storage) == 0  # another machine's pid means nothing here
+    time.sleep(2.5)
+    assert reclaim(study, study._storage) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[lost.number].state.name == "FAIL"
+    assert "stopped sending heartbeats" in trials[lost.number].user_attrs["stop_reason"]
+    assert trials[alive.number].state.name == "RUNNING"
+    assert trials[-1].state.name == "WAITING" and trials[-1].params == trials[lost.number].params
+
+
+def test_a_requeued_trial_runs_again_and_the_budget_still_holds(spec):
+    study = open_study(spec)
+    orphan = running_trial(study, spec, {**worker_identity(), "pid": dead_pid()})
+    run_study(spec.replace(n_trials=3, in_process=True), study=study)
+    trials = study.get_trials(deepcopy=False)
+    assert states(study) == ["COMPLETE"] * 3 + ["FAIL"]
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+    assert retried[0].params == trials[orphan.number].params
+
+
+def test_trials_that_keep_failing_stop_the_sweep_with_the_reason(spec, monkeypatch):
+    from sweep import coordinator
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such device")
+
+    monkeypatch.setattr("sweep.study.run_trial", broken)
+    with pytest.raises(coordinator.SweepStopped, match="5 trials failed in a row.*no such device"):
+        run_study(spec.replace(n_trials=20, in_process=True))
+
+
+def test_the_stored_definition_holds_no_storage_url_and_a_worker_can_join_from_it(spec):
+    from sweep.study import joined_spec
+
+    study = open_study(spec)
+    assert "storage" not in study.user_attrs["spec"]  # a PostgreSQL URL may hold a password
+    joined = joined_spec(study, spec.storage, {"jobs": 2})
+    assert joined.definition_hash() == spec.definition_hash() and joined.study_name == spec.study_name
+    assert joined.jobs == 2 and joined.n_trials == spec.n_trials
