@@ -47,7 +47,8 @@ def _lambda_axis(ax, axis: str, lambdas: pd.Series) -> None:
 
 
 def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
-    """Scatter of one study's completed trials over (eta_A, lambda), coloured by value; best starred.
+    """Scatter of one study's completed trials over (eta_A, lambda), coloured by value; best starred,
+    pruned trials as grey crosses.
 
     Trials are sampled continuously, not on a grid, so each trial is a point rather than a cell.
     """
@@ -61,6 +62,10 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     try:
+        pruned = df[(df["state"] == "PRUNED") & df["eta_a"].notna() & df["lambda"].notna()]
+        if not pruned.empty:  # where the search looked and gave up: part of the answer too
+            ax.scatter(pruned["eta_a"], pruned["lambda"], marker="x", c="grey", s=40,
+                       label=f"pruned ({len(pruned)})")
         points = ax.scatter(done["eta_a"], done["lambda"], c=done["value"], cmap="viridis", s=45)
         fig.colorbar(points, ax=ax, label=best["metric_name"])
         ax.scatter(
@@ -73,12 +78,13 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
             zorder=3,
             label=f"best: {best['value']:.4g} (trial {best['number']})",
         )
-        ks = _exponents(np.log10(done["eta_a"].to_numpy(float)))
+        shown = pd.concat([done, pruned])
+        ks = _exponents(np.log10(shown["eta_a"].to_numpy(float)))
         ax.set_xscale("log")
         ax.set_xticks([10.0**k for k in ks])
         ax.set_xlim(10.0 ** (ks[0] - 0.1), 10.0 ** (ks[-1] + 0.1))
         ax.set_xlabel("eta_A")
-        _lambda_axis(ax, "y", done["lambda"])
+        _lambda_axis(ax, "y", shown["lambda"])
         title = f"{best['model']} / {best['task']}: {best['metric_name']}\nstudy {studies[0]}"
         ax.set_title(title, fontsize=10)
         ax.legend(loc="best")
