@@ -216,6 +216,57 @@ def worker(
         _sweep(spec, open_study(spec))
 
 
+@app.command()
+def confirm(
+    name: Annotated[str, typer.Argument(help="The study whose best configurations to confirm.")],
+    seeds: Annotated[int, typer.Option(min=2, help="Seeds per configuration (the study's seed, +1, ...).")] = 5,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL of the study (default sqlite:///results/loraplus.db).")] = None,
+    trial_timeout: Annotated[float | None, typer.Option(help="Fail a run that takes longer than this many seconds.")] = None,
+    devices: Annotated[str | None, typer.Option(help="auto, cpu, or a GPU id.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the table (csv, markdown, json) and the convergence plot here.")] = None,
+) -> None:
+    """Re-train the study's best LoRA+ and best plain-LoRA configurations over several seeds, paired
+    by seed: means, the gain with its 95% interval, and the steps each needs to converge."""
+    from sweep import confirm as confirm_mod
+    from sweep import report as rep
+    from sweep.spec import DEFAULT_STORAGE
+    from sweep.study import joined_spec, preflight
+    from sweep.ui import SweepProgress
+
+    with user_errors():
+        url = storage or DEFAULT_STORAGE
+        study = _load_study(name, url)
+        if study.user_attrs.get("kind") == "confirm":
+            raise SweepError(f"{name!r} is itself a confirm study; name the study it confirms")
+        spec = joined_spec(study, url, {"trial_timeout": trial_timeout, "devices": devices})
+        quiet_libraries()
+        preflight(spec)
+        arms = confirm_mod.choose_arms(study, spec)
+        for arm in arms:
+            err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
+                      highlight=False)
+        try:
+            with SweepProgress(name + confirm_mod.SUFFIX, 0, 2 * seeds) as ui:
+                result = confirm_mod.run_confirm(study, spec, seeds, ui.hooks())
+        except KeyboardInterrupt:
+            err.print("interrupted: finished runs are stored; run the same command again to continue",
+                      highlight=False)
+            raise typer.Exit(130) from None
+        summary = confirm_mod.summarise(result)
+        frame = confirm_mod.table([summary])
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            written = _write_convergence([summary], out)
+            for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
+                path = Path(out) / f"confirm-{rep._safe(name)}.{suffix}"
+                path.write_text(rep.to_format(frame, fmt))
+                written.append(path)
+            err.print(f"wrote {len(written)} files to {out}", highlight=False)
+    _print_confirm(frame)
+    if summary.comparison is None:
+        raise SweepError("fewer than 2 seeds completed on both sides; nothing to compare")
+
+
 def _sweep(spec, study) -> None:
     """Run the study with live progress; Ctrl-C ends the running trials as failed, exit 130."""
     from sweep.coordinator import run_study
@@ -268,7 +319,8 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Also write every table (csv, markdown, json) and the PNG plots here.")] = None,
 ) -> None:
     """Best (eta_A, lambda, rank) per model and task, the gain over plain LoRA, the lambda curve,
-    the recommended default lambda per model, and the compute each answer cost."""
+    the recommended default lambda per model, the compute each answer cost, and `confirm` results."""
+    from sweep import confirm as confirm_mod
     from sweep import report as rep
     from sweep.storage import trials_frame
 
@@ -283,12 +335,21 @@ def report(
         if df.empty:
             raise SweepError("no trials to report" + (" for that model/task" if model or task else "")
                              + "; run a sweep first (loraplus-sweep run)")
+        confirmed = _confirmations(storage, df)
+        df = df[df["kind"] != "confirm"]
+        if df.empty:
+            raise SweepError("no search trials to report; run a sweep first (loraplus-sweep run)")
         tables = rep.tables(df)
+        if confirmed:
+            tables["confirm"] = confirm_mod.table(confirmed)
         if out is not None:
             written = rep.write(df, tables, out)
+            written += _write_convergence(confirmed, out)
             err.print(f"wrote {len(written)} files to {out}", highlight=False)
     if fmt == "rich":
         _print_report(tables)
+        if "confirm" in tables:
+            _print_confirm(tables["confirm"])
     elif fmt == "json":
         typer.echo(json.dumps({name: json.loads(rep.to_format(t, "json")) for name, t in tables.items()}))
     elif fmt == "csv":
@@ -296,6 +357,45 @@ def report(
     else:
         for name, t in tables.items():
             typer.echo(f"## {name}\n\n{rep.to_format(t, 'markdown')}")
+
+
+def _confirmations(url: str | None, df: pd.DataFrame) -> list:
+    """The summaries of the confirm studies among the reported trials."""
+    import optuna
+
+    from sweep import confirm as confirm_mod
+
+    names = sorted(df.loc[df["kind"] == "confirm", "study"].unique())
+    storage = _storage(url)
+    return [confirm_mod.summarise(optuna.load_study(study_name=n, storage=storage)) for n in names]
+
+
+def _write_convergence(confirmed: list, out: Path) -> list[Path]:
+    from sweep import plots
+    from sweep.report import _safe
+
+    return [plots.plot_convergence(c, Path(out) / f"convergence-{_safe(c.study)}.png")
+            for c in confirmed if c.curves.get("lora")]
+
+
+def _print_confirm(frame: pd.DataFrame) -> None:
+    t = Table("model", "task", "seeds", "LoRA+ (eta_A, lambda, r)", "LoRA+ mean ± std", "plain (eta_A, r)",
+              "plain mean ± std", "gain [95% CI]", "p", "steps to plain's final",
+              title="confirm: LoRA+ vs plain LoRA, paired by seed")
+    for r in frame.to_dict("records"):
+        t.add_row(
+            str(r["model"]), str(r["task"]), str(r["seeds"]),
+            f"{r['lora+ eta_a']:.2g}, {r['lora+ lambda']:.3g}, {r['lora+ rank']}",
+            f"{_num(r['lora+ mean'])} ± {_num(r['lora+ std'])}",
+            f"{r['lora eta_a']:.2g}, {r['lora rank']}",
+            f"{_num(r['lora mean'])} ± {_num(r['lora std'])}",
+            f"{_num(r['gain'], '+.4f')} [{_num(r['ci95 low'], '+.4f')}, {_num(r['ci95 high'], '+.4f')}]"
+            + (" *" if r["significant"] else ""),
+            _num(r["p"], ".3g"),
+            f"LoRA+ {_num(r['steps lora+'], 'g')} / plain {_num(r['steps lora'], 'g')}",
+        )
+    _stdout().print(t)
+    _stdout().print("* the 95% interval of the paired gain excludes 0", style="dim")
 
 
 def _num(v, spec: str = ".4f") -> str:

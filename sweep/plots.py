@@ -122,3 +122,34 @@ def plot_lambda_curves(curve: pd.DataFrame, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def plot_convergence(c, path: str | Path) -> Path:
+    """Mean metric over seeds against training steps for a confirmed study's two configurations,
+    with the step at which LoRA+ first reaches plain LoRA's final value (a sweep.confirm.Confirmation)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        labels = {"lora+": "LoRA+", "lora": "plain LoRA (lambda = 1)"}
+        for arm, colour in (("lora+", "tab:red"), ("lora", "tab:blue")):
+            curve = c.curves.get(arm) or []
+            if curve:
+                cfg = c.arms.get(arm, {})
+                label = f"{labels[arm]}: eta_A {cfg.get('eta_a', 0):.2g}, lambda {cfg.get('lambda', 0):.3g}"
+                ax.plot(*zip(*curve, strict=True), marker="o", ms=3, c=colour, label=label)
+        if c.curves.get("lora"):
+            final = c.curves["lora"][-1][1]
+            ax.axhline(final, ls=":", c="tab:blue", lw=1)
+            if c.steps_plus is not None:
+                ax.axvline(c.steps_plus, ls="--", c="tab:red", lw=1,
+                           label=f"LoRA+ reaches plain LoRA's final value: step {c.steps_plus}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{c.metric_name} (mean over {c.seeds} seeds)")
+        ax.set_title(f"{c.model} / {c.task}: convergence\nstudy {c.study}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return Path(path)

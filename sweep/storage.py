@@ -165,8 +165,9 @@ def trials_frame(storage: optuna.storages.BaseStorage, study_names: list[str] | 
             row["model"] = row["model"] or model
             row["task"] = row["task"] or task
             row["metric_name"] = row["metric_name"] or summary.user_attrs.get("metric_name")
+            row["kind"] = summary.user_attrs.get("kind", "search")  # "confirm": re-runs over seeds
             rows.append(row)
-    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS]
+    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind"]
     df = pd.DataFrame(rows, columns=columns)
     for col in ("tokens", "wall_time_s"):
         df[col] = pd.to_numeric(df[col]).fillna(0)

@@ -1,0 +1,183 @@
+"""`confirm`: re-train a study's best LoRA+ configuration and its best plain-LoRA one over several
+seeds, paired by seed, and say whether the gain holds.
+
+The runs are stored as their own study, NAME.confirm (user attribute kind = "confirm"), one trial per
+(arm, seed), so a re-run continues where it stopped and `report` finds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from sweep import report, stats
+from sweep.coordinator import heartbeat, worker_identity
+from sweep.errors import SweepError
+from sweep.spec import StudySpec
+from sweep.storage import open_storage, trials_frame
+from sweep.study import Hooks, execute
+from sweep.worker import TrialFailed, make_slots
+
+ARMS = ("lora+", "lora")  # the study's best LoRA+ configuration, its best plain LoRA (lambda = 1)
+SUFFIX = ".confirm"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    eta_a: float
+    lam: float
+    rank: int
+    source: str  # where the configuration came from, for the report
+
+    def spec(self, spec: StudySpec, seed: int) -> StudySpec:
+        """The study's spec narrowed to this one point and seed (a one-point grid, never pruned)."""
+        point = ((self.eta_a, self.lam, self.rank),)
+        return spec.replace(grid=point, sampler="grid", pruner="none", eta_a=(self.eta_a, self.eta_a),
+                            lam=(self.lam, self.lam), ranks=(self.rank,), base=spec.base.replace(seed=seed))
+
+
+def choose_arms(study: optuna.Study, spec: StudySpec) -> tuple[Arm, Arm]:
+    """The best completed LoRA+ trial (lambda > 1), and the best completed plain-LoRA trial; without
+    one, plain LoRA at the study's baseline point."""
+    df = report.completed(trials_frame(study._storage, [study.study_name]))
+    plus = df[~report.is_plain(df["lambda"]) & (df["lambda"] > 1)]
+    if plus.empty:
+        raise SweepError(f"study {study.study_name!r} has no completed trial with lambda > 1 to confirm")
+    best = report.best_configs(plus).iloc[0]
+    lora_plus = Arm("lora+", float(best["eta_a"]), float(best["lambda"]), int(best["rank"]),
+                    f"trial {best['number']}")
+    plain = df[report.is_plain(df["lambda"])]
+    if plain.empty:
+        p = spec.baseline_params()
+        source = "baseline point (no completed lambda = 1 trial)"
+        return lora_plus, Arm("lora", p["eta_a"], 1.0, p["rank"], source)
+    b = report.best_configs(plain).iloc[0]
+    return lora_plus, Arm("lora", float(b["eta_a"]), 1.0, int(b["rank"]), f"trial {b['number']}")
+
+
+def open_confirm_study(study: optuna.Study, spec: StudySpec, arms: tuple[Arm, Arm]) -> optuna.Study:
+    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
+    confirm = optuna.create_study(study_name=study.study_name + SUFFIX, storage=storage,
+                                  direction="maximize", pruner=optuna.pruners.NopPruner(),
+                                  load_if_exists=True)
+    stored = confirm.user_attrs.get("arms")
+    described = {a.name: {"eta_a": a.eta_a, "lambda": a.lam, "rank": a.rank, "source": a.source}
+                 for a in arms}
+    if stored is None:
+        for key, value in (("kind", "confirm"), ("confirm_of", study.study_name), ("arms", described),
+                           ("model", spec.base.model), ("task", spec.base.task)):
+            confirm.set_user_attr(key, value)
+    elif stored != described:
+        raise SweepError(
+            f"{confirm.study_name} confirmed other configurations (the study has improved since); "
+            f"delete it to confirm the new best: loraplus-sweep studies delete {confirm.study_name}"
+        )
+    return confirm
+
+
+def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks | None = None) -> optuna.Study:
+    """Train each arm once per seed (spec.base.seed, +1, ...) unless that run is stored already."""
+    hooks = hooks or Hooks()
+    arms = choose_arms(study, spec)
+    confirm = open_confirm_study(study, spec, arms)
+    slot = make_slots(spec.devices, 1)[0]
+    done = {(t.user_attrs.get("arm"), t.user_attrs.get("seed"))
+            for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    for i in range(seeds):
+        seed = spec.base.seed + i
+        for arm in arms:
+            if (arm.name, seed) in done:
+                continue
+            trial = confirm.ask()
+            trial.set_user_attr("arm", arm.name)
+            trial.set_user_attr("worker", worker_identity())
+            state, value = TrialState.FAIL, None
+            try:
+                with heartbeat(confirm._storage, trial._trial_id):
+                    value = execute(trial, arm.spec(spec, seed), hooks, slot)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:  # diverged: a result, kept as such
+                state = TrialState.PRUNED
+            except TrialFailed:
+                pass
+            finally:
+                frozen = confirm.tell(trial, value, state=None if state == TrialState.COMPLETE else state)
+                if hooks.trial_end:
+                    hooks.trial_end(frozen)
+    return confirm
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What a confirm study shows: the paired comparison and the convergence of both arms."""
+
+    study: str
+    model: str
+    task: str
+    metric_name: str
+    arms: dict
+    comparison: stats.Paired | None  # None with fewer than 2 complete seed pairs
+    curves: dict[str, list[tuple[int, float]]]  # mean metric over seeds per evaluation step
+    steps_plain: int | None  # steps plain LoRA's mean curve needs to reach its own final value
+    steps_plus: int | None  # steps LoRA+'s mean curve needs to reach plain LoRA's final value
+    seeds: int
+
+
+def summarise(confirm: optuna.Study) -> Confirmation:
+    """The paired statistics over the seeds where both arms completed, and the mean curves."""
+    per_arm: dict[str, dict[int, optuna.trial.FrozenTrial]] = {a: {} for a in ARMS}
+    for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        per_arm.setdefault(t.user_attrs.get("arm"), {})[t.user_attrs.get("seed")] = t
+    seeds = sorted(set(per_arm["lora+"]) & set(per_arm["lora"]))
+    values = {a: [per_arm[a][s].value for s in seeds] for a in ARMS}
+    comparison = stats.paired(values["lora+"], values["lora"]) if len(seeds) >= 2 else None
+    curves = {a: stats.mean_curve([per_arm[a][s].user_attrs.get("history", []) for s in seeds]) for a in ARMS}
+    steps_plain = steps_plus = None
+    if curves["lora"]:
+        final = curves["lora"][-1][1]
+        steps_plain = stats.steps_to_reach(curves["lora"], final)
+        steps_plus = stats.steps_to_reach(curves["lora+"], final)
+    any_trial = next(iter(per_arm["lora+"].values()), None) or next(iter(per_arm["lora"].values()), None)
+    return Confirmation(
+        study=confirm.user_attrs.get("confirm_of", confirm.study_name),
+        model=confirm.user_attrs.get("model", ""),
+        task=confirm.user_attrs.get("task", ""),
+        metric_name=any_trial.user_attrs.get("metric_name", "metric") if any_trial else "metric",
+        arms=confirm.user_attrs.get("arms", {}),
+        comparison=comparison,
+        curves=curves,
+        steps_plain=steps_plain,
+        steps_plus=steps_plus,
+        seeds=len(seeds),
+    )
+
+
+def table(confirmations: list[Confirmation]) -> pd.DataFrame:
+    """One row per confirmed study, for `report` and `confirm`."""
+    rows = []
+    for c in confirmations:
+        p = c.comparison
+        plus, plain = c.arms.get("lora+", {}), c.arms.get("lora", {})
+        rows.append({
+            "model": c.model, "task": c.task, "study": c.study, "metric_name": c.metric_name,
+            "seeds": c.seeds, "lora+ eta_a": plus.get("eta_a"), "lora+ lambda": plus.get("lambda"),
+            "lora+ rank": plus.get("rank"),
+            "lora eta_a": plain.get("eta_a"), "lora rank": plain.get("rank"),
+            "lora+ mean": p.mean_plus if p else float("nan"),
+            "lora+ std": p.std_plus if p else float("nan"),
+            "lora mean": p.mean_plain if p else float("nan"),
+            "lora std": p.std_plain if p else float("nan"),
+            "gain": p.diff_mean if p else float("nan"),
+            "ci95 low": p.ci_low if p else float("nan"),
+            "ci95 high": p.ci_high if p else float("nan"),
+            "p": p.p_value if p else float("nan"),
+            "significant": bool(p.significant) if p else False,
+            # Steps each needed to reach plain LoRA's final (mean) value: the convergence claim.
+            "steps lora": c.steps_plain,
+            "steps lora+": c.steps_plus,
+        })
+    return pd.DataFrame(rows)

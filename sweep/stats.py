@@ -1,0 +1,66 @@
+"""Statistics for `confirm`: LoRA+ against plain LoRA over seeds, paired by seed, and how many steps
+each needs to reach a metric."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two configurations' metrics over the same seeds; differences are LoRA+ minus plain LoRA."""
+
+    n: int
+    mean_plus: float
+    std_plus: float
+    mean_plain: float
+    std_plain: float
+    diff_mean: float
+    diff_std: float
+    ci_low: float  # confidence interval of the mean difference (Student t, n - 1 degrees of freedom)
+    ci_high: float
+    p_value: float  # two-sided paired t-test
+    level: float
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes zero (equivalently p < 1 - level)."""
+        return bool(self.ci_low > 0 or self.ci_high < 0)
+
+
+def paired(plus: Sequence[float], plain: Sequence[float], level: float = 0.95) -> Paired:
+    """Paired comparison of per-seed metrics: `plus[i]` and `plain[i]` share seed i."""
+    a, b = np.asarray(plus, float), np.asarray(plain, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two equal-length lists of >= 2 paired values, got {len(a)} and {len(b)}")
+    d = a - b
+    n = len(d)
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd <= 1e-12:  # identical differences (up to float rounding): no spread to test against
+        low = high = mean
+        p = 1.0 if abs(mean) <= 1e-12 else 0.0
+    else:
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+        p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+    return Paired(n, float(a.mean()), float(a.std(ddof=1)), float(b.mean()), float(b.std(ddof=1)),
+                  mean, sd, low, high, p, level)
+
+
+def mean_curve(histories: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The mean metric at each evaluation step that every run reached."""
+    if not histories:
+        return []
+    common = set.intersection(*({int(s) for s, _ in h} for h in histories))
+    by_step = [dict((int(s), float(m)) for s, m in h) for h in histories]
+    return [(s, float(np.mean([h[s] for h in by_step]))) for s in sorted(common)]
+
+
+def steps_to_reach(curve: Sequence[tuple[int, float]], target: float) -> int | None:
+    """The first evaluation step at which the curve reaches `target`; None if it never does."""
+    return next((int(s) for s, m in curve if m >= target), None)

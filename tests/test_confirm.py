@@ -1,0 +1,84 @@
+"""confirm on a tiny model: the two arms over seeds, paired, stored as their own study, resumable,
+and shown by report apart from the search trials."""
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from sweep import confirm
+from sweep.coordinator import run_study
+from sweep.spec import load_spec
+from sweep.study import open_study
+
+
+@pytest.fixture
+def searched(tiny_model, toy_csv, tmp_path):
+    spec = load_spec(None, {
+        "model": tiny_model, "task": toy_csv, "n_trials": 4, "sampler": "random", "pruner": "none",
+        "eta_a": (1e-3, 1e-2), "lambda": (1.0, 64.0), "rank": (2, 4), "epochs": 1.0, "batch_size": 32,
+        "max_length": 32, "eval_every": 3, "device": "cpu", "storage": f"sqlite:///{tmp_path}/sweep.db",
+        "in_process": True, "name": "toy",
+    })
+    return spec, run_study(spec)
+
+
+def test_the_arms_are_the_best_lora_plus_and_the_best_plain_trial(searched):
+    spec, study = searched
+    plus, plain = confirm.choose_arms(study, spec)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best_plus = max((t for t in done if t.params["lambda"] > 1), key=lambda t: t.value)
+    assert (plus.eta_a, plus.lam, plus.rank) == (best_plus.params["eta_a"], best_plus.params["lambda"],
+                                                 best_plus.params["rank"])
+    assert plus.source == f"trial {best_plus.number}"
+    base = study.trials[0]  # the baseline, the only lambda = 1 trial
+    assert (plain.eta_a, plain.lam, plain.rank) == (base.params["eta_a"], 1.0, base.params["rank"])
+
+
+def test_confirm_pairs_seeds_resumes_and_report_shows_it_apart(searched, tmp_path):
+    spec, study = searched
+    result = confirm.run_confirm(study, spec, seeds=2)
+    trials = result.get_trials(deepcopy=False)
+    assert result.study_name == "toy.confirm" and len(trials) == 4
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials) == [
+        ("lora", 0), ("lora", 1), ("lora+", 0), ("lora+", 1)]
+    assert all(t.state.name == "COMPLETE" and t.params["lambda"] == (1.0 if t.user_attrs["arm"] == "lora"
+               else confirm.choose_arms(study, spec)[0].lam) for t in trials)
+    assert all(t.user_attrs["config"]["seed"] == t.user_attrs["seed"] for t in trials)  # trained with it
+    by = {(t.user_attrs["arm"], t.user_attrs["seed"]): t.value for t in trials}
+
+    again = confirm.run_confirm(study, spec, seeds=2)  # everything stored: nothing runs
+    assert len(again.get_trials(deepcopy=False)) == 4
+
+    s = confirm.summarise(result)
+    assert s.seeds == 2 and s.comparison is not None
+    assert s.comparison.diff_mean == pytest.approx(
+        (by[("lora+", 0)] - by[("lora", 0)] + by[("lora+", 1)] - by[("lora", 1)]) / 2)
+    assert [step for step, _ in s.curves["lora"]] == [p[0] for p in trials[0].user_attrs["history"]]
+    final = s.curves["lora"][-1][1]
+    assert s.steps_plain == next(step for step, m in s.curves["lora"] if m >= final)
+
+    out = tmp_path / "rep"
+    rep = CliRunner().invoke(app, ["report", "--storage", spec.storage, "--out", str(out)])
+    assert rep.exit_code == 0, rep.output
+    assert "confirm: LoRA+ vs plain LoRA" in rep.stdout
+    assert (out / "confirm.csv").exists() and (out / "convergence-toy.png").stat().st_size > 0
+    summary = (out / "summary.csv").read_text()
+    assert "toy.confirm" not in summary and summary.count("\n") == 2  # header + the one search study
+
+
+def test_a_study_without_lora_plus_trials_cannot_be_confirmed(tiny_model, toy_csv, tmp_path):
+    spec = load_spec(None, {"model": tiny_model, "task": toy_csv, "storage": f"sqlite:///{tmp_path}/s.db"})
+    with pytest.raises(confirm.SweepError, match="no completed trial with lambda > 1"):
+        confirm.choose_arms(open_study(spec), spec)
+
+
+def test_confirm_command_refuses_a_confirm_study_and_one_seed(searched):
+    spec, study = searched
+    confirm.run_confirm(study, spec, seeds=2)
+    runner = CliRunner()
+    res = runner.invoke(app, ["confirm", "toy.confirm", "--storage", spec.storage])
+    assert res.exit_code == 2 and "is itself a confirm study" in res.stderr
+    res = runner.invoke(app, ["confirm", "toy", "--seeds", "1", "--storage", spec.storage])
+    assert res.exit_code == 2
+    assert optuna.load_study(study_name="toy", storage=spec.storage)  # nothing lost
