@@ -14,7 +14,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from sweep import report, stats
-from sweep.coordinator import heartbeat, worker_identity
+from sweep.coordinator import ask, heartbeat, worker_identity
 from sweep.errors import SweepError
 from sweep.spec import StudySpec
 from sweep.storage import open_storage, trials_frame
@@ -92,7 +92,7 @@ def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks |
         for arm in arms:
             if (arm.name, seed) in done:
                 continue
-            trial = confirm.ask()
+            trial = ask(confirm)
             trial.set_user_attr("arm", arm.name)
             trial.set_user_attr("worker", worker_identity())
             state, value = TrialState.FAIL, None

@@ -119,6 +119,13 @@ def _heartbeat_interval(storage: BaseStorage) -> int | None:
     return get() if get is not None else None
 
 
+def ask(study: optuna.Study) -> Trial:
+    with warnings.catch_warnings():
+        # Optuna expects heartbeats with study.optimize only; our loops beat them themselves.
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        return study.ask()
+
+
 @contextmanager
 def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     """Record that the trial is alive every heartbeat interval while the block runs."""
@@ -222,10 +229,7 @@ class Coordinator:
             if finished + running >= self.spec.n_trials:
                 return _WAIT
             self.study.sampler = make_sampler(self.spec, draw=len(trials))
-            with warnings.catch_warnings():
-                # Optuna expects heartbeats with study.optimize only; this loop beats them itself.
-                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                trial = self.study.ask()
+            trial = ask(self.study)
             suggest_config(trial, self.spec)  # drawn now, by this sampler; execute reads them back
             trial.set_user_attr("worker", self.identity)
             return trial
