@@ -424,6 +424,14 @@ def _print_report(tables) -> None:
         t.add_row(str(r["model"]), str(r["task"]), str(r["trials"]), str(r["complete"]), str(r["pruned"]),
                   str(r["failed"]), f"{r['tokens']:,}", f"{r['wall_time_s'] / 60:.1f} min")
     out.print(t)
+    t = Table("model", "task", "sweep trials", "sweep wall time", "grid points", "grid wall time (est.)",
+              "grid / sweep", title="the same region as a full grid (eta_A every half decade, lambda every "
+              "power of 2, every rank; each point at the median complete trial's cost)")
+    for r in tables["budget"].to_dict("records"):
+        t.add_row(str(r["model"]), str(r["task"]), str(r["trials"]), f"{r['wall_time_s'] / 60:.1f} min",
+                  str(r["grid_points"]), f"{_num(r['grid_wall_time_s'] / 60, '.1f')} min",
+                  f"{_num(r['grid_over_sweep'], '.1f')}x")
+    out.print(t)
     curve = tables["lambda_curve"]
     if not curve.empty:
         pivot = curve.pivot_table(index=["model", "task"], columns="lambda", values="value", aggfunc="max")
@@ -464,12 +472,19 @@ def _load_study(name: str, url: str | None):
 
 
 @studies_app.command("list")
-def studies_list(storage: StorageOpt = None) -> None:
+def studies_list(
+    storage: StorageOpt = None,
+    names: Annotated[bool, typer.Option("--names", help="Only the names, one per line (for scripts).")] = False,
+) -> None:
     """One line per study: model, task, trials by state, best value."""
     import optuna
 
     with user_errors():
         summaries = optuna.get_all_study_summaries(_storage(storage), include_best_trial=True)
+    if names:
+        for s in summaries:
+            typer.echo(s.study_name)
+        return
     table = Table("study", "model", "task", "trials", "best", title="studies")
     for s in summaries:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None and s.best_trial.value is not None else "-"

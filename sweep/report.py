@@ -197,6 +197,45 @@ def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# The resolution of the grid a sweep is compared with: eta_A every half decade, lambda every power of
+# two (the report's own bins), every rank tried; the LoRA+ paper's grids are about that fine.
+GRID_ETA_PER_DECADE = 2
+
+
+def grid_equivalent(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task): what the sweep cost against a full grid over the region it searched.
+
+    The grid spans the eta_A and lambda extent of the trials (GRID_ETA_PER_DECADE points per decade
+    of eta_A, one per power-of-two bin of lambda) and every rank tried; each grid point is priced at
+    the median cost of a trial that ran to its end (COMPLETE). Columns: model, task, trials,
+    wall_time_s, tokens (the sweep, every trial), grid_points, grid_wall_time_s, grid_tokens,
+    grid_over_sweep (grid wall time / sweep wall time; > 1: the sweep was cheaper).
+    """
+    rows = []
+    for (model, task), g in df.groupby(KEYS, sort=True):
+        eta = pd.to_numeric(g["eta_a"], errors="coerce").dropna()
+        lam = pd.to_numeric(g["lambda"], errors="coerce").dropna()
+        full = g[g["state"].eq("COMPLETE")]
+        n_eta = int(round(GRID_ETA_PER_DECADE * math.log10(eta.max() / eta.min()))) + 1 if len(eta) else 0
+        bins = lambda_bin(lam[lam > 0]) if len(lam) else pd.Series(dtype=int)
+        n_lam = int(bins.max() - bins.min()) + 1 if len(bins) else 0
+        points = n_eta * n_lam * int(g["rank"].nunique())
+        wall = float(pd.to_numeric(g["wall_time_s"], errors="coerce").fillna(0).sum())
+        per_wall = float(pd.to_numeric(full["wall_time_s"], errors="coerce").median()) if len(full) else NAN_F
+        per_tokens = float(pd.to_numeric(full["tokens"], errors="coerce").median()) if len(full) else NAN_F
+        rows.append({
+            "model": model, "task": task, "trials": len(g), "wall_time_s": wall,
+            "tokens": int(pd.to_numeric(g["tokens"], errors="coerce").fillna(0).sum()),
+            "grid_points": points, "grid_wall_time_s": points * per_wall, "grid_tokens": points * per_tokens,
+            "grid_over_sweep": points * per_wall / wall if wall > 0 else NAN_F,
+        })
+    return pd.DataFrame(rows, columns=["model", "task", "trials", "wall_time_s", "tokens", "grid_points",
+                                       "grid_wall_time_s", "grid_tokens", "grid_over_sweep"])
+
+
+NAN_F = float("nan")
+
+
 def to_format(frame: pd.DataFrame, fmt: str) -> str:
     """The frame as csv, json (a list of records, NaN and +-inf as null) or a GitHub markdown table."""
     if fmt == "csv":
@@ -261,6 +300,7 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "summary": summary(df),
         "lambda_curve": curve,
         "default_lambda": defaults_table(default_lambda_from_curve(curve)),
+        "budget": grid_equivalent(df),
     }
 
 

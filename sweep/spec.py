@@ -32,7 +32,7 @@ SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("asha", "median", "none")
 DEFAULT_STORAGE = "sqlite:///results/loraplus.db"
 STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage",
-              "trial_timeout", "jobs", "devices", "in_process", "heartbeat")
+              "baselines", "trial_timeout", "jobs", "devices", "in_process", "heartbeat")
 # How trials run, not what they measure: left out of the definition hash like the budget.
 RUN_KEYS = ("trial_timeout", "jobs", "devices", "in_process", "heartbeat")
 SEARCH_KEYS = ("eta_a", "lambda", "rank")
@@ -60,6 +60,7 @@ class StudySpec:
     devices: str = "auto"  # "auto" (every visible GPU, else the CPU), "cpu", or GPU ids "0,1"
     in_process: bool = False  # run trials in this process (debugging): no timeout, no isolation
     heartbeat: int = 30  # seconds; a trial silent for 3 beats lost its worker and runs again
+    baselines: int = 1  # plain-LoRA trials queued first, spread over the eta_A range
     source: str = field(default="<flags>", compare=False)  # where it came from, for messages
 
     def __post_init__(self) -> None:
@@ -86,9 +87,17 @@ class StudySpec:
 
     def baseline_params(self) -> dict[str, Any]:
         """Plain LoRA (lambda = 1) at the geometric middle of the eta_A range and the middle rank."""
-        low, high = self.eta_a
-        eta = math.sqrt(low * high)
-        return {"eta_a": float(f"{eta:.3g}"), "lambda": 1.0, "rank": self.ranks[len(self.ranks) // 2]}
+        return self.baselines_params()[len(self.baselines_params()) // 2]
+
+    def baselines_params(self) -> list[dict[str, Any]]:
+        """`baselines` plain-LoRA points (lambda = 1, middle rank), evenly spaced in log eta_A inside
+        the range (the middle of each of as many equal slices): with several, plain LoRA gets its
+        own learning rate tuned too, and LoRA+ is compared against its best, not one guess."""
+        low, high = (math.log(v) for v in self.eta_a)
+        n = self.baselines
+        etas = [math.exp(low + (high - low) * (i + 0.5) / n) for i in range(n)]
+        rank = self.ranks[len(self.ranks) // 2]
+        return [{"eta_a": float(f"{e:.3g}"), "lambda": 1.0, "rank": rank} for e in etas]
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -242,7 +251,7 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
         spec_kwargs["lam"] = _range(search["lambda"], "search.lambda", where)
     if "rank" in search:
         spec_kwargs["ranks"] = _ints(search["rank"], "search.rank", where)
-    for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage", *RUN_KEYS):
+    for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage", "baselines", *RUN_KEYS):
         if key in study:
             spec_kwargs[key] = study[key]
     if grid or study.get("sampler") == "grid":
@@ -302,6 +311,9 @@ def _validate(s: StudySpec) -> None:
         raise SweepError(f"{where}: jobs must be an integer >= 1, got {s.jobs!r}")
     if s.devices not in ("auto", "cpu") and not re.fullmatch(r"\d+(,\d+)*", s.devices):
         raise SweepError(f"{where}: devices must be auto, cpu or GPU ids like 0,1; got {s.devices!r}")
+    n = s.baselines
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= s.n_trials:
+        raise SweepError(f"{where}: baselines must be an integer from 1 to n_trials, got {s.baselines!r}")
     if isinstance(s.heartbeat, bool) or not isinstance(s.heartbeat, int) or s.heartbeat < 1:
         raise SweepError(f"{where}: heartbeat must be a whole number of seconds >= 1, got {s.heartbeat!r}")
     if s.in_process and (s.trial_timeout is not None or s.jobs > 1):

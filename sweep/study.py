@@ -95,7 +95,7 @@ def enqueue_initial(study: optuna.Study, spec: StudySpec) -> int:
     points = (
         [{"eta_a": e, "lambda": lam, "rank": r} for e, lam, r in spec.grid]
         if spec.sampler == "grid"
-        else [spec.baseline_params()]
+        else spec.baselines_params()
     )
     existing = set()
     # Failed points do not count: a re-run queues them again.

@@ -320,3 +320,16 @@ def test_a_study_name_never_leads_a_report_file_out_of_its_directory():
         safe = _safe(name)
         assert "/" not in safe and not safe.startswith(".") and safe
     assert _safe("ok-name_1.2") == "ok-name_1.2"
+
+
+def test_grid_equivalent_prices_a_full_grid_over_the_searched_region(trials):
+    g = report.grid_equivalent(trials)
+    sst2 = row(g, task="sst2")
+    # eta_A 5e-5..1e-3: log10 span 1.301 -> 2 per decade -> round(2.60) + 1 = 4 points; lambda bins
+    # 0..6 (1..64) -> 7; ranks {4, 8, 16} -> 3: 84 points, each at the median COMPLETE wall time 60 s.
+    assert sst2["grid_points"] == 84 and sst2["grid_wall_time_s"] == 84 * 60.0
+    assert sst2["trials"] == 9 and sst2["wall_time_s"] == 7 * 60.0 + 5.0 + 60.0  # every state counts
+    assert sst2["grid_over_sweep"] == pytest.approx(84 * 60.0 / 485.0)
+    assert sst2["grid_tokens"] == 84 * 1000
+    mnli = row(g, task="mnli")  # eta 5e-5..1e-2: round(4.60) + 1 = 6; bins 1..5: 5; one rank
+    assert mnli["grid_points"] == 30

@@ -101,3 +101,14 @@ def test_presets_are_found_by_name_and_all_of_them_load():
         load_spec(preset)
     with pytest.raises(SweepError, match="no study file 'nope'"):
         find_study_file("nope")
+
+
+def test_several_plain_lora_baselines_spread_over_the_eta_range():
+    spec = load_spec(None, {"eta_a": (1e-4, 1e-2), "rank": (4, 8, 16), "baselines": 3, "n_trials": 10})
+    assert spec.baselines_params() == [
+        {"eta_a": 2.15e-4, "lambda": 1.0, "rank": 8},  # 10^(-4 + 2/6), 10^-3, 10^(-2 - 2/6)
+        {"eta_a": 1e-3, "lambda": 1.0, "rank": 8},
+        {"eta_a": 4.64e-3, "lambda": 1.0, "rank": 8},
+    ]
+    with pytest.raises(SweepError, match="baselines must be an integer from 1 to n_trials"):
+        load_spec(None, {"baselines": 0})
