@@ -33,11 +33,16 @@ class Arm:
     rank: int
     source: str  # where the configuration came from, for the report
 
-    def spec(self, spec: StudySpec, seed: int) -> StudySpec:
-        """The study's spec narrowed to this one point and seed (a one-point grid, never pruned)."""
+    @property
+    def params(self) -> dict:
+        return {"eta_a": self.eta_a, "lambda": self.lam, "rank": self.rank}
+
+    def spec(self, spec: StudySpec, seed: int, ranks: tuple[int, ...]) -> StudySpec:
+        """The study's spec narrowed to this one point and seed (a one-point grid, never pruned).
+        `ranks` are both arms' ranks: Optuna needs one set of choices per parameter in a study."""
         point = ((self.eta_a, self.lam, self.rank),)
         return spec.replace(grid=point, sampler="grid", pruner="none", eta_a=(self.eta_a, self.eta_a),
-                            lam=(self.lam, self.lam), ranks=(self.rank,), base=spec.base.replace(seed=seed))
+                            lam=(self.lam, self.lam), ranks=ranks, base=spec.base.replace(seed=seed))
 
 
 def choose_arms(study: optuna.Study, spec: StudySpec) -> tuple[Arm, Arm]:
@@ -85,6 +90,7 @@ def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks |
     arms = choose_arms(study, spec)
     confirm = open_confirm_study(study, spec, arms)
     slot = make_slots(spec.devices, 1)[0]
+    ranks = tuple(sorted({a.rank for a in arms}))
     done = {(t.user_attrs.get("arm"), t.user_attrs.get("seed"))
             for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
     for i in range(seeds):
@@ -92,13 +98,14 @@ def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks |
         for arm in arms:
             if (arm.name, seed) in done:
                 continue
+            confirm.enqueue_trial(arm.params)  # the point itself, whatever the sampler would draw
             trial = ask(confirm)
             trial.set_user_attr("arm", arm.name)
             trial.set_user_attr("worker", worker_identity())
             state, value = TrialState.FAIL, None
             try:
                 with heartbeat(confirm._storage, trial._trial_id):
-                    value = execute(trial, arm.spec(spec, seed), hooks, slot)
+                    value = execute(trial, arm.spec(spec, seed, ranks), hooks, slot)
                 state = TrialState.COMPLETE
             except optuna.TrialPruned:  # diverged: a result, kept as such
                 state = TrialState.PRUNED

@@ -82,3 +82,14 @@ def test_confirm_command_refuses_a_confirm_study_and_one_seed(searched):
     res = runner.invoke(app, ["confirm", "toy", "--seeds", "1", "--storage", spec.storage])
     assert res.exit_code == 2
     assert optuna.load_study(study_name="toy", storage=spec.storage)  # nothing lost
+
+
+def test_arms_with_different_ranks_share_one_confirm_study(searched, monkeypatch):
+    spec, study = searched
+    arms = (confirm.Arm("lora+", 2e-3, 8.0, 2, "trial 1"), confirm.Arm("lora", 5e-3, 1.0, 4, "trial 0"))
+    monkeypatch.setattr(confirm, "choose_arms", lambda study, spec: arms)
+    result = confirm.run_confirm(study, spec, seeds=2)
+    trials = result.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert {(t.user_attrs["arm"], t.params["rank"], t.params["eta_a"]) for t in trials} == {
+        ("lora+", 2, 2e-3), ("lora", 4, 5e-3)}
