@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEFAULT=$(python -c "import json; print(json.load(open('results/evidence/default_lambda.json'))[0]['lambda'])")
-sed "s/DEFAULT/$DEFAULT/" studies/minilm-drug-reviews-transfer.toml > results/evidence/transfer.toml
+sed "s/DEFAULT/$DEFAULT/" results/evidence/transfer.template.toml > results/evidence/transfer.toml
 TDB=sqlite:///results/transfer.db
 loraplus-sweep run results/evidence/transfer.toml --storage "$TDB"
 for name in $(loraplus-sweep studies list --storage "$TDB" --names); do
