@@ -14,10 +14,10 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from sweep import report, stats
-from sweep.coordinator import ask, heartbeat, worker_identity
+from sweep.coordinator import ask, heartbeat, reclaim, worker_identity
 from sweep.errors import SweepError
 from sweep.spec import StudySpec
-from sweep.storage import open_storage, trials_frame
+from sweep.storage import open_storage, storage_lock, trials_frame
 from sweep.study import Hooks, execute
 from sweep.worker import TrialFailed, make_slots
 
@@ -89,6 +89,10 @@ def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks |
     hooks = hooks or Hooks()
     arms = choose_arms(study, spec)
     confirm = open_confirm_study(study, spec, arms)
+    with storage_lock(spec.storage, confirm.study_name):
+        # A run killed mid-trial left it RUNNING: fail it. Not re-queued: the loop below re-runs
+        # every (arm, seed) without a result, and a queued point would be taken for the wrong arm.
+        reclaim(confirm, confirm._storage, requeue=False)
     slot = make_slots(spec.devices, 1)[0]
     ranks = tuple(sorted({a.rank for a in arms}))
     done = {(t.user_attrs.get("arm"), t.user_attrs.get("seed"))

@@ -85,30 +85,32 @@ def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     ))
 
 
-def _fail_and_requeue(study: optuna.Study, storage: BaseStorage, trial_id: int, reason: str) -> None:
+def _fail_and_requeue(study: optuna.Study, storage: BaseStorage, trial_id: int, reason: str,
+                      requeue: bool) -> None:
     try:
         storage.set_trial_user_attr(trial_id, "stop_reason", reason)
-        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL) and requeue:
             _requeue(study, storage.get_trial(trial_id))
     except UpdateFinishedTrialError:
         pass  # another worker got there first
 
 
-def reclaim(study: optuna.Study, storage: BaseStorage) -> int:
-    """Fail the running trials whose worker is gone, queue their parameters again; how many."""
+def reclaim(study: optuna.Study, storage: BaseStorage, requeue: bool = True) -> int:
+    """Fail the running trials whose worker is gone and, with `requeue`, queue their parameters
+    again; how many."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
         if isinstance(worker, dict) and _is_gone(worker):
             reason = f"orphaned: its worker (pid {worker.get('pid')} on {worker.get('host')}) was killed"
-            _fail_and_requeue(study, storage, t._trial_id, reason)
+            _fail_and_requeue(study, storage, t._trial_id, reason, requeue)
             n += 1
     if _heartbeat_interval(storage):
         study_id = storage.get_study_id_from_name(study.study_name)
         # Optuna's fail_stale_trials, with a reason recorded on the failed trial.
         for trial_id in storage._get_stale_trial_ids(study_id):
             reason = "its worker stopped sending heartbeats (machine or process lost)"
-            _fail_and_requeue(study, storage, trial_id, reason)
+            _fail_and_requeue(study, storage, trial_id, reason, requeue)
             n += 1
     return n
 

@@ -1,6 +1,9 @@
 """confirm on a tiny model: the two arms over seeds, paired, stored as their own study, resumable,
 and shown by report apart from the search trials."""
 
+import socket
+import subprocess
+
 import optuna
 import pytest
 from typer.testing import CliRunner
@@ -93,3 +96,21 @@ def test_arms_with_different_ranks_share_one_confirm_study(searched, monkeypatch
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert {(t.user_attrs["arm"], t.params["rank"], t.params["eta_a"]) for t in trials} == {
         ("lora+", 2, 2e-3), ("lora", 4, 5e-3)}
+
+
+def test_a_confirm_run_killed_mid_trial_leaves_no_running_trial(searched):
+    """The trial a killed `confirm` left RUNNING is failed with its reason on the next run, which
+    trains every (arm, seed) still missing and nothing else."""
+    spec, study = searched
+    arms = confirm.choose_arms(study, spec)
+    stale = confirm.open_confirm_study(study, spec, arms).ask()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "started": None})
+
+    result = confirm.run_confirm(study, spec, seeds=2)
+    trials = result.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL"] + ["COMPLETE"] * 4
+    assert trials[0].user_attrs["stop_reason"].startswith("orphaned")
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials[1:]) == [
+        ("lora", 0), ("lora", 1), ("lora+", 0), ("lora+", 1)]
