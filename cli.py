@@ -380,7 +380,7 @@ def _write_convergence(confirmed: list, out: Path) -> list[Path]:
 
 def _print_confirm(frame: pd.DataFrame) -> None:
     t = Table("model", "task", "seeds", "LoRA+ (eta_A, lambda, r)", "LoRA+ mean ± std", "plain (eta_A, r)",
-              "plain mean ± std", "gain [95% CI]", "p", "steps to plain's final",
+              "plain mean ± std", "gain [95% CI]", "p", "steps to plain's final", "cost",
               title="confirm: LoRA+ vs plain LoRA, paired by seed")
     for r in frame.to_dict("records"):
         t.add_row(
@@ -393,9 +393,14 @@ def _print_confirm(frame: pd.DataFrame) -> None:
             + (" *" if r["significant"] else ""),
             _num(r["p"], ".3g"),
             f"LoRA+ {_num(r['steps lora+'], 'g')} / plain {_num(r['steps lora'], 'g')}",
+            f"{r['trials']} trials, {r['tokens']:,} tokens, {r['wall_time_s'] / 60:.1f} min",
         )
     _stdout().print(t)
-    _stdout().print("* the 95% interval of the paired gain excludes 0", style="dim")
+    significant = frame["significant"].fillna(False).astype(bool).any()
+    _stdout().print("* the 95% interval of the paired gain excludes 0" if significant
+                    else "no gain is significant: every 95% interval contains 0", style="dim")
+    _stdout().print("steps: the first evaluation at which the mean curve reaches plain LoRA's final mean; "
+                    "-: never", style="dim")
 
 
 def _num(v, spec: str = ".4f") -> str:

@@ -136,6 +136,9 @@ class Confirmation:
     steps_plain: int | None  # steps plain LoRA's mean curve needs to reach its own final value
     steps_plus: int | None  # steps LoRA+'s mean curve needs to reach plain LoRA's final value
     seeds: int
+    trials: int = 0  # every trial of the confirm study, failed ones included: what it cost
+    tokens: int = 0
+    wall_time_s: float = 0.0
 
 
 def summarise(confirm: optuna.Study) -> Confirmation:
@@ -153,6 +156,7 @@ def summarise(confirm: optuna.Study) -> Confirmation:
         steps_plain = stats.steps_to_reach(curves["lora"], final)
         steps_plus = stats.steps_to_reach(curves["lora+"], final)
     any_trial = next(iter(per_arm["lora+"].values()), None) or next(iter(per_arm["lora"].values()), None)
+    every = confirm.get_trials(deepcopy=False)
     return Confirmation(
         study=confirm.user_attrs.get("confirm_of", confirm.study_name),
         model=confirm.user_attrs.get("model", ""),
@@ -164,6 +168,9 @@ def summarise(confirm: optuna.Study) -> Confirmation:
         steps_plain=steps_plain,
         steps_plus=steps_plus,
         seeds=len(seeds),
+        trials=len(every),
+        tokens=int(sum(t.user_attrs.get("tokens") or 0 for t in every)),
+        wall_time_s=float(sum(t.user_attrs.get("wall_time_s") or 0.0 for t in every)),
     )
 
 
@@ -190,5 +197,6 @@ def table(confirmations: list[Confirmation]) -> pd.DataFrame:
             # Steps each needed to reach plain LoRA's final (mean) value: the convergence claim.
             "steps lora": c.steps_plain,
             "steps lora+": c.steps_plus,
+            "trials": c.trials, "tokens": c.tokens, "wall_time_s": c.wall_time_s,
         })
     return pd.DataFrame(rows)

@@ -55,6 +55,8 @@ def test_confirm_pairs_seeds_resumes_and_report_shows_it_apart(searched, tmp_pat
 
     s = confirm.summarise(result)
     assert s.seeds == 2 and s.comparison is not None
+    assert s.trials == 4 and s.tokens == sum(t.user_attrs["tokens"] for t in trials) > 0  # its cost
+    assert s.wall_time_s == pytest.approx(sum(t.user_attrs["wall_time_s"] for t in trials))
     assert s.comparison.diff_mean == pytest.approx(
         (by[("lora+", 0)] - by[("lora", 0)] + by[("lora+", 1)] - by[("lora", 1)]) / 2)
     assert [step for step, _ in s.curves["lora"]] == [p[0] for p in trials[0].user_attrs["history"]]
@@ -65,6 +67,7 @@ def test_confirm_pairs_seeds_resumes_and_report_shows_it_apart(searched, tmp_pat
     rep = CliRunner().invoke(app, ["report", "--storage", spec.storage, "--out", str(out)])
     assert rep.exit_code == 0, rep.output
     assert "confirm: LoRA+ vs plain LoRA" in rep.stdout
+    assert ("excludes 0" if s.comparison.significant else "every 95% interval contains 0") in rep.stdout
     assert (out / "confirm.csv").exists() and (out / "convergence-toy.png").stat().st_size > 0
     summary = (out / "summary.csv").read_text()
     assert "toy.confirm" not in summary and summary.count("\n") == 2  # header + the one search study
