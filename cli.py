@@ -246,7 +246,8 @@ def confirm(
             err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
                       highlight=False)
         try:
-            with SweepProgress(name + confirm_mod.SUFFIX, 0, 2 * seeds) as ui:
+            done = confirm_mod.runs_stored(study, spec, seeds)
+            with SweepProgress(name + confirm_mod.SUFFIX, done, 2 * seeds) as ui:
                 result = confirm_mod.run_confirm(study, spec, seeds, ui.hooks())
         except KeyboardInterrupt:
             err.print("interrupted: finished runs are stored; run the same command again to continue",

@@ -95,8 +95,7 @@ def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks |
         reclaim(confirm, confirm._storage, requeue=False)
     slot = make_slots(spec.devices, 1)[0]
     ranks = tuple(sorted({a.rank for a in arms}))
-    done = {(t.user_attrs.get("arm"), t.user_attrs.get("seed"))
-            for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    done = _done_runs(confirm)
     for i in range(seeds):
         seed = spec.base.seed + i
         for arm in arms:
@@ -120,6 +119,22 @@ def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks |
                 if hooks.trial_end:
                     hooks.trial_end(frozen)
     return confirm
+
+
+def _done_runs(confirm: optuna.Study) -> set[tuple[str, int]]:
+    """(arm, seed) of every run with a result (a diverged run is one)."""
+    return {(t.user_attrs.get("arm"), t.user_attrs.get("seed"))
+            for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+
+
+def runs_stored(study: optuna.Study, spec: StudySpec, seeds: int) -> int:
+    """How many of the 2 * seeds runs a continued confirm will skip (0 before the first run)."""
+    try:
+        confirm = optuna.load_study(study_name=study.study_name + SUFFIX, storage=study._storage)
+    except KeyError:
+        return 0
+    wanted = {spec.base.seed + i for i in range(seeds)}
+    return sum(1 for arm, seed in _done_runs(confirm) if arm in ("lora+", "lora") and seed in wanted)
 
 
 @dataclass(frozen=True)

@@ -147,9 +147,10 @@ def plot_convergence(c, path: str | Path) -> Path:
         ax.set_ylabel(f"{c.metric_name} (mean over {c.seeds} seeds)")
         ax.set_title(f"{c.model} / {c.task}: convergence\nstudy {c.study}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        # Below the axes: a curve that stays flat (e.g. at the majority class) would hide under it.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return Path(path)

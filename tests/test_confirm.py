@@ -40,6 +40,7 @@ def test_the_arms_are_the_best_lora_plus_and_the_best_plain_trial(searched):
 
 def test_confirm_pairs_seeds_resumes_and_report_shows_it_apart(searched, tmp_path):
     spec, study = searched
+    assert confirm.runs_stored(study, spec, seeds=2) == 0  # no confirm study yet
     result = confirm.run_confirm(study, spec, seeds=2)
     trials = result.get_trials(deepcopy=False)
     assert result.study_name == "toy.confirm" and len(trials) == 4
@@ -52,6 +53,8 @@ def test_confirm_pairs_seeds_resumes_and_report_shows_it_apart(searched, tmp_pat
 
     again = confirm.run_confirm(study, spec, seeds=2)  # everything stored: nothing runs
     assert len(again.get_trials(deepcopy=False)) == 4
+    # the progress of a continued confirm starts at what is stored, of the seeds asked for
+    assert [confirm.runs_stored(study, spec, seeds=n) for n in (1, 2, 3)] == [2, 4, 4]
 
     s = confirm.summarise(result)
     assert s.seeds == 2 and s.comparison is not None
