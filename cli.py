@@ -271,7 +271,7 @@ def confirm(
 def _sweep(spec, study) -> None:
     """Run the study with live progress; Ctrl-C ends the running trials as failed, exit 130."""
     from sweep.coordinator import run_study
-    from sweep.study import finished_count
+    from sweep.study import finished_count, unfinished_grid_points
     from sweep.ui import SweepProgress
 
     done = finished_count(study)
@@ -285,6 +285,11 @@ def _sweep(spec, study) -> None:
                   "run the same command again to continue", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     _print_study_summary(study)
+    missing = unfinished_grid_points(study, spec)
+    if missing:
+        reason = missing[-1].user_attrs.get("stop_reason", "no reason recorded")
+        err.print(f"{len(missing)} of {len(spec.grid)} grid points have no result (last failure: {reason}); "
+                  "run the same command again to retry them", highlight=False, soft_wrap=True)
 
 
 def _print_study_summary(study) -> None:

@@ -106,7 +106,8 @@ def enqueue_initial(study: optuna.Study, spec: StudySpec) -> int:
     queued = 0
     for p in points:
         if _key(p) not in existing:
-            study.enqueue_trial(p, skip_if_exists=True)
+            # Not skip_if_exists: Optuna's check counts failed trials, which must run again.
+            study.enqueue_trial(p)
             existing.add(_key(p))
             queued += 1
     return queued
@@ -210,6 +211,18 @@ def preflight(spec: StudySpec) -> None:
 
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def unfinished_grid_points(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
+    """For a grid study: the last failed attempt of every grid point that has no finished trial
+    (a grid does not draw other points in their place; a re-run queues them again)."""
+    if spec.sampler != "grid":
+        return []
+    trials = study.get_trials(deepcopy=False)
+    finished = {_key(t.params) for t in trials if t.state in FINISHED}
+    failed = {_key(t.params): t for t in trials if t.state == TrialState.FAIL and "rank" in t.params}
+    points = dict.fromkeys(_key({"eta_a": e, "lambda": lam, "rank": r}) for e, lam, r in spec.grid)
+    return [failed[k] for k in points if k not in finished and k in failed]
 
 
 

@@ -110,3 +110,27 @@ def test_a_diverged_trial_is_pruned_with_its_reason(spec):
     run_study(blowup)
     t = optuna.load_study(study_name=blowup.study_name, storage=blowup.storage).trials[0]
     assert t.state.name == "PRUNED" and t.user_attrs["stop_reason"].startswith("diverged")
+
+
+def test_a_failed_grid_point_is_reported_missing_and_a_rerun_fills_it(spec, tmp_path, monkeypatch):
+    path = tmp_path / "grid.toml"
+    path.write_text('[study]\nsampler = "grid"\n[grid]\neta_a = [1e-3]\nlambda = [1, 4, 16]\nrank = [2]\n')
+    grid = load_spec(path, {"model": spec.base.model, "task": spec.base.task, "epochs": 1.0, "max_length": 32,
+                            "batch_size": 64, "device": "cpu", "storage": spec.storage, "in_process": True})
+    real = study_mod.run_trial
+
+    def lambda_4_fails(cfg, **kw):
+        if cfg.lam == 4.0:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(study_mod, "run_trial", lambda_4_fails)
+    study = run_study(grid)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    (missing,) = study_mod.unfinished_grid_points(study, grid)  # no other point drawn in its place
+    assert missing.params["lambda"] == 4.0 and "illegal memory access" in missing.user_attrs["stop_reason"]
+
+    monkeypatch.setattr(study_mod, "run_trial", real)
+    study = run_study(grid)
+    assert study_mod.unfinished_grid_points(study, grid) == []
+    assert sorted(t.params["lambda"] for t in study.trials if t.state.name == "COMPLETE") == [1.0, 4.0, 16.0]
