@@ -447,7 +447,8 @@ def _print_report(tables) -> None:
     if not curve.empty:
         pivot = curve.pivot_table(index=["model", "task"], columns="lambda", values="value", aggfunc="max")
         t = Table("model", "task", *(f"{c:g}" for c in pivot.columns),
-                  title="lambda curve: best metric over eta_A and rank, per lambda bin (powers of 2)")
+                  title="lambda curve: best metric over eta_A and rank, per lambda bin "
+                        "(bin 2^k holds lambda 2^(k-1/2) to 2^(k+1/2), so bin 1 holds 1 to 1.41)")
         for (m, k), row in pivot.iterrows():
             t.add_row(str(m), str(k), *(_num(v) for v in row))
         out.print(t)

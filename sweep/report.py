@@ -86,14 +86,16 @@ def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, task, lambda bin): the best value over every eta_a and rank, and what achieved it.
 
     Long format, sorted by model, task, lambda_bin. Columns: model, task, lambda_bin, lambda (= 2^bin),
-    metric_name, value, eta_a and rank of the best trial, trials (completed trials in the bin), and
+    metric_name, value, eta_a, trial_lambda and rank of the best trial (bin 0 holds lambda up to 1.41,
+    so trial_lambda says whether its best was plain LoRA), trials (completed trials in the bin), and
     normalised (value / the task's best value over all bins; NaN when that best is <= 0, e.g. an MCC
     that never left 0, because a ratio to it says nothing).
     """
     done = completed(df)
     done = done.assign(lambda_bin=lambda_bin(done["lambda"].astype(float)))
     keys = KEYS + ["lambda_bin"]
-    best = _best_rows(done, keys)[keys + ["metric_name", "value", "eta_a", "rank"]]
+    best = _best_rows(done, keys)[keys + ["metric_name", "value", "eta_a", "lambda", "rank"]]
+    best = best.rename(columns={"lambda": "trial_lambda"})
     counts = done.groupby(keys).size().rename("trials").reset_index()
     out = best.merge(counts, on=keys)
     out.insert(3, "lambda", 2.0 ** out["lambda_bin"].astype(float))

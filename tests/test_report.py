@@ -174,11 +174,13 @@ def test_lambda_curve_takes_the_best_value_per_bin_over_eta_and_rank(trials):
     assert sst2["lambda"].tolist() == [1.0, 4.0, 16.0]
     assert sst2["value"].tolist() == [0.82, 0.85, 0.90]
     assert sst2["eta_a"].tolist() == [2e-4, 1e-4, 5e-5]
+    assert sst2["trial_lambda"].tolist() == [1.0, 4.0, 16.0]
     # Completed trials only: bin 0 has #0, #1, #8; bin 4 has #3 and #4 (lambda 15), not the pruned #5.
     assert sst2["trials"].tolist() == [3, 1, 2]
     mrpc = curve[curve["task"] == "mrpc"]
     assert mrpc["lambda_bin"].tolist() == [0, 2, 3, 4]
     assert mrpc["value"].tolist() == [0.70, 0.80, 0.78, 0.75]
+    assert mrpc["trial_lambda"].tolist() == [1.0, 4.0, 11.3, 16.0]  # the trial's lambda, not the bin's
 
 
 def test_lambda_curve_normalises_by_the_tasks_best_value(trials):
