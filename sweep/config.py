@@ -29,7 +29,9 @@ class TrialConfig:
 
     alpha None means alpha = rank (scaling 1, as in the LoRA+ GLUE runs); target_modules None means
     the architecture's default (query, value for BERT/RoBERTa). `init` is `standard` (PEFT: A random,
-    B zero) or `reversed` (B random, A zero, as in the LoRA+ authors' code). head_lr None means the
+    B zero) or `reversed` (B random, A zero, as in the LoRA+ authors' code). use_dora and use_rslora
+    are PEFT's DoRA (a trained magnitude per output column, at eta_a) and rank-stabilised scaling
+    alpha / sqrt(rank). head_lr None means the
     classifier head trains at eta_a. max_steps, when set, overrides epochs. eval_every 0 evaluates at
     the end of each epoch (and always at the end). train_limit / eval_limit cap the examples used.
     """
@@ -43,6 +45,8 @@ class TrialConfig:
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None
     init: str = "standard"
+    use_dora: bool = False
+    use_rslora: bool = False
     embedding_lr: float = 1e-6
     head_lr: float | None = None
     weight_decay: float = 0.0

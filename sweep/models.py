@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -25,6 +25,7 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "electra": ("query", "value"),
     "distilbert": ("q_lin", "v_lin"),
     "deberta-v2": ("query_proj", "value_proj"),
+    "albert": ("query", "value"),
     "gpt2": ("c_attn",),
     "llama": ("q_proj", "v_proj"),
     "mistral": ("q_proj", "v_proj"),
@@ -85,11 +86,33 @@ def load_tokenizer(cfg: TrialConfig) -> PreTrainedTokenizerBase:
         raise _load_error(path, e) from e
 
 
-def load_model(cfg: TrialConfig, num_labels: int, label_names: tuple[str, ...] | None) -> PeftModel:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS token (decoders such
+    as GPT-2 and Llama have no pad token). Never a default like 0, which is a real token there
+    (GPT-2's "!"), and which a decoder's classifier would then skip as padding."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(token_id, int):
+            return token_id
+    raise SweepError(f"the tokenizer of {tokenizer.name_or_path!r} has neither a pad nor an EOS token; "
+                     "batches of several examples cannot be padded")
+
+
+# The classifier layers PEFT trains for sequence classification (PeftModelForSequenceClassification).
+HEAD_MODULES = ("classifier", "score")
+
+
+def load_model(
+    cfg: TrialConfig, num_labels: int, label_names: tuple[str, ...] | None, pad_id: int | None = None
+) -> PeftModel:
     """The base model with a fresh head, LoRA on the target modules, initialised per `cfg.init`.
 
-    Weights the checkpoint does not have (the head, sometimes a pooler) are trained in full:
-    left frozen they would stay random.
+    Trained in full, besides LoRA: the classifier head (`classifier` or `score`, whatever its
+    nesting), and every weight the checkpoint lacks (a new pooler or pre-classifier): left frozen
+    they would stay random. Their names are in the returned model's `trained_in_full`. They are
+    marked trainable in place, not copied into PEFT's `modules_to_save` wrappers: PEFT wraps a
+    nested head twice (RoBERTa's classifier.dense inside classifier), and the copy that the forward
+    pass uses then stays frozen. `pad_id` is what batches are padded with; decoders find their
+    last real token by it.
     """
     path = resolve_model_path(cfg.model)
     kwargs: dict = {
@@ -109,27 +132,39 @@ def load_model(cfg: TrialConfig, num_labels: int, label_names: tuple[str, ...] |
                 path, attn_implementation="sdpa", **kwargs
             )
         except ValueError as e:
-            if "sdpa" not in str(e).lower():
+            if not any(k in str(e).lower() for k in ("sdpa", "scaled_dot_product", "attention impl")):
                 raise
             model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(path, e) from e
+    if pad_id is not None:
+        model.config.pad_token_id = pad_id
 
+    missing = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k
+                                                   for k in info.get("mismatched_keys", ())}
+    full = {id(p) for name, p in model.named_parameters()
+            if name in missing or name.split(".", 1)[0] in HEAD_MODULES}
     targets = cfg.target_modules or default_target_modules(model.config.model_type)
-    fresh = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())})
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
         r=cfg.rank,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(targets),
-        modules_to_save=fresh or None,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
     )
     try:
+        # No task_type: PEFT would wrap the head in modules_to_save (see above).
         peft_model = get_peft_model(model, lora)
     except ValueError as e:
         raise SweepError(f"cannot put LoRA on {list(targets)} of {cfg.model!r}: "
                          f"{str(e).splitlines()[0]}") from e
+    trained_in_full = set()
+    for name, p in peft_model.named_parameters():
+        if id(p) in full:
+            p.requires_grad_(True)
+            trained_in_full.add(name)
+    peft_model.trained_in_full = frozenset(trained_in_full)
     if cfg.init == "reversed":
         reverse_init(peft_model)
     return peft_model

@@ -38,6 +38,9 @@ class TrialResult:
     stop_reason: str  # "completed", "diverged: ...", "stopped: ..."
     device: str
     versions: dict[str, str]
+    # How far each optimizer group moved: the L2 norm of (final - initial) over its parameters. A
+    # group at 0 did not train (a frozen head would show here).
+    update_norms: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft.optimizers import create_loraplus_optimizer
+from peft.tuners.lora import LoraLayer
 
+from sweep.errors import SweepError
 from sweep.models import load_model
 from sweep.optim import build_optimizer, loraplus_param_groups
 
@@ -147,3 +150,49 @@ def test_weight_decay_is_really_applied(tiny_cfg):
             checked.add((g["name"], g["weight_decay"]))
     assert ("lora_A", 0.5) in checked and ("lora_B", 0.5) in checked and ("head", 0.5) in checked
     assert ("head_no_decay", 0.0) in checked
+
+
+def test_dora_magnitude_trains_at_eta_a_without_decay(tiny_cfg):
+    cfg = tiny_cfg.replace(use_dora=True, eta_a=2e-3, lam=8.0, weight_decay=0.1)
+    model = load_model(cfg, 2, LABELS)
+    by_id = _lrs(loraplus_param_groups(model, cfg))
+    magnitudes = [(n, p) for n, p in model.named_parameters() if "lora_magnitude_vector" in n]
+    assert len(magnitudes) == 4  # 2 layers x (query, value)
+    for _, p in magnitudes:
+        assert p.requires_grad and by_id[id(p)] == ("magnitude", 2e-3, 0.0)
+
+
+def test_lambda_one_with_dora_is_plain_dora(tiny_cfg):
+    cfg = tiny_cfg.replace(use_dora=True, lam=1.0)
+    ours, plain = load_model(cfg, 2, LABELS), load_model(cfg, 2, LABELS)
+    params = [p for p in plain.parameters() if p.requires_grad]
+    _train_steps(ours, build_optimizer(ours, cfg, torch.device("cpu")), 2)
+    _train_steps(plain, torch.optim.AdamW(params, lr=cfg.eta_a, betas=cfg.betas, weight_decay=0.0), 2)
+    for (name, a), b in zip(ours.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_rslora_scales_by_alpha_over_sqrt_rank(tiny_cfg):
+    for use_rslora, scaling in ((False, 16 / 4), (True, 16 / 2)):
+        model = load_model(tiny_cfg.replace(rank=4, alpha=16.0, use_rslora=use_rslora), 2, LABELS)
+        layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+        assert layer.scaling["default"] == scaling
+
+
+def test_a_trainable_parameter_of_unknown_kind_is_an_error_naming_it(tiny_cfg):
+    model = load_model(tiny_cfg, 2, LABELS)
+    layer = dict(model.named_modules())["base_model.model.bert.encoder.layer.0.attention.self.query"]
+    layer.register_parameter("vera_lambda_b", torch.nn.Parameter(torch.ones(4)))
+    with pytest.raises(SweepError, match=r"vera_lambda_b.*neither a LoRA factor"):
+        loraplus_param_groups(model, tiny_cfg)
+
+
+def test_peft_modules_to_save_heads_are_the_head_group(tiny_cfg):
+    """A model wrapped by PEFT itself (task_type SEQ_CLS) still groups: its head copy is the head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_cfg.model, num_labels=2)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    groups = {g["name"]: g for g in loraplus_param_groups(model, tiny_cfg)}
+    assert len(groups["head"]["params"]) == 1 and len(groups["head_no_decay"]["params"]) == 1
