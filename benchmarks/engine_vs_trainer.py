@@ -127,8 +127,10 @@ def main() -> None:
                       device="auto", precision="fp32")
     task = load_task(cfg.task)
     tokenizer = load_tokenizer(cfg)
-    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)
-    n = min(args.train, len(train_enc))
+    train_enc, evals = encode_task(task, tokenizer, cfg.max_length)
+    # The examples run_trial trains on: its fixed sample of train_limit.
+    train_enc, val_enc = train_enc.sample(cfg.train_limit, not task.is_regression), evals["validation"]
+    n = len(train_enc)
     lengths = train_enc.lengths[:n]
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+MAIN_SPLIT = "validation"  # its metrics keep their own names; other splits' get the split's as suffix
 
 
 def accuracy(pred: Sequence[float], gold: Sequence[float]) -> float:
@@ -70,3 +72,16 @@ def compute(names: Sequence[str], pred: Sequence[float], gold: Sequence[float]) 
     if np.isnan(np.asarray(pred, dtype=float)).any():
         return {name: -1.0 if name in ("matthews", "pearson", "spearman") else 0.0 for name in names}
     return {name: METRICS[name](pred, gold) for name in names}
+
+
+def compute_splits(
+    names: Sequence[str], preds: Mapping[str, Sequence[float]], golds: Mapping[str, Sequence[float]]
+) -> dict[str, float]:
+    """`compute` on each evaluation split: the main split's metrics first under their own names, then
+    every other split's as `metric_split` (MNLI: accuracy, then accuracy_mismatched)."""
+    order = sorted(preds, key=lambda split: split != MAIN_SPLIT)
+    return {
+        name if split == MAIN_SPLIT else f"{name}_{split}": value
+        for split in order
+        for name, value in compute(names, preds[split], golds[split]).items()
+    }

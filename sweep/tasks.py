@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -18,6 +19,7 @@ import pandas as pd
 from sweep import embedded
 from sweep.errors import SweepError
 from sweep.hub import hub_reachable
+from sweep.metrics import MAIN_SPLIT
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.text)
 
-    def head(self, n: int | None) -> Split:
-        if n is None or n >= len(self):
-            return self
-        return Split(self.text[:n], None if self.pair is None else self.pair[:n], self.label[:n])
-
 
 @dataclass(frozen=True)
 class TaskData:
@@ -42,6 +39,13 @@ class TaskData:
     validation: Split
     label_names: tuple[str, ...] | None  # None: regression
     metrics: tuple[str, ...]  # the first is the task's main metric
+    # Evaluated too, each metric reported as `<metric>_<split name>` (MNLI: accuracy_mismatched).
+    extra_validation: dict[str, Split] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.extra_validation:
+            if not re.fullmatch(r"[a-z0-9_]+", name) or name in ("train", MAIN_SPLIT):
+                raise ValueError(f"bad extra validation split name {name!r}")
 
     @property
     def num_labels(self) -> int:
@@ -55,11 +59,18 @@ class TaskData:
     def main_metric(self) -> str:
         return self.metrics[0]
 
+    @property
+    def evaluation_splits(self) -> dict[str, Split]:
+        """Every split evaluated, by name: the main validation split first."""
+        return {MAIN_SPLIT: self.validation, **self.extra_validation}
+
     def fingerprint(self) -> str:
         """Hash of the content, so a tokenization cache can never serve stale data."""
         h = hashlib.sha256()
         for split in (self.train, self.validation):
             h.update(json.dumps([split.text, split.pair, split.label]).encode())
+        for name, split in self.extra_validation.items():
+            h.update(json.dumps([name, split.text, split.pair, split.label]).encode())
         return h.hexdigest()[:16]
 
 
@@ -70,6 +81,7 @@ class GlueSpec:
     metrics: tuple[str, ...]
     validation: str = "validation"
     regression: bool = False
+    extra_validation: tuple[tuple[str, str], ...] = ()  # (name, dataset split) evaluated too
 
 
 GLUE: dict[str, GlueSpec] = {
@@ -78,7 +90,8 @@ GLUE: dict[str, GlueSpec] = {
     "qqp": GlueSpec("question1", "question2", ("accuracy", "f1")),
     "qnli": GlueSpec("question", "sentence", ("accuracy",)),
     "rte": GlueSpec("sentence1", "sentence2", ("accuracy",)),
-    "mnli": GlueSpec("premise", "hypothesis", ("accuracy",), validation="validation_matched"),
+    "mnli": GlueSpec("premise", "hypothesis", ("accuracy",), validation="validation_matched",
+                     extra_validation=(("mismatched", "validation_mismatched"),)),
     "cola": GlueSpec("sentence", None, ("matthews", "accuracy")),
     "stsb": GlueSpec("sentence1", "sentence2", ("pearson", "spearman"), regression=True),
 }
@@ -151,7 +164,8 @@ def _load_glue(name: str) -> TaskData:
             tuple(float(v) if spec.regression else int(v) for v in d["label"]),
         )
 
-    return TaskData(name, split("train"), split(spec.validation), label_names, spec.metrics)
+    extra = {extra_name: split(key) for extra_name, key in spec.extra_validation}
+    return TaskData(name, split("train"), split(spec.validation), label_names, spec.metrics, extra)
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -294,6 +308,7 @@ def task_summary(task: TaskData) -> dict[str, Any]:
         "task": task.name,
         "train_examples": len(task.train),
         "validation_examples": len(task.validation),
+        **{f"{name}_examples": len(split) for name, split in task.extra_validation.items()},
         "num_labels": task.num_labels,
         "metric": task.main_metric,
     }

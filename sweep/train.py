@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from sweep.config import TrialConfig
-from sweep.data import collate, encode_task, eval_batches, train_batches
+from sweep.data import Encoded, collate, encode_task, eval_batches, train_batches
 from sweep.errors import SweepError
-from sweep.metrics import compute
-from sweep.models import load_model, load_tokenizer
+from sweep.metrics import compute_splits
+from sweep.models import load_model, load_tokenizer, pad_token_id
 from sweep.optim import build_optimizer
 from sweep.result import EvalPoint, TrialResult, library_versions
 from sweep.tasks import TaskData, load_task
@@ -75,18 +75,23 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model, enc, task: TaskData, cfg: TrialConfig, device, pad_id: int) -> dict[str, float]:
+def evaluate(
+    model, splits: dict[str, Encoded], task: TaskData, cfg: TrialConfig, device, pad_id: int
+) -> dict[str, float]:
+    """The task's metrics on every evaluation split (see `compute_splits`), the main metric first."""
     model.eval()
-    preds = np.empty(len(enc), dtype=np.float64)
-    for idx in eval_batches(enc.lengths, cfg.batch_size * 2):
-        batch = {k: v.to(device) for k, v in collate(enc, idx, pad_id, task.is_regression).items()}
-        batch.pop("labels")
-        with autocast(cfg, device):
-            logits = model(**batch).logits.float()
-        out = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-        preds[idx] = out.cpu().numpy()
+    preds = {}
+    for name, enc in splits.items():
+        preds[name] = np.empty(len(enc), dtype=np.float64)
+        for idx in eval_batches(enc.lengths, cfg.batch_size * 2):
+            batch = {k: v.to(device) for k, v in collate(enc, idx, pad_id, task.is_regression).items()}
+            batch.pop("labels")
+            with autocast(cfg, device):
+                logits = model(**batch).logits.float()
+            out = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
+            preds[name][idx] = out.cpu().numpy()
     model.train()
-    return compute(task.metrics, preds, enc.labels)
+    return compute_splits(task.metrics, preds, {name: enc.labels for name, enc in splits.items()})
 
 
 def run_trial(
@@ -105,14 +110,14 @@ def run_trial(
     if task is None:
         task = load_task(cfg.task, cfg.text_column, cfg.text_pair_column, cfg.label_column)
     tokenizer = load_tokenizer(cfg)
-    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)
-    train_enc, val_enc = train_enc.head(cfg.train_limit), val_enc.head(cfg.eval_limit)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)  # val_enc: every evaluation split
+    train_enc = train_enc.sample(cfg.train_limit, stratified=not task.is_regression)
+    val_enc = {s: e.sample(cfg.eval_limit, stratified=not task.is_regression) for s, e in val_enc.items()}
+    pad_id = pad_token_id(tokenizer)
 
-    model = load_model(cfg, task.num_labels, task.label_names).to(device)
-    if model.config.pad_token_id is None:  # decoder models need it to find the last real token
-        model.config.pad_token_id = pad_id
+    model = load_model(cfg, task.num_labels, task.label_names, pad_id).to(device)
     optimizer = build_optimizer(model, cfg, device)
+    start = {g["name"]: [p.detach().clone() for p in g["params"]] for g in optimizer.param_groups}
     batches_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total))
@@ -169,7 +174,8 @@ def run_trial(
 
     if stop_reason.startswith("diverged"):
         # The weights are no longer meaningful; score the run at its worst, not at random.
-        final = compute(task.metrics, np.full(len(val_enc), np.nan), val_enc.labels)
+        nan = {name: np.full(len(enc), np.nan) for name, enc in val_enc.items()}
+        final = compute_splits(task.metrics, nan, {name: enc.labels for name, enc in val_enc.items()})
     else:
         final = history[-1].metrics
     main = final[task.main_metric]
@@ -192,5 +198,15 @@ def run_trial(
         stop_reason=stop_reason,
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         versions=library_versions(),
+        update_norms=_update_norms(optimizer, start),
     )
+
+
+@torch.no_grad()
+def _update_norms(optimizer: torch.optim.Optimizer, start: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    return {
+        g["name"]: math.sqrt(sum(float((p.float() - p0.float()).square().sum())
+                                 for p, p0 in zip(g["params"], start[g["name"]], strict=True)))
+        for g in optimizer.param_groups
+    }
 

@@ -1,5 +1,6 @@
 """Task loading: local files with auto-detected columns, label mapping, splits, errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -82,3 +83,49 @@ def test_glue_offline_and_uncached_fails_in_one_line(monkeypatch, tmp_path):
     with pytest.raises(SweepError, match="could not load GLUE task 'rte'.*unreachable") as e:
         tasks.load_task("rte")
     assert "\n" not in str(e.value)
+
+
+def _nli(rows: list[tuple[str, str, int]]):
+    import datasets
+
+    features = datasets.Features({
+        "premise": datasets.Value("string"),
+        "hypothesis": datasets.Value("string"),
+        "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
+    })
+    premise, hypothesis, label = zip(*rows, strict=True)
+    columns = {"premise": list(premise), "hypothesis": list(hypothesis), "label": list(label)}
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def test_mnli_carries_the_mismatched_split_as_an_extra_evaluation(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    glue = datasets.DatasetDict({
+        "train": _nli([("a cat sat", "a cat", 0), ("it rained", "it was dry", 2), ("he ran", "he moved", 0)]),
+        "validation_matched": _nli([("she sang", "she was silent", 2), ("we ate", "we had food", 0)]),
+        "validation_mismatched": _nli([("the letter came", "mail arrived", 0), ("prices rose", "a fall", 1),
+                                       ("a dog barked", "a noise", 0)]),
+        "test_matched": _nli([("x", "y", 0)]),
+    })
+    asked = []
+    monkeypatch.setattr(tasks, "hub_reachable", lambda: False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append(a) or glue)
+    task = tasks.load_task("mnli")
+    assert asked == [("nyu-mll/glue", "mnli")]
+    assert task.metrics == ("accuracy",) and task.label_names == ("entailment", "neutral", "contradiction")
+    assert task.validation.text == ("she sang", "we ate") and task.validation.label == (2, 0)
+    extra = task.extra_validation["mismatched"]
+    assert extra.text == ("the letter came", "prices rose", "a dog barked")
+    assert extra.pair == ("mail arrived", "a fall", "a noise") and extra.label == (0, 1, 0)
+    assert list(task.evaluation_splits) == ["validation", "mismatched"]
+    assert tasks.task_summary(task)["mismatched_examples"] == 3
+    # The extra split is part of the content a token cache is keyed on.
+    without = dataclasses.replace(task, extra_validation={})
+    assert without.fingerprint() != task.fingerprint()
+
+
+def test_extra_split_names_must_not_shadow_the_main_ones(toy_csv):
+    task = tasks.load_task(toy_csv)
+    for name in ("validation", "train", "Mis matched", ""):
+        with pytest.raises(ValueError, match="extra validation split name"):
+            dataclasses.replace(task, extra_validation={name: task.validation})
