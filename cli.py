@@ -2,40 +2,110 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import itertools
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
 from sweep.errors import SweepError
 from sweep.quiet import quiet_libraries
-from sweep.storage import mask_url
+from sweep.schema import short
+from sweep.storage import database_failure, mask_secrets, mask_url
+
+DEBUG_ENV = "LORAPLUS_SWEEP_DEBUG"
+err = Console(stderr=True)
+
+
+class _Edge(typer.core.TyperGroup):
+    """The one place where errors become output, for every command: one line on stderr, secrets
+    masked. SweepError: its message and exit code (2, or 1 when a sweep had to stop); a usage error:
+    click's message, exit 2; anything else is a bug or a damaged file, named in one line with exit
+    code 1, or raised with its traceback under --debug (or LORAPLUS_SWEEP_DEBUG=1)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        urls = [a for a in argv if "://" in a]
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except SweepError as e:
+            code = _error(str(e), e.exit_code, urls)
+        except typer.TyperException as e:  # click's usage errors
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help of a bare group, as click shows it
+                typer.echo(e.format_message())
+                code = 2
+            else:
+                where = getattr(getattr(e, "ctx", None), "command_path", None)
+                hint = f" (see {where} --help)" if where else ""
+                code = _error(e.format_message() + hint, getattr(e, "exit_code", 2), urls)
+        except typer.Abort:
+            code = _error("aborted", 1, urls)
+        except Exception as e:
+            if _debug(argv):
+                raise
+            failure = database_failure(e)  # a damaged or read-only database: not a bug
+            if failure is not None:
+                code = _error(str(failure), failure.exit_code, urls)
+            else:
+                first = str(e).splitlines()[0] if str(e) else ""
+                code = _error(f"unexpected {type(e).__name__}: {first} (a bug, or a damaged file; run with "
+                              f"--debug or {DEBUG_ENV}=1 for the traceback)", 1, urls)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+def _debug(argv: list[str]) -> bool:
+    root_options = itertools.takewhile(lambda a: a.startswith("-"), argv)
+    return "--debug" in root_options or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _error(message: str, code: int, urls: list[str] | tuple[str, ...] = ()) -> int:
+    """Print one error line (user text as plain text, never markup) and return the exit code."""
+    line = " ".join(mask_secrets(message, urls).split())
+    err.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+    return code
+
 
 app = typer.Typer(
+    cls=_Edge,
     help="Find the learning rates and the ratio lambda = eta_B / eta_A for LoRA+ on your model and task.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _row(table: Table, *values: Any) -> None:
+    """Table cells as plain text: stored names and paths are data, never rich markup."""
+    table.add_row(*(Text(str(v)) for v in values))
 
 
 @app.callback()
-def _root() -> None:
-    """LoRA+ sweeps: trials, studies and reports."""
+def _root(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help=f"Show the traceback of an unexpected error (also {DEBUG_ENV}=1); without it, "
+                        "every error is one line on stderr.")] = False,
+) -> None:
+    """LoRA+ sweeps: trials, studies and reports.
+
+    Errors are one line on stderr: exit code 2 for input to fix, 1 for a sweep whose trials keep
+    failing or an unexpected error (--debug shows its traceback), 130 for Ctrl-C. Only the command
+    line is trusted: study files, databases, caches and model directories are data, and a model's
+    own code runs only with --trust-remote-code.
+    """
 
 
 @app.command()
@@ -50,6 +120,8 @@ def trial(
     dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = TrialConfig.dropout,
     target_modules: Annotated[str | None, typer.Option(help="Comma-separated module names (default: per architecture).")] = None,
     init: Annotated[str, typer.Option(help="standard (A random, B zero) or reversed (B random, A zero).")] = TrialConfig.init,
+    use_dora: Annotated[bool, typer.Option("--use-dora", help="DoRA: a trained magnitude per output column (at eta_A).")] = False,
+    use_rslora: Annotated[bool, typer.Option("--use-rslora", help="rsLoRA scaling alpha / sqrt(rank) instead of alpha / rank.")] = False,
     embedding_lr: Annotated[float, typer.Option(help="Learning rate of LoRA on embeddings.")] = TrialConfig.embedding_lr,
     head_lr: Annotated[float | None, typer.Option(help="Learning rate of the classifier head (default: eta_A).")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay of matrices.")] = TrialConfig.weight_decay,
@@ -63,8 +135,8 @@ def trial(
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: each epoch).")] = TrialConfig.eval_every,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = TrialConfig.precision,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = TrialConfig.device,
-    train_limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
-    eval_limit: Annotated[int | None, typer.Option(help="Use only the first N validation examples.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Train on a fixed, stratified sample of N examples.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate on a fixed, stratified sample of N examples.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column of a local task file.")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column of a local task file.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column of a local task file.")] = None,
@@ -75,17 +147,14 @@ def trial(
     """Run one LoRA+ fine-tune and print its validation result."""
     names = {f.name for f in dataclasses.fields(TrialConfig)}
     given = {k: v for k, v in ctx.params.items() if k in names}
-    try:
-        if config is not None:
-            # By name: typer may vendor its own click, whose enum is not click's.
-            explicit = {k: v for k, v in given.items()
-                        if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-            cfg = _read_config(config).replace(**explicit)
-        else:
-            cfg = TrialConfig(**given)
-        result = _run_with_progress(cfg)
-    except SweepError as e:
-        fail(str(e), e.exit_code)
+    if config is not None:
+        # By name: typer may vendor its own click, whose enum is not click's.
+        explicit = {k: v for k, v in given.items()
+                    if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+        cfg = _read_config(config).replace(**explicit)
+    else:
+        cfg = TrialConfig(**given)
+    result = _run_with_progress(cfg)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
     else:
@@ -93,25 +162,36 @@ def trial(
 
 
 def _read_config(path: Path) -> TrialConfig:
+    """A config JSON, or a result JSON (`trial --json`, `export`) that holds one under "config"."""
+    where = f"trial config {short(str(path))}"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SweepError(f"cannot read trial config {str(path)!r}: {e}") from e
-    return TrialConfig.from_dict(data.get("config", data))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SweepError(f"cannot read {where}: {e.strerror or e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SweepError(f"{where} is not JSON: {e}") from e
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    try:
+        return TrialConfig.from_dict(data)
+    except SweepError as e:
+        raise SweepError(f"{where}: {e}") from e
 
 
 def _run_with_progress(cfg: TrialConfig):
+    from sweep.checks import check_trial
     from sweep.train import run_trial
     from sweep.ui import TrialProgress
 
     quiet_libraries()
+    task = check_trial(cfg)  # a one-class task, a missing device, too long inputs: one line, no training
     with TrialProgress(f"{cfg.model} / {cfg.task}") as bar:
-        return run_trial(cfg, on_eval=bar.eval, on_step=bar.step)
+        return run_trial(cfg, on_eval=bar.eval, on_step=bar.step, task=task)
 
 
 def _print_result(r) -> None:
     out = Console()
-    table = Table(title=f"LoRA+ trial: {r.config.model} on {r.config.task}", show_header=False)
+    table = Table(title=Text(f"LoRA+ trial: {r.config.model} on {r.config.task}"), show_header=False)
     c = r.config
     rows = [
         ("eta_A / lambda / eta_B", f"{c.eta_a:.3g} / {c.lam:g} / {c.eta_b:.3g}"),
@@ -124,20 +204,16 @@ def _print_result(r) -> None:
         ("tokens/s (training)", f"{r.tokens_per_s:,.0f}"),
         ("wall time", f"{r.wall_time_s:.1f} s (training {r.train_time_s:.1f} s)"),
         ("peak memory", f"{r.peak_memory_mb:,.0f} MiB on {r.device}"),
+        ("update norm per group", ", ".join(f"{g} {v:.3g}" for g, v in r.update_norms.items())),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        _row(table, k, v)
     out.print(table)
 
 
 
-@contextlib.contextmanager
-def user_errors():
-    """Errors the user can fix: one line on stderr, exit code 2."""
-    try:
-        yield
-    except SweepError as e:
-        fail(str(e), e.exit_code)
+REMOTE_CODE_HELP = ("Let the model's own Python code run (a config's auto_map). Off unless given here: "
+                    "never taken from a study file, a config file or the database.")
 
 
 @app.command()
@@ -151,12 +227,14 @@ def run(
     lam: Annotated[str | None, typer.Option("--lambda", help="lambda range LOW:HIGH (log-uniform, must include 1) or a value.")] = None,
     rank: Annotated[str | None, typer.Option(help="Ranks to try, comma-separated, e.g. 4,8,16.")] = None,
     init: Annotated[str | None, typer.Option(help="LoRA init: standard or reversed.")] = None,
+    use_dora: Annotated[bool | None, typer.Option("--use-dora", help="DoRA on every trial (its magnitude at eta_A).")] = None,
+    use_rslora: Annotated[bool | None, typer.Option("--use-rslora", help="rsLoRA scaling alpha / sqrt(rank) on every trial.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the sampler and of every trial.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs per trial.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Steps per trial; overrides epochs.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate (and maybe prune) every N steps.")] = None,
-    train_limit: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
-    eval_limit: Annotated[int | None, typer.Option(help="Use only the first N validation examples.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Train on a fixed, stratified sample of N examples.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate on a fixed, stratified sample of N examples.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens per example.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
@@ -169,29 +247,32 @@ def run(
     devices: Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")] = None,
     in_process: Annotated[bool | None, typer.Option("--in-process", help="Run trials in this process (debugging): no isolation, no timeout.")] = None,
     heartbeat: Annotated[int | None, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=REMOTE_CODE_HELP)] = False,
 ) -> None:
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""
     from sweep import spec as specs
     from sweep.study import open_study, preflight
 
-    with user_errors():
-        path = specs.find_study_file(study_file) if study_file else None
-        overrides = {
-            "model": model, "task": task, "n_trials": n_trials, "timeout": timeout,
-            "eta_a": specs.parse_range(eta_a, "eta_a") if eta_a else None,
-            "lambda": specs.parse_range(lam, "lambda") if lam else None,
-            "rank": specs.parse_ranks(rank) if rank else None,
-            "init": init, "seed": seed, "epochs": epochs, "max_steps": max_steps,
-            "eval_every": eval_every, "train_limit": train_limit, "eval_limit": eval_limit,
-            "batch_size": batch_size, "max_length": max_length, "device": device,
-            "sampler": sampler, "pruner": pruner, "storage": storage, "name": study_name,
-            "trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "in_process": in_process,
-            "heartbeat": heartbeat,
-        }
-        spec = specs.load_spec(path, overrides)
-        quiet_libraries()
-        preflight(spec)  # a bad task or model fails here, before a study is created
-        _sweep(spec, open_study(spec))
+    path = specs.find_study_file(study_file) if study_file is not None else None
+    overrides = {
+        "model": model, "task": task, "n_trials": n_trials, "timeout": timeout,
+        # `is not None`: an empty --rank "" is an error, not the default
+        "eta_a": specs.parse_range(eta_a, "eta_a") if eta_a is not None else None,
+        "lambda": specs.parse_range(lam, "lambda") if lam is not None else None,
+        "rank": specs.parse_ranks(rank) if rank is not None else None,
+        "init": init, "use_dora": use_dora, "use_rslora": use_rslora, "seed": seed, "epochs": epochs, "max_steps": max_steps,
+        "eval_every": eval_every, "train_limit": train_limit, "eval_limit": eval_limit,
+        "batch_size": batch_size, "max_length": max_length, "device": device,
+        "sampler": sampler, "pruner": pruner, "storage": storage, "name": study_name,
+        "trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "in_process": in_process,
+        "heartbeat": heartbeat,
+        # Only from this flag: a study file or a stored study can never turn it on.
+        "trust_remote_code": trust_remote_code or None,
+    }
+    spec = specs.load_spec(path, overrides)
+    quiet_libraries()
+    spec = preflight(spec)  # a bad task or model fails here, before a study is created
+    _sweep(spec, open_study(spec))
 
 
 @app.command()
@@ -202,18 +283,18 @@ def worker(
     jobs: Annotated[int | None, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")] = None,
     devices: Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")] = None,
     heartbeat: Annotated[int | None, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=REMOTE_CODE_HELP)] = False,
 ) -> None:
     """Join a stored study from this machine: take its trials until it holds its budget."""
     from sweep.spec import DEFAULT_STORAGE
     from sweep.study import joined_spec, open_study, preflight
 
-    with user_errors():
-        url = storage or DEFAULT_STORAGE
-        run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat}
-        spec = joined_spec(_load_study(name, url), url, run)
-        quiet_libraries()
-        preflight(spec)
-        _sweep(spec, open_study(spec))
+    url = storage or DEFAULT_STORAGE
+    run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat}
+    spec = joined_spec(_load_study(name, url), url, run, trust_remote_code)
+    quiet_libraries()
+    spec = preflight(spec)
+    _sweep(spec, open_study(spec))
 
 
 @app.command()
@@ -224,72 +305,82 @@ def confirm(
     trial_timeout: Annotated[float | None, typer.Option(help="Fail a run that takes longer than this many seconds.")] = None,
     devices: Annotated[str | None, typer.Option(help="auto, cpu, or a GPU id.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table (csv, markdown, json) and the convergence plot here.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=REMOTE_CODE_HELP)] = False,
 ) -> None:
     """Re-train the study's best LoRA+ and best plain-LoRA configurations over several seeds, paired
     by seed: means, the gain with its 95% interval, and the steps each needs to converge."""
     from sweep import confirm as confirm_mod
     from sweep import report as rep
+    from sweep.outfiles import prepare_dir, safe_name, write_text
     from sweep.spec import DEFAULT_STORAGE
     from sweep.study import joined_spec, preflight
     from sweep.ui import SweepProgress
 
-    with user_errors():
-        url = storage or DEFAULT_STORAGE
-        study = _load_study(name, url)
-        if study.user_attrs.get("kind") == "confirm":
-            raise SweepError(f"{name!r} is itself a confirm study; name the study it confirms")
-        spec = joined_spec(study, url, {"trial_timeout": trial_timeout, "devices": devices})
-        quiet_libraries()
-        preflight(spec)
-        arms = confirm_mod.choose_arms(study, spec)
-        for arm in arms:
-            err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
-                      highlight=False)
-        try:
-            done = confirm_mod.runs_stored(study, spec, seeds)
-            with SweepProgress(name + confirm_mod.SUFFIX, done, 2 * seeds) as ui:
-                result = confirm_mod.run_confirm(study, spec, seeds, ui.hooks())
-        except KeyboardInterrupt:
-            err.print("interrupted: finished runs are stored; run the same command again to continue",
-                      highlight=False)
-            raise typer.Exit(130) from None
-        summary = confirm_mod.summarise(result)
-        frame = confirm_mod.table([summary])
-        if out is not None:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            written = _write_convergence([summary], out)
-            for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
-                path = Path(out) / f"confirm-{rep._safe(name)}.{suffix}"
-                path.write_text(rep.to_format(frame, fmt))
-                written.append(path)
-            err.print(f"wrote {len(written)} files to {out}", highlight=False)
+    if out is not None:
+        prepare_dir(out)  # before minutes of training, not after
+    url = storage or DEFAULT_STORAGE
+    study = _load_study(name, url)
+    if study.user_attrs.get("kind") == "confirm":
+        raise SweepError(f"{short(name)} is itself a confirm study; name the study it confirms")
+    spec = joined_spec(study, url, {"trial_timeout": trial_timeout, "devices": devices}, trust_remote_code)
+    quiet_libraries()
+    spec = preflight(spec)
+    arms = confirm_mod.choose_arms(study, spec)
+    for arm in arms:
+        err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
+                  highlight=False)
+    try:
+        done = confirm_mod.runs_stored(study, spec, seeds)
+        with SweepProgress(name + confirm_mod.SUFFIX, done, 2 * seeds) as ui:
+            result = confirm_mod.run_confirm(study, spec, seeds, ui.hooks())
+    except KeyboardInterrupt as e:
+        raise _interrupted(e, "finished runs are stored") from None
+    summary = confirm_mod.summarise(result)
+    frame = confirm_mod.table([summary])
+    if out is not None:
+        written = _write_convergence([summary], out)
+        for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
+            written.append(write_text(Path(out) / f"confirm-{safe_name(name)}.{suffix}", rep.to_format(frame, fmt)))
+        err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
     _print_confirm(frame)
     if summary.comparison is None:
         raise SweepError("fewer than 2 seeds completed on both sides; nothing to compare")
 
 
+def _interrupted(e: KeyboardInterrupt, stored: str) -> typer.Exit:
+    """The line a sweep or confirm stopped by a signal ends with, and its exit code (130 for Ctrl-C,
+    143 for SIGTERM). Later signals are ignored: this process is exiting, they would only make a
+    traceback of it."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    err.print(f"{str(e) or 'interrupted'}: the running trials are stored as failed, {stored}; "
+              "run the same command again to continue", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(getattr(e, "exit_code", 130))
+
+
 def _sweep(spec, study) -> None:
-    """Run the study with live progress; Ctrl-C ends the running trials as failed, exit 130."""
+    """Run the study with live progress; Ctrl-C (exit 130) or SIGTERM (143) ends the running trials
+    as failed, with the reason."""
     from sweep.coordinator import run_study
     from sweep.study import finished_count, unfinished_grid_points
     from sweep.ui import SweepProgress
 
     done = finished_count(study)
-    err.print(f"study [bold]{spec.study_name}[/] in {mask_url(spec.storage)}: {done} of "
-              f"{spec.n_trials} trials finished", highlight=False, soft_wrap=True)
+    err.print(Text.assemble("study ", (spec.study_name, "bold"), f" in {mask_url(spec.storage)}: {done} of "
+                            f"{spec.n_trials} trials finished"), highlight=False, soft_wrap=True)
     try:
         with SweepProgress(spec.study_name, done, spec.n_trials) as ui:
             study = run_study(spec, ui.hooks(), study)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: finished trials are stored in {mask_url(spec.storage)}; "
-                  "run the same command again to continue", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        raise _interrupted(e, f"finished trials are stored in {mask_url(spec.storage)}") from None
     _print_study_summary(study)
     missing = unfinished_grid_points(study, spec)
     if missing:
         reason = missing[-1].user_attrs.get("stop_reason", "no reason recorded")
         err.print(f"{len(missing)} of {len(spec.grid)} grid points have no result (last failure: {reason}); "
-                  "run the same command again to retry them", highlight=False, soft_wrap=True)
+                  "run the same command again to retry them", highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_study_summary(study) -> None:
@@ -298,9 +389,9 @@ def _print_study_summary(study) -> None:
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state in FINISHED]
     out = Console()
-    out.print(f"[bold]{study.study_name}[/]: {len(done)} finished trials "
-              f"({sum(t.state.name == 'PRUNED' for t in trials)} pruned, "
-              f"{sum(t.state.name == 'FAIL' for t in trials)} failed)", highlight=False)
+    out.print(Text.assemble((study.study_name, "bold"), f": {len(done)} finished trials "
+                            f"({sum(t.state.name == 'PRUNED' for t in trials)} pruned, "
+                            f"{sum(t.state.name == 'FAIL' for t in trials)} failed)"), highlight=False)
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     if not complete:
         return
@@ -309,7 +400,7 @@ def _print_study_summary(study) -> None:
     metric = best.user_attrs.get("metric_name", "metric")
     p = best.params
     out.print(f"best {metric} {best.value:.4f}: eta_A {p['eta_a']:.3g}, lambda {p['lambda']:.3g}, "
-              f"rank {p['rank']} (trial {best.number})", highlight=False)
+              f"rank {p['rank']} (trial {best.number})", highlight=False, markup=False)
     if plain:
         b = max(plain, key=lambda t: t.value)
         out.print(f"best plain LoRA (lambda = 1): {b.value:.4f} at eta_A {b.params['eta_a']:.3g}; "
@@ -328,30 +419,32 @@ def report(
     the recommended default lambda per model, the compute each answer cost, and `confirm` results."""
     from sweep import confirm as confirm_mod
     from sweep import report as rep
+    from sweep.outfiles import prepare_dir
     from sweep.storage import trials_frame
 
     if fmt not in ("rich", *rep.FORMATS):
-        fail(f"--format must be one of rich, {', '.join(rep.FORMATS)}; got {fmt!r}")
-    with user_errors():
-        df = trials_frame(_storage(storage))
-        if model is not None:
-            df = df[df["model"] == model]
-        if task is not None:
-            df = df[df["task"] == task]
-        if df.empty:
-            raise SweepError("no trials to report" + (" for that model/task" if model or task else "")
-                             + "; run a sweep first (loraplus-sweep run)")
-        confirmed = _confirmations(storage, df)
-        df = df[df["kind"] != "confirm"]
-        if df.empty:
-            raise SweepError("no search trials to report; run a sweep first (loraplus-sweep run)")
-        tables = rep.tables(df)
-        if confirmed:
-            tables["confirm"] = confirm_mod.table(confirmed)
-        if out is not None:
-            written = rep.write(df, tables, out)
-            written += _write_convergence(confirmed, out)
-            err.print(f"wrote {len(written)} files to {out}", highlight=False)
+        raise SweepError(f"--format must be one of rich, {', '.join(rep.FORMATS)}; got {short(fmt)}")
+    if out is not None:
+        prepare_dir(out)
+    df = trials_frame(_storage(storage))
+    if model is not None:
+        df = df[df["model"] == model]
+    if task is not None:
+        df = df[df["task"] == task]
+    if df.empty:
+        raise SweepError("no trials to report" + (" for that model/task" if model or task else "")
+                         + "; run a sweep first (loraplus-sweep run)")
+    confirmed = _confirmations(storage, df)
+    df = df[df["kind"] != "confirm"]
+    if df.empty:
+        raise SweepError("no search trials to report; run a sweep first (loraplus-sweep run)")
+    tables = rep.tables(df)
+    if confirmed:
+        tables["confirm"] = confirm_mod.table(confirmed)
+    if out is not None:
+        written = rep.write(df, tables, out)
+        written += _write_convergence(confirmed, out)
+        err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
     if fmt == "rich":
         _print_report(tables)
         if "confirm" in tables:
@@ -378,10 +471,13 @@ def _confirmations(url: str | None, df: pd.DataFrame) -> list:
 
 def _write_convergence(confirmed: list, out: Path) -> list[Path]:
     from sweep import plots
-    from sweep.report import _safe
+    from sweep.outfiles import safe_name
 
-    return [plots.plot_convergence(c, Path(out) / f"convergence-{_safe(c.study)}.png")
-            for c in confirmed if c.curves.get("lora")]
+    try:
+        return [plots.plot_convergence(c, Path(out) / f"convergence-{safe_name(c.study)}.png")
+                for c in confirmed if c.curves.get("lora")]
+    except OSError as e:
+        raise SweepError(f"cannot write a plot in {short(str(out))}: {e.strerror or e}") from e
 
 
 def _print_confirm(frame: pd.DataFrame) -> None:
@@ -389,8 +485,8 @@ def _print_confirm(frame: pd.DataFrame) -> None:
               "plain mean ± std", "gain [95% CI]", "p", "steps to plain's final", "cost",
               title="confirm: LoRA+ vs plain LoRA, paired by seed")
     for r in frame.to_dict("records"):
-        t.add_row(
-            str(r["model"]), str(r["task"]), str(r["seeds"]),
+        _row(
+            t, str(r["model"]), str(r["task"]), str(r["seeds"]),
             f"{r['lora+ eta_a']:.2g}, {r['lora+ lambda']:.3g}, {r['lora+ rank']}",
             f"{_num(r['lora+ mean'])} ± {_num(r['lora+ std'])}",
             f"{r['lora eta_a']:.2g}, {r['lora rank']}",
@@ -425,21 +521,21 @@ def _print_report(tables) -> None:
     t = Table("model", "task", "metric", "best", "eta_A", "lambda", "rank", "λ=1 best", "at eta_A", "gain",
               title="best configuration vs plain LoRA (λ = 1)")
     for r in s:
-        t.add_row(str(r["model"]), str(r["task"]), str(r["metric_name"]), _num(r["best"]),
+        _row(t, str(r["model"]), str(r["task"]), str(r["metric_name"]), _num(r["best"]),
                   _num(r["eta_a"], ".2g"), _num(r["lambda"], ".3g"), _num(r["rank"], ".0f"),
                   _num(r["best_plain"]), _num(r["plain_eta_a"], ".2g"), _num(r["gain"], "+.4f"))
     out.print(t)
     t = Table("model", "task", "trials", "complete", "pruned", "failed", "tokens", "wall time",
               title="compute spent")
     for r in s:
-        t.add_row(str(r["model"]), str(r["task"]), str(r["trials"]), str(r["complete"]), str(r["pruned"]),
+        _row(t, str(r["model"]), str(r["task"]), str(r["trials"]), str(r["complete"]), str(r["pruned"]),
                   str(r["failed"]), f"{r['tokens']:,}", f"{r['wall_time_s'] / 60:.1f} min")
     out.print(t)
     t = Table("model", "task", "sweep trials", "sweep wall time", "grid points", "grid wall time (est.)",
               "grid / sweep", title="the same region as a full grid (eta_A every half decade, lambda every "
               "power of 2, every rank; each point at the median complete trial's cost)")
     for r in tables["budget"].to_dict("records"):
-        t.add_row(str(r["model"]), str(r["task"]), str(r["trials"]), f"{r['wall_time_s'] / 60:.1f} min",
+        _row(t, str(r["model"]), str(r["task"]), str(r["trials"]), f"{r['wall_time_s'] / 60:.1f} min",
                   str(r["grid_points"]), f"{_num(r['grid_wall_time_s'] / 60, '.1f')} min",
                   f"{_num(r['grid_over_sweep'], '.1f')}x")
     out.print(t)
@@ -450,13 +546,13 @@ def _print_report(tables) -> None:
                   title="lambda curve: best metric over eta_A and rank, per lambda bin "
                         "(bin 2^k holds lambda 2^(k-1/2) to 2^(k+1/2), so bin 1 holds 1 to 1.41)")
         for (m, k), row in pivot.iterrows():
-            t.add_row(str(m), str(k), *(_num(v) for v in row))
+            _row(t, str(m), str(k), *(_num(v) for v in row))
         out.print(t)
     d = tables["default_lambda"]
     t = Table("model", "default lambda", "mean normalised metric", "spread (std)", "worst task", "tasks",
               title="recommended default lambda (metric normalised per task by its best)")
     for r in d.to_dict("records"):
-        t.add_row(str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["spread"]),
+        _row(t, str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["spread"]),
                   _num(r["worst"]), str(r["n_tasks"]))
     out.print(t)
 
@@ -479,7 +575,8 @@ def _load_study(name: str, url: str | None):
     storage = _storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
-        raise SweepError(f"no study {name!r} (stored: {', '.join(names) or 'none'}); see loraplus-sweep studies list")
+        stored = short(", ".join(names), 200) if names else "none"
+        raise SweepError(f"no study {short(name)} (stored: {stored}); see loraplus-sweep studies list")
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -491,8 +588,7 @@ def studies_list(
     """One line per study: model, task, trials by state, best value."""
     import optuna
 
-    with user_errors():
-        summaries = optuna.get_all_study_summaries(_storage(storage), include_best_trial=True)
+    summaries = optuna.get_all_study_summaries(_storage(storage), include_best_trial=True)
     if names:
         for s in summaries:
             typer.echo(s.study_name)
@@ -500,25 +596,23 @@ def studies_list(
     table = Table("study", "model", "task", "trials", "best", title="studies")
     for s in summaries:
         best = f"{s.best_trial.value:.4f}" if s.best_trial is not None and s.best_trial.value is not None else "-"
-        table.add_row(s.study_name, str(s.user_attrs.get("model", "?")), str(s.user_attrs.get("task", "?")),
-                      str(s.n_trials), best)
+        _row(table, s.study_name, s.user_attrs.get("model", "?"), s.user_attrs.get("task", "?"), s.n_trials, best)
     Console().print(table)
 
 
 @studies_app.command("show")
 def studies_show(name: str, storage: StorageOpt = None) -> None:
     """The study's definition and its trials, best first."""
-    with user_errors():
-        study = _load_study(name, storage)
+    study = _load_study(name, storage)
     out = Console()
     out.print_json(json.dumps(study.user_attrs.get("spec", {})))
-    table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=name)
+    table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=Text(name))
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: -(t.value if t.value is not None else -1e9))
     for t in trials:
         p = t.params
-        table.add_row(str(t.number), t.state.name, f"{t.value:.4f}" if t.value is not None else "-",
-                      f"{p['eta_a']:.3g}" if "eta_a" in p else "-", f"{p['lambda']:.3g}" if "lambda" in p else "-",
-                      str(p.get("rank", "-")), str(t.user_attrs.get("stop_reason", "")))
+        _row(table, t.number, t.state.name, f"{t.value:.4f}" if t.value is not None else "-",
+             f"{p['eta_a']:.3g}" if "eta_a" in p else "-", f"{p['lambda']:.3g}" if "lambda" in p else "-",
+             p.get("rank", "-"), t.user_attrs.get("stop_reason", ""))
     out.print(table)
 
 
@@ -531,14 +625,17 @@ def studies_delete(
     """Delete a study and all its trials."""
     import optuna
 
-    with user_errors():
-        study = _load_study(name, storage)
-        n = len(study.get_trials(deepcopy=False))
-        if not yes and not typer.confirm(f"delete study {name!r} and its {n} trials?"):
-            err.print("nothing deleted")
-            raise typer.Exit(1)
-        optuna.delete_study(study_name=name, storage=_storage(storage))
-    err.print(f"deleted study {name!r} ({n} trials)", highlight=False)
+    from sweep.spec import DEFAULT_STORAGE
+    from sweep.storage import require_writable
+
+    study = _load_study(name, storage)
+    require_writable(storage or DEFAULT_STORAGE)
+    n = len(study.get_trials(deepcopy=False))
+    if not yes and not typer.confirm(f"delete study {short(name)} and its {n} trials?"):
+        err.print("nothing deleted")
+        raise typer.Exit(1)
+    optuna.delete_study(study_name=name, storage=_storage(storage))
+    err.print(f"deleted study {short(name)} ({n} trials)", highlight=False, markup=False)
 
 
 @app.command()
@@ -548,19 +645,27 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Where to write the best config JSON (default results/NAME-best.json).")] = None,
 ) -> None:
     """Write the study's best trial config as JSON and print the PEFT code that uses it."""
-    with user_errors():
-        study = _load_study(name, storage)
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
-        if not complete:
-            raise SweepError(f"study {name!r} has no complete trial yet")
-        best = max(complete, key=lambda t: t.value)
-        cfg = TrialConfig.from_dict(best.user_attrs["config"])
-        path = out or Path("results") / f"{name}-best.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"study": name, "trial": best.number, "value": best.value,
-                                    "metric_name": best.user_attrs.get("metric_name"),
-                                    "config": cfg.to_dict()}, indent=2) + "\n")
-    err.print(f"wrote {path}", highlight=False)
+    from sweep.outfiles import prepare_file, safe_name, write_text
+
+    study = _load_study(name, storage)
+    # The default file is named after the stored name made safe: it stays inside results/.
+    path = prepare_file(out if out is not None else Path("results") / f"{safe_name(name)}-best.json")
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+    if not complete:
+        raise SweepError(f"study {short(name)} has no complete trial yet")
+    best = max(complete, key=lambda t: t.value)
+    stored = best.user_attrs.get("config")
+    if not isinstance(stored, dict):
+        raise SweepError(f"study {short(name)} was not written by loraplus-sweep: its best trial "
+                         f"(#{best.number}) holds no trial config")
+    try:
+        cfg = TrialConfig.from_dict(stored)
+    except SweepError as e:
+        raise SweepError(f"the stored config of trial #{best.number} of {short(name)}: {e}") from e
+    write_text(path, json.dumps({"study": name, "trial": best.number, "value": best.value,
+                                 "metric_name": best.user_attrs.get("metric_name"),
+                                 "config": cfg.to_dict()}, indent=2) + "\n")
+    err.print(f"wrote {path}", highlight=False, markup=False)
     typer.echo(peft_snippet(cfg))
 
 
@@ -571,12 +676,13 @@ from peft.optimizers import create_loraplus_optimizer
 import torch
 
 model = get_peft_model(model, LoraConfig(r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.dropout:g},
-                                         target_modules={targets!r}, task_type="SEQ_CLS"))
+                                         target_modules={targets!r}, use_dora={cfg.use_dora},
+                                         use_rslora={cfg.use_rslora}, task_type="SEQ_CLS"))
 optimizer = create_loraplus_optimizer(
     model, torch.optim.AdamW, lr={cfg.eta_a:.4g}, loraplus_lr_ratio={cfg.lam:.4g},
     loraplus_weight_decay={cfg.weight_decay:g}, betas={tuple(cfg.betas)!r},
 )
-# Note: PEFT also gives 1-D trainable parameters (e.g. the classifier bias) lr * loraplus_lr_ratio."""
+# Note: PEFT also gives 1-D trainable parameters (the classifier bias, DoRA's magnitude) lr * loraplus_lr_ratio."""
 
 
 def main() -> None:

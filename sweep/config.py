@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sweep.errors import SweepError
+from sweep.schema import conform, short
 
 INIT_SCHEMES = ("standard", "reversed")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -17,6 +19,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # The offline default: a pretrained MiniLM-L6 encoder and a real labelled task shipped by packages.
 DEFAULT_MODEL = "minilm-l6"
 DEFAULT_TASK = "rotten-tomatoes"
+
+REMOTE_CODE_ONLY_FROM_FLAG = (
+    "trust_remote_code cannot come from a file or a stored study; pass --trust-remote-code on the "
+    "command line to run a model's own code"
+)
 
 # `lam` is spelled `lambda` in dicts, JSON and Optuna (it is a Python keyword).
 _RENAMES = {"lam": "lambda"}
@@ -70,13 +77,14 @@ class TrialConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        # Normalise sequences so that equal configs compare and hash equal whatever their source.
-        if self.target_modules is not None:
-            mods = self.target_modules
-            if isinstance(mods, str):
-                mods = [m.strip() for m in mods.split(",") if m.strip()]
+        # "query,value" (a flag) and ["query", "value"] (a file) are the same setting.
+        if isinstance(self.target_modules, str):
+            mods = [m.strip() for m in self.target_modules.split(",") if m.strip()]
             object.__setattr__(self, "target_modules", tuple(mods))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        # Types first (every source: flags, TOML, JSON, a stored study), then values.
+        problems = conform(self)
+        if problems:
+            raise SweepError("; ".join(problems))
         _validate(self)
 
     @property
@@ -88,20 +96,32 @@ class TrialConfig:
         return float(self.rank if self.alpha is None else self.alpha)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting but trust_remote_code: that is a permission of the machine that runs the
+        trial (a command-line flag), never part of a stored study, a result or an exported file."""
         out = {}
         for f in fields(self):
+            if f.name == "trust_remote_code":
+                continue
             value = getattr(self, f.name)
             out[_RENAMES.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
-        known = {f.name for f in fields(cls)}
+        """A config from a file or a database: untrusted, so it can never turn remote code on (an
+        explicit false, as older files hold, is accepted and means nothing)."""
+        if not isinstance(data, dict):
+            raise SweepError(f"a trial config must be a JSON object of settings, got {short(data)}")
+        known = {f.name for f in fields(cls)} - {"trust_remote_code"}
         kwargs = {}
         for key, value in data.items():
+            if key == "trust_remote_code":
+                if value is not False:
+                    raise SweepError(REMOTE_CODE_ONLY_FROM_FLAG)
+                continue
             name = _UNRENAMES.get(key, key)
             if name not in known or key in _RENAMES:
-                raise SweepError(f"unknown trial setting {key!r}")
+                raise SweepError(f"unknown trial setting {short(key)}")
             kwargs[name] = value
         return cls(**kwargs)
 
@@ -117,45 +137,50 @@ class TrialConfig:
 
 
 def _validate(c: TrialConfig) -> None:
-    def positive(name: str, value: float | None, allow_none: bool = False) -> None:
-        if value is None and allow_none:
-            return
-        if value is None or not math.isfinite(value) or value <= 0:
-            raise SweepError(f"{_RENAMES.get(name, name)} must be a finite number > 0, got {value!r}")
+    """Every value problem at once, in one line (types are checked before, by the schema)."""
+    problems: list[str] = []
 
-    positive("eta_a", c.eta_a)
-    positive("lam", c.lam)
-    positive("embedding_lr", c.embedding_lr)
-    positive("head_lr", c.head_lr, allow_none=True)
-    positive("alpha", c.alpha, allow_none=True)
-    positive("epochs", c.epochs)
-    positive("max_grad_norm", c.max_grad_norm, allow_none=True)
+    def positive(name: str, value: float | None) -> None:
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            problems.append(f"{_RENAMES.get(name, name)} must be a finite number > 0, got {value!r}")
+
+    for name in ("eta_a", "lam", "embedding_lr", "head_lr", "alpha", "epochs", "max_grad_norm"):
+        positive(name, getattr(c, name))
     for name in ("rank", "batch_size", "max_length"):
-        value = getattr(c, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SweepError(f"{name} must be an integer >= 1, got {value!r}")
+        if getattr(c, name) < 1:
+            problems.append(f"{name} must be an integer >= 1, got {getattr(c, name)!r}")
     for name in ("max_steps", "train_limit", "eval_limit"):
         value = getattr(c, name)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise SweepError(f"{name} must be an integer >= 1 (or unset), got {value!r}")
-    if not isinstance(c.eval_every, int) or c.eval_every < 0:
-        raise SweepError(f"eval_every must be an integer >= 0, got {c.eval_every!r}")
+        if value is not None and value < 1:
+            problems.append(f"{name} must be an integer >= 1 (or unset), got {value!r}")
+    if c.eval_every < 0:
+        problems.append(f"eval_every must be an integer >= 0, got {c.eval_every!r}")
+    if not 0 <= c.seed < 2**32:
+        problems.append(f"seed must be an integer from 0 to 2**32 - 1, got {short(c.seed)}")
     if not 0 <= c.dropout < 1:
-        raise SweepError(f"dropout must be in [0, 1), got {c.dropout!r}")
+        problems.append(f"dropout must be in [0, 1), got {c.dropout!r}")
     if not 0 <= c.warmup_ratio < 1:
-        raise SweepError(f"warmup_ratio must be in [0, 1), got {c.warmup_ratio!r}")
-    if c.weight_decay < 0:
-        raise SweepError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
-    if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
-        raise SweepError(f"betas must be two numbers in [0, 1), got {c.betas!r}")
+        problems.append(f"warmup_ratio must be in [0, 1), got {c.warmup_ratio!r}")
+    if not c.weight_decay >= 0 or not math.isfinite(c.weight_decay):
+        problems.append(f"weight_decay must be a finite number >= 0, got {c.weight_decay!r}")
+    if not all(0 <= b < 1 for b in c.betas):
+        problems.append(f"betas must be two numbers in [0, 1), got {list(c.betas)!r}")
     for name, allowed in (("init", INIT_SCHEMES), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
         if getattr(c, name) not in allowed:
-            raise SweepError(f"{name} must be one of {', '.join(allowed)}; got {getattr(c, name)!r}")
-    if c.device != "auto" and c.device != "cpu" and not c.device.startswith("cuda"):
-        raise SweepError(f"device must be auto, cpu, cuda or cuda:N; got {c.device!r}")
-    if c.target_modules is not None and not c.target_modules:
-        raise SweepError("target_modules must name at least one module")
-    if not c.model:
-        raise SweepError("model must be a hub name or a local directory")
-    if not c.task:
-        raise SweepError("task must be a task name or a CSV/JSONL file")
+            problems.append(f"{name} must be one of {', '.join(allowed)}; got {short(getattr(c, name))}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device):
+        problems.append(f"device must be auto, cpu, cuda or cuda:N; got {short(c.device)}")
+    if c.target_modules is not None and not all(m.strip() for m in c.target_modules):
+        problems.append(f"target_modules must be module names, got {short(list(c.target_modules))}")
+    elif c.target_modules is not None and not c.target_modules:
+        problems.append("target_modules must name at least one module")
+    if not c.model.strip():
+        problems.append("model must be a hub name or a local directory")
+    if not c.task.strip():
+        problems.append("task must be a task name or a CSV/JSONL file")
+    for name in ("model", "task", "text_column", "text_pair_column", "label_column"):
+        value = getattr(c, name)
+        if value is not None and any(ch in value for ch in "\0\n\r"):
+            problems.append(f"{name} must not hold NUL or line breaks, got {short(value)}")
+    if problems:
+        raise SweepError("; ".join(problems))

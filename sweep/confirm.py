@@ -14,12 +14,13 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from sweep import report, stats
-from sweep.coordinator import ask, heartbeat, reclaim, worker_identity
+from sweep.coordinator import ask, reclaim, run_to_end, worker_identity
 from sweep.errors import SweepError
+from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import StudySpec
 from sweep.storage import open_storage, storage_lock, trials_frame
-from sweep.study import Hooks, execute
-from sweep.worker import TrialFailed, make_slots
+from sweep.study import Hooks
+from sweep.worker import make_slots
 
 ARMS = ("lora+", "lora")  # the study's best LoRA+ configuration, its best plain LoRA (lambda = 1)
 SUFFIX = ".confirm"
@@ -96,28 +97,20 @@ def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks |
     slot = make_slots(spec.devices, 1)[0]
     ranks = tuple(sorted({a.rank for a in arms}))
     done = _done_runs(confirm)
-    for i in range(seeds):
-        seed = spec.base.seed + i
-        for arm in arms:
-            if (arm.name, seed) in done:
-                continue
+    runs = [(arm, spec.base.seed + i) for i in range(seeds) for arm in arms
+            if (arm.name, spec.base.seed + i) not in done]
+    stop = Stop()
+    with stop_on_signals(stop):  # Ctrl-C or SIGTERM: the running trial ends FAIL, interrupted
+        for arm, seed in runs:
+            if stop.is_set():
+                break
             confirm.enqueue_trial(arm.params)  # the point itself, whatever the sampler would draw
             trial = ask(confirm)
             trial.set_user_attr("arm", arm.name)
             trial.set_user_attr("worker", worker_identity())
-            state, value = TrialState.FAIL, None
-            try:
-                with heartbeat(confirm._storage, trial._trial_id):
-                    value = execute(trial, arm.spec(spec, seed, ranks), hooks, slot)
-                state = TrialState.COMPLETE
-            except optuna.TrialPruned:  # diverged: a result, kept as such
-                state = TrialState.PRUNED
-            except TrialFailed:
-                pass
-            finally:
-                frozen = confirm.tell(trial, value, state=None if state == TrialState.COMPLETE else state)
-                if hooks.trial_end:
-                    hooks.trial_end(frozen)
+            run_to_end(confirm, trial, arm.spec(spec, seed, ranks), hooks, slot, stop)
+    if stop.signum is not None:
+        raise Interrupted(stop.reason, stop.signum)
     return confirm
 
 

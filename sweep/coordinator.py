@@ -8,7 +8,8 @@ only stops a worker after the budget is reached, by which time others may have s
 
 Trials whose worker is gone are failed with a reason and their parameters queued again: at once
 when the worker was a process on this machine that no longer exists (a `kill -9`), and after three
-missed heartbeats for a worker elsewhere (a lost machine).
+missed heartbeats for a worker elsewhere (a lost machine). Ctrl-C and SIGTERM only ask the workers
+to stop (sweep.signals): each fails its running trial with the reason before the process exits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweep.errors import SweepStopped
+from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import StudySpec
 from sweep.storage import FINISHED, storage_lock
 from sweep.study import Hooks, enqueue_initial, execute, make_sampler, open_study, preflight, suggest_config
@@ -155,6 +157,29 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
+def run_to_end(study: optuna.Study, trial: Trial, spec: StudySpec, hooks: Hooks, slot: Slot,
+               stop: Stop) -> FrozenTrial:
+    """Run the trial and tell the study how it ended: complete, pruned, or failed with its reason.
+    Also when `stop` interrupts it or an error of ours ends it: never left RUNNING."""
+    state, value = TrialState.FAIL, None
+    try:
+        with heartbeat(study._storage, trial._trial_id):
+            value = execute(trial, spec, hooks, slot, stop)
+        state = TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except TrialFailed:
+        pass  # execute stored the reason
+    except KeyboardInterrupt:
+        if not stop.is_set():
+            raise  # a Ctrl-C that no handler turned into a stop request: the caller's to handle
+    finally:
+        frozen = study.tell(trial, value, state=state if state != TrialState.COMPLETE else None)
+        if hooks.trial_end:
+            hooks.trial_end(frozen)
+    return frozen
+
+
 _DONE, _WAIT = "done", "wait"
 
 
@@ -165,20 +190,24 @@ class Coordinator:
         self.study, self.spec, self.hooks, self.storage = study, spec, hooks, storage
         self.identity = worker_identity()
         self.deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
-        self.stop = threading.Event()
+        self.stop = Stop()
         self.failures = 0  # in a row, across this process's workers
         self.last_failure = ""
         self.errors: list[BaseException] = []
         self._count = threading.Lock()
 
     def run(self) -> None:
-        with self._lock():
-            reclaim(self.study, self.storage)
+        """Raises sweep.signals.Interrupted after a SIGINT or SIGTERM, its running trials failed."""
         slots = make_slots(self.spec.devices, self.spec.jobs)
-        if len(slots) == 1:
-            self._work(slots[0])  # in this thread, where Ctrl-C arrives
-        else:
-            self._work_in_threads(slots)
+        with stop_on_signals(self.stop), self._unless_deleted():
+            with self._lock():
+                reclaim(self.study, self.storage)
+            if len(slots) == 1:
+                self._work(slots[0])
+            else:
+                self._work_in_threads(slots)
+        if self.stop.signum is not None:
+            raise Interrupted(self.stop.reason, self.stop.signum)
         if self.failures >= MAX_FAILURES_IN_A_ROW:
             raise SweepStopped(
                 f"stopped: {self.failures} trials failed in a row, the last with: {self.last_failure} "
@@ -188,26 +217,34 @@ class Coordinator:
     def _work_in_threads(self, slots: list[Slot]) -> None:
         def work(slot: Slot) -> None:
             try:
-                self._work(slot)
+                with self._unless_deleted():
+                    self._work(slot)
             except BaseException as e:  # handed to the main thread, which re-raises it
                 self.errors.append(e)
-                self.stop.set()
+                self.stop.request(f"stopped: another worker of this sweep failed ({type(e).__name__})")
 
         threads = [threading.Thread(target=work, args=(s,), name=s.label) for s in slots]
         for t in threads:
             t.start()
+        for t in threads:
+            t.join()  # signals only request a stop (sweep.signals), so nothing interrupts this wait
+        if self.errors:
+            raise self.errors[0]
+
+    @contextmanager
+    def _unless_deleted(self) -> Iterator[None]:
+        """Optuna raises KeyError from any call on a study deleted meanwhile: say that in one line."""
         try:
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(timeout=0.5)
-        except KeyboardInterrupt:
-            self.stop.set()  # each worker fails its running trial as interrupted
-            for t in threads:
-                t.join()
-            raise
-        real = [e for e in self.errors if not isinstance(e, KeyboardInterrupt)]
-        if real:
-            raise real[0]
+            yield
+        except KeyError:
+            try:
+                alive = self.storage.get_study_id_from_name(self.study.study_name) == self.study._study_id
+            except KeyError:
+                alive = False
+            if alive:
+                raise
+            raise SweepStopped(f"study {self.study.study_name} was deleted while this sweep ran; "
+                               "nothing more to do") from None
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -254,26 +291,12 @@ class Coordinator:
             self._run(trial, slot)
 
     def _run(self, trial: Trial, slot: Slot) -> None:
-        state, value = TrialState.FAIL, None
-        try:
-            with heartbeat(self.storage, trial._trial_id):
-                value = execute(trial, self.spec, self.hooks, slot, self.stop)
-            state = TrialState.COMPLETE
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except TrialFailed as e:
-            with self._count:
-                self.last_failure = str(e)
-        finally:
-            # Also on Ctrl-C or an error of ours: the trial ends FAIL, never stays RUNNING.
-            frozen = self.study.tell(trial, value, state=state if state != TrialState.COMPLETE else None)
-            with self._count:
-                self.failures = self.failures + 1 if state == TrialState.FAIL else 0
-            self._trial_end(frozen)
-
-    def _trial_end(self, frozen: FrozenTrial) -> None:
-        if self.hooks.trial_end:
-            self.hooks.trial_end(frozen)
+        frozen = run_to_end(self.study, trial, self.spec, self.hooks, slot, self.stop)
+        failed = frozen.state == TrialState.FAIL and not self.stop.is_set()  # an interrupted one is not
+        with self._count:
+            self.failures = self.failures + 1 if failed else 0
+            if failed:
+                self.last_failure = frozen.user_attrs.get("stop_reason", "no reason recorded")
 
 
 def run_study(spec: StudySpec, hooks: Hooks | None = None, study: optuna.Study | None = None) -> optuna.Study:

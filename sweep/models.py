@@ -8,7 +8,13 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
@@ -82,6 +88,15 @@ def load_tokenizer(cfg: TrialConfig) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(
             path, trust_remote_code=cfg.trust_remote_code, **_hub_kwargs(path)
         )
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from e
+
+
+def load_config(cfg: TrialConfig) -> PretrainedConfig:
+    """The model's config alone (no weights), for checks before any training."""
+    path = resolve_model_path(cfg.model)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **_hub_kwargs(path))
     except (OSError, ValueError) as e:
         raise _load_error(path, e) from e
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from sweep.errors import SweepError
+from sweep.outfiles import prepare_dir, safe_name, write_text
 
 KEYS = ["model", "task"]
 CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value", "metric_name"]
@@ -241,13 +243,27 @@ NAN_F = float("nan")
 def to_format(frame: pd.DataFrame, fmt: str) -> str:
     """The frame as csv, json (a list of records, NaN and +-inf as null) or a GitHub markdown table."""
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return spreadsheet_safe(frame).to_csv(index=False)
     if fmt == "json":
         records = frame.to_dict(orient="records")
         return json.dumps([{str(k): _json_value(v) for k, v in r.items()} for r in records], allow_nan=False)
     if fmt == "markdown":
         return _markdown(frame)
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+# A spreadsheet reads a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula, prefixed with ' (shown, not run). Only
+    text: numbers, negative ones included, stay numbers."""
+    def cell(value: Any) -> Any:
+        return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    return frame.assign(**{c: frame[c].map(cell) for c in text}) if text else frame
 
 
 def _missing(value: Any) -> bool:
@@ -310,22 +326,17 @@ def write(df: pd.DataFrame, frames: dict[str, pd.DataFrame], out_dir: Path) -> l
     """Write every table as csv, markdown and json, a heatmap per study and the lambda curves."""
     from sweep import plots
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_dir(Path(out_dir))
     written = []
     for name, frame in frames.items():
         for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
-            path = out_dir / f"{name}.{suffix}"
-            path.write_text(to_format(frame, fmt))
-            written.append(path)
-    for study, rows in df.groupby("study", sort=True):
-        if not completed(rows).empty:
-            written.append(plots.plot_heatmap(rows, out_dir / f"heatmap-{_safe(str(study))}.png"))
-    if not frames["lambda_curve"].empty:
-        written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
+            written.append(write_text(out_dir / f"{name}.{suffix}", to_format(frame, fmt)))
+    try:
+        for study, rows in df.groupby("study", sort=True):
+            if not completed(rows).empty:
+                written.append(plots.plot_heatmap(rows, out_dir / f"heatmap-{safe_name(str(study))}.png"))
+        if not frames["lambda_curve"].empty:
+            written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
+    except OSError as e:
+        raise SweepError(f"cannot write a plot in {out_dir}: {e.strerror or e}") from e
     return written
-
-
-def _safe(name: str) -> str:
-    """A study name as a file name: no path separators or traversal."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"

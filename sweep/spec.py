@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.config import TrialConfig
+from sweep.config import REMOTE_CODE_ONLY_FROM_FLAG, TrialConfig
 from sweep.errors import SweepError
+from sweep.schema import conform, short
 
 SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("asha", "median", "none")
@@ -39,6 +40,8 @@ SEARCH_KEYS = ("eta_a", "lambda", "rank")
 GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
 # Searched (or study-level) fields cannot also be set in [trial].
 NOT_IN_TRIAL = {"model", "task", "eta_a", "lam", "lambda", "rank", "seed"}
+MAX_GRID_POINTS = 100_000
+MAX_HEARTBEAT = 86_400  # a day; longer would outrun the timers that wait for it
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
 
@@ -61,9 +64,15 @@ class StudySpec:
     in_process: bool = False  # run trials in this process (debugging): no timeout, no isolation
     heartbeat: int = 30  # seconds; a trial silent for 3 beats lost its worker and runs again
     baselines: int = 1  # plain-LoRA trials queued first, spread over the eta_A range
+    # Hash of the task's content (sweep.tasks.TaskData.fingerprint), set by sweep.study.preflight: a
+    # task file changed between two runs makes another study instead of mixing two data sets.
+    data_fingerprint: str | None = None
     source: str = field(default="<flags>", compare=False)  # where it came from, for messages
 
     def __post_init__(self) -> None:
+        problems = conform(self)
+        if problems:
+            raise SweepError(f"{self.source}: " + "; ".join(problems))
         _validate(self)
 
     @property
@@ -82,6 +91,7 @@ class StudySpec:
             "lambda": self.lam,
             "ranks": self.ranks,
             "grid": self.grid,
+            "data": self.data_fingerprint,
         }
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -108,15 +118,19 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> StudySpec:
-        """The inverse of to_dict (a study's stored definition, for workers that join it)."""
+        """The inverse of to_dict (a study's stored definition, for workers that join it). The
+        database is not trusted: every value goes through the same checks as a study file."""
+        if not isinstance(data, dict) or not isinstance(data.get("base"), dict):
+            raise SweepError(f"{source}: the stored definition is not a loraplus-sweep study definition")
         known = {f.name for f in dataclasses.fields(cls)} | {"lambda"}
-        d = {k: v for k, v in data.items() if k in known and k not in ("base", "source")}
-        d["lam"] = tuple(d.pop("lambda", cls.lam))
-        for key in ("eta_a", "ranks"):
-            if key in d:
-                d[key] = tuple(d[key])
-        d["grid"] = tuple(tuple(p) for p in d.get("grid", ()))
-        return cls(base=TrialConfig.from_dict(data["base"]), source=source, **d)
+        d = {k: v for k, v in data.items() if k in known and k not in ("base", "source", "lam")}
+        if "lambda" in d:
+            d["lam"] = d.pop("lambda")
+        try:
+            base = TrialConfig.from_dict(data["base"])
+        except SweepError as e:
+            raise SweepError(f"{source}: {e}") from e
+        return cls(base=base, source=source, **d)
 
     def replace(self, **changes: Any) -> StudySpec:
         return dataclasses.replace(self, **changes)
@@ -129,6 +143,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", stem.lower()).strip("-.")[:40] or "x"
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _range(value: Any, key: str, where: str) -> tuple[float, float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value), float(value)
@@ -136,13 +154,13 @@ def _range(value: Any, key: str, where: str) -> tuple[float, float]:
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
     ):
         return float(value[0]), float(value[1])
-    raise SweepError(f"{where}: {key} must be a number or [low, high], got {value!r}")
+    raise SweepError(f"{where}: {key} must be a number or [low, high], got {short(value)}")
 
 
 def _ints(value: Any, key: str, where: str) -> tuple[int, ...]:
     values = value if isinstance(value, (list, tuple)) else [value]
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise SweepError(f"{where}: {key} must be an integer or a list of integers, got {value!r}")
+        raise SweepError(f"{where}: {key} must be an integer or a list of integers, got {short(value)}")
     return tuple(values)
 
 
@@ -150,19 +168,19 @@ def _floats(value: Any, key: str, where: str) -> list[float]:
     if not isinstance(value, list) or not value or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
     ):
-        raise SweepError(f"{where}: grid.{key} must be a non-empty list of numbers, got {value!r}")
+        raise SweepError(f"{where}: grid.{key} must be a non-empty list of numbers, got {short(value)}")
     return [float(v) for v in value]
 
 
 def parse_range(text: str, key: str) -> tuple[float, float]:
     """CLI form of a range: "1e-5:1e-3", or one number for a fixed value."""
-    parts = text.split(":")
+    message = f"--{key.replace('_', '-')} must be LOW:HIGH or a number, got {short(text)}"
     try:
-        values = [float(p) for p in parts]
+        values = [float(p) for p in text.split(":")]
     except ValueError:
-        raise SweepError(f"--{key.replace('_', '-')} must be LOW:HIGH or a number, got {text!r}") from None
+        raise SweepError(message) from None
     if len(values) not in (1, 2):
-        raise SweepError(f"--{key.replace('_', '-')} must be LOW:HIGH or a number, got {text!r}")
+        raise SweepError(message)
     return values[0], values[-1]
 
 
@@ -170,19 +188,22 @@ def parse_ranks(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in text.split(","))
     except ValueError:
-        raise SweepError(f"--rank must be a comma-separated list of integers, got {text!r}") from None
+        raise SweepError(f"--rank must be a comma-separated list of integers, got {short(text)}") from None
 
 
 def find_study_file(ref: str) -> Path:
     """A TOML path, or the name of a preset in studies/ (with or without .toml)."""
     path = Path(ref)
-    if path.suffix == ".toml" and path.is_file():
-        return path
     preset = STUDIES_DIR / (ref if ref.endswith(".toml") else f"{ref}.toml")
-    if preset.is_file():
-        return preset
+    try:
+        if path.suffix == ".toml" and path.is_file():
+            return path
+        if preset.is_file():
+            return preset
+    except OSError:  # e.g. a name too long for the file system: no such file either
+        pass
     names = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
-    raise SweepError(f"no study file {ref!r} (a .toml path, or a preset: {names})")
+    raise SweepError(f"no study file {short(ref)} (a .toml path, or a preset: {names})")
 
 
 def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> StudySpec:
@@ -195,21 +216,25 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as e:
             raise SweepError(f"cannot read study file {where}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise SweepError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
         except tomllib.TOMLDecodeError as e:
             raise SweepError(f"{where} is not valid TOML: {e}") from e
     tables = {"study": STUDY_KEYS, "search": SEARCH_KEYS, "grid": GRID_KEYS, "trial": None}
     for table in data:
         if table not in tables:
-            raise SweepError(f"{where}: unknown table [{table}] (use {', '.join(tables)})")
+            raise SweepError(f"{where}: unknown table [{_clip(table)}] (use {', '.join(tables)})")
         if not isinstance(data[table], dict):
             raise SweepError(f"{where}: {table} must be a table")
         allowed = tables[table]
         for key in data[table]:
+            if key == "trust_remote_code":
+                raise SweepError(f"{where}: {REMOTE_CODE_ONLY_FROM_FLAG}")
             if allowed is not None and key not in allowed:
-                raise SweepError(f"{where}: unknown key {table}.{key} (use {', '.join(allowed)})")
+                raise SweepError(f"{where}: unknown key {table}.{_clip(key)} (use {', '.join(allowed)})")
     study = dict(data.get("study", {}))
     search = dict(data.get("search", {}))
     grid = dict(data.get("grid", {}))
@@ -218,7 +243,7 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
     for key in trial:
         if key not in trial_fields:
             hint = " (set it in [study] or [search])" if key in NOT_IN_TRIAL else ""
-            raise SweepError(f"{where}: unknown key trial.{key}{hint}")
+            raise SweepError(f"{where}: unknown key trial.{_clip(key)}{hint}")
 
     for key, value in (overrides or {}).items():
         if value is None:
@@ -272,51 +297,62 @@ def _grid_points(grid: dict[str, Any], where: str) -> tuple[tuple[float, float, 
         raise SweepError(f"{where}: a grid needs grid.eta_a and one of grid.lambda or grid.eta_b")
     etas = _floats(grid["eta_a"], "eta_a", where)
     ranks = _ints(grid.get("rank", [TrialConfig.rank]), "grid.rank", where)
+    key = "lambda" if "lambda" in grid else "eta_b"
+    second = _floats(grid[key], key, where)
+    if len(etas) * len(second) * len(ranks) > MAX_GRID_POINTS:
+        raise SweepError(f"{where}: the grid has {len(etas) * len(second) * len(ranks):,} points; "
+                         f"at most {MAX_GRID_POINTS:,}")
     if "lambda" in grid:
-        pairs = [(e, lam) for e, lam in itertools.product(etas, _floats(grid["lambda"], "lambda", where))]
+        pairs = list(itertools.product(etas, second))
     else:  # a paper-style eta_B x eta_A grid: lambda = eta_B / eta_A per point
-        pairs = [(e, b / e) for e, b in itertools.product(etas, _floats(grid["eta_b"], "eta_b", where))]
+        # (an eta_a of 0 gives an infinite lambda, which the checks of the spec then name)
+        pairs = [(e, b / e if e else math.inf) for e, b in itertools.product(etas, second)]
     return tuple((e, lam, r) for (e, lam), r in itertools.product(pairs, ranks))
 
 
 def _validate(s: StudySpec) -> None:
-    where = s.source
+    """Every value problem at once, in one line (types are checked before, by the schema)."""
+    problems: list[str] = []
     for key, (low, high) in (("eta_a", s.eta_a), ("lambda", s.lam)):
         if not (math.isfinite(low) and math.isfinite(high)) or low <= 0 or high <= 0:
-            raise SweepError(f"{where}: {key} range must be positive, got [{low:g}, {high:g}]")
-        if low > high:
-            raise SweepError(f"{where}: {key} range is empty: low {low:g} > high {high:g}")
-    if s.sampler != "grid" and not s.lam[0] <= 1.0 <= s.lam[1]:
-        raise SweepError(
-            f"{where}: lambda range [{s.lam[0]:g}, {s.lam[1]:g}] must include 1 (plain LoRA, the baseline)"
-        )
+            problems.append(f"{key} range must be positive, got [{low:g}, {high:g}]")
+        elif low > high:
+            problems.append(f"{key} range is empty: low {low:g} > high {high:g}")
+        elif key == "lambda" and s.sampler != "grid" and not low <= 1.0 <= high:
+            problems.append(f"lambda range [{low:g}, {high:g}] must include 1 (plain LoRA, the baseline)")
     if not s.ranks or any(r < 1 for r in s.ranks):
-        raise SweepError(f"{where}: ranks must be integers >= 1, got {list(s.ranks)}")
-    if isinstance(s.n_trials, bool) or not isinstance(s.n_trials, int) or s.n_trials < 1:
-        raise SweepError(f"{where}: n_trials must be an integer >= 1, got {s.n_trials!r}")
+        problems.append(f"ranks must be integers >= 1, got {short(list(s.ranks))}")
+    if s.n_trials < 1:
+        problems.append(f"n_trials must be an integer >= 1, got {s.n_trials!r}")
     for key in ("timeout", "trial_timeout"):
         value = getattr(s, key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and (not number or value <= 0):
-            raise SweepError(f"{where}: {key} must be a number of seconds > 0, got {value!r}")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problems.append(f"{key} must be a finite number of seconds > 0, got {value!r}")
     if s.sampler not in SAMPLERS:
-        raise SweepError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}; got {s.sampler!r}")
+        problems.append(f"sampler must be one of {', '.join(SAMPLERS)}; got {short(s.sampler)}")
     if s.pruner not in PRUNERS:
-        raise SweepError(f"{where}: pruner must be one of {', '.join(PRUNERS)}; got {s.pruner!r}")
+        problems.append(f"pruner must be one of {', '.join(PRUNERS)}; got {short(s.pruner)}")
     if s.sampler == "grid" and not s.grid:
-        raise SweepError(f"{where}: sampler grid needs a [grid] table")
+        problems.append("sampler grid needs a [grid] table")
+    for eta, lam, rank in s.grid:
+        if not (math.isfinite(eta) and math.isfinite(lam)) or eta <= 0 or lam <= 0 or rank < 1:
+            problems.append(f"grid point (eta_a {eta:g}, lambda {lam:g}, rank {rank}) must be positive")
+            break
     if s.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", s.name):
-        raise SweepError(f"{where}: study name {s.name!r} may hold only letters, digits, '.', '_' and '-'")
-    if isinstance(s.jobs, bool) or not isinstance(s.jobs, int) or s.jobs < 1:
-        raise SweepError(f"{where}: jobs must be an integer >= 1, got {s.jobs!r}")
+        problems.append(f"study name {short(s.name)} may hold only letters, digits, '.', '_' and '-' "
+                        "(at most 100, the first a letter or digit)")
+    if s.jobs < 1:
+        problems.append(f"jobs must be an integer >= 1, got {s.jobs!r}")
     if s.devices not in ("auto", "cpu") and not re.fullmatch(r"\d+(,\d+)*", s.devices):
-        raise SweepError(f"{where}: devices must be auto, cpu or GPU ids like 0,1; got {s.devices!r}")
-    n = s.baselines
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= s.n_trials:
-        raise SweepError(f"{where}: baselines must be an integer from 1 to n_trials, got {s.baselines!r}")
-    if isinstance(s.heartbeat, bool) or not isinstance(s.heartbeat, int) or s.heartbeat < 1:
-        raise SweepError(f"{where}: heartbeat must be a whole number of seconds >= 1, got {s.heartbeat!r}")
+        problems.append(f"devices must be auto, cpu or GPU ids like 0,1; got {short(s.devices)}")
+    if not 1 <= s.baselines <= s.n_trials:
+        problems.append(f"baselines must be an integer from 1 to n_trials, got {s.baselines!r}")
+    if not 1 <= s.heartbeat <= MAX_HEARTBEAT:
+        problems.append(f"heartbeat must be a whole number of seconds from 1 to {MAX_HEARTBEAT}, "
+                        f"got {short(s.heartbeat)}")
     if s.in_process and (s.trial_timeout is not None or s.jobs > 1):
-        raise SweepError(f"{where}: in_process runs one trial at a time without a timeout")
-    if not isinstance(s.storage, str) or not s.storage:
-        raise SweepError(f"{where}: storage must be a database URL, got {s.storage!r}")
+        problems.append("in_process runs one trial at a time without a timeout")
+    if not s.storage:
+        problems.append("storage must be a database URL")
+    if problems:
+        raise SweepError(f"{s.source}: " + "; ".join(problems))

@@ -7,6 +7,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import os
 import re
 import threading
 import warnings
@@ -18,6 +19,7 @@ import optuna
 import pandas as pd
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from sweep.errors import SweepError
 
@@ -25,9 +27,80 @@ from sweep.errors import SweepError
 ROW_ATTRS = ("model", "task", "metric_name", "init", "tokens", "wall_time_s", "stop_reason", "steps")
 
 
+# Query parameters and key=value pairs (libpq connection strings) that hold secrets.
+SECRET_KEYS = ("password", "passwd", "pwd", "sslpassword", "secret", "token", "api_key", "apikey")
+_SECRET_PAIR = re.compile(
+    r"(?i)\b((?:" + "|".join(SECRET_KEYS) + r")\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)"
+)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for every message and log."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with any password replaced by ***, for every message and log.
+
+    SQLAlchemy's parser masks what it parses as the password; the userinfo rule then masks up to
+    the last '@', since a password with an unescaped '@' (user:Top@Secret@host) parses as a
+    shorter password and a host that holds the rest; query keys such as password= are masked too.
+    """
+    if url.startswith("sqlite"):  # a path, never credentials: shown as it was written
+        return url
+    try:
+        text = make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        text = url
+    return _SECRET_PAIR.sub(r"\1***", _mask_userinfo(text))
+
+
+def _mask_userinfo(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or scheme.startswith("sqlite") or at < 0 or ":" not in rest[:at]:
+        return url
+    return f"{scheme}{sep}{rest[:at].split(':', 1)[0]}:***{rest[at:]}"
+
+
+def _passwords(url: str) -> list[str]:
+    """The password of a URL as SQLAlchemy reads it and as a person meant it (up to the last '@')."""
+    found = []
+    with contextlib.suppress(sqlalchemy.exc.ArgumentError, ValueError):
+        found.append(make_url(url).password or "")
+    rest = url.partition("://")[2]
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        meant = rest[:at].split(":", 1)[1]
+        found += [meant, *meant.split("@")]  # the pieces an unescaped '@' spreads over a message
+    found += [m.group(2).strip("'\"") for m in _SECRET_PAIR.finditer(url)]
+    return [p for p in found if len(p) >= 3]
+
+
+def mask_secrets(text: str, urls: tuple[str, ...] | list[str] = ()) -> str:
+    """Any text (an error message, a library's exception) with the passwords of the URLs in it, and
+    of `urls` wherever they appear, replaced by ***."""
+    for url in urls:
+        for password in sorted(_passwords(url), key=len, reverse=True):
+            text = text.replace(password, "***")
+    text = _URL_IN_TEXT.sub(lambda m: _mask_userinfo(m.group(0)), text)
+    return _SECRET_PAIR.sub(r"\1***", text)
+
+
+def database_failure(e: BaseException) -> SweepError | None:
+    """A database error in the middle of a command (a damaged or read-only file, a lost server) as
+    one line that says so; None for any other exception."""
+    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) else e
+    if not isinstance(cause, sqlalchemy.exc.DatabaseError):
+        return None
+    first = str(getattr(cause, "orig", None) or cause).splitlines()[0]
+    return SweepError(f"the results database failed: {first} (a damaged file? restore it from a copy)")
+
+
+def require_writable(url: str) -> None:
+    """A SQLite database that this process cannot write is one line, before anything tries to."""
+    path = sqlite_path(url)
+    if path is None or not path.exists():
+        return
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise SweepError(f"the results database {path} is read-only here; nothing was changed "
+                         "(copy it somewhere writable, or ask its owner)")
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -57,6 +130,12 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
         engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
     elif "://" not in url:
         raise SweepError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///results/x.db)")
+    elif url.partition("://")[2].count("@") > 1:
+        # SQLAlchemy would read the part after the first '@' as the host, and look it up.
+        raise SweepError(f"storage {mask_url(url)}: the password holds '@'; write it as %40, or leave the "
+                         "password out of the URL and use PGPASSWORD or ~/.pgpass")
+    if create:
+        require_writable(url)
     try:
         # Workers started together on a new database would all create its tables at once.
         lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
@@ -70,22 +149,40 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
         raise
     except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_url(first)}") from e
+        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_secrets(first, [url])}") from e
     if path is not None:
         _immediate_transactions(storage.engine)
     return storage
 
 
+# PostgreSQL drivers SQLAlchemy knows: module, and what to install for it.
+PG_DRIVERS = {
+    "psycopg": ("psycopg", "pip install 'loraplus-sweep[postgres]' (psycopg 3)"),
+    "psycopg2": ("psycopg2", "pip install psycopg2-binary"),
+    "pg8000": ("pg8000", "pip install pg8000"),
+    "asyncpg": ("asyncpg", "pip install asyncpg"),
+}
+
+
 def _with_driver(url: str) -> str:
-    """postgresql:// means psycopg2 to SQLAlchemy; use psycopg 3 (our `postgres` extra) when that is
-    what is installed."""
-    if not url.startswith(("postgresql://", "postgres://")):
+    """A bare postgresql:// (or postgres://) URL gets the driver that is installed, psycopg 3 (our
+    `postgres` extra) first, then psycopg2; no driver, or a named one that is missing, is one line
+    saying what to install."""
+    scheme, sep, rest = url.partition("://")
+    dialect, _, driver = scheme.partition("+")
+    if not sep or dialect not in ("postgresql", "postgres"):
         return url
-    if importlib.util.find_spec("psycopg2") is not None:
-        return url
-    if importlib.util.find_spec("psycopg") is not None:
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    raise SweepError("PostgreSQL storage needs a driver: pip install 'loraplus-sweep[postgres]'")
+    if driver:
+        module, install = PG_DRIVERS.get(driver, (driver, f"pip install {driver}"))
+        if importlib.util.find_spec(module) is None:
+            raise SweepError(f"the storage URL names the PostgreSQL driver {driver!r}, which is not "
+                             f"installed: {install}")
+        return f"postgresql+{driver}://{rest}"
+    for name in ("psycopg", "psycopg2"):
+        if importlib.util.find_spec(PG_DRIVERS[name][0]) is not None:
+            return f"postgresql+{name}://{rest}"
+    raise SweepError("PostgreSQL storage needs a driver and neither psycopg nor psycopg2 is installed: "
+                     "pip install 'loraplus-sweep[postgres]' (or psycopg2-binary)")
 
 
 def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
@@ -158,6 +255,8 @@ def trials_frame(storage: optuna.storages.BaseStorage, study_names: list[str] | 
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         if study_names is not None and summary.study_name not in study_names:
             continue
+        if not is_ours(summary.user_attrs):
+            continue  # another tool's study in the same database: nothing here describes it
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         model, task = summary.user_attrs.get("model"), summary.user_attrs.get("task")
         for t in study.get_trials(deepcopy=False):
@@ -175,3 +274,8 @@ def trials_frame(storage: optuna.storages.BaseStorage, study_names: list[str] | 
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def is_ours(study_attrs: dict[str, Any]) -> bool:
+    """Whether a study's attributes are those loraplus-sweep writes (a search or a confirm study)."""
+    return isinstance(study_attrs.get("model"), str) and isinstance(study_attrs.get("task"), str)

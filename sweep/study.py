@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.result import EvalPoint, TrialResult
+from sweep.schema import short
+from sweep.signals import Stop
 from sweep.spec import RUN_KEYS, StudySpec
 from sweep.storage import FINISHED, mask_url, open_storage
 from sweep.train import run_trial
@@ -75,8 +76,9 @@ def open_study(spec: StudySpec) -> optuna.Study:
         study.set_user_attr("task", spec.base.task)
     elif stored != spec.definition_hash():
         raise SweepError(
-            f"study {name!r} in {mask_url(spec.storage)} was created with another definition; "
-            "pick another --study-name, or leave it unset to name the study after its definition"
+            f"study {name!r} in {mask_url(spec.storage)} was created with another definition (other "
+            "settings, other task data, or an older loraplus-sweep); pick another --study-name, or leave "
+            "it unset to name the study after its definition"
         )
     # The latest budget, sampler and pruner, for `worker`s that join the study. Not the storage
     # URL (it may hold a password) nor how this machine runs trials.
@@ -140,6 +142,7 @@ def record(trial: Trial, result: TrialResult) -> None:
         "device": result.device,
         "peak_memory_mb": result.peak_memory_mb,
         "stop_reason": result.stop_reason,
+        "update_norms": result.update_norms,
         "seed": cfg.seed,
         "init": cfg.init,
         "versions": result.versions,
@@ -148,10 +151,11 @@ def record(trial: Trial, result: TrialResult) -> None:
         trial.set_user_attr(key, value)
 
 
-def execute(trial: Trial, spec: StudySpec, hooks: Hooks, slot: Slot,
-            cancel: threading.Event | None = None) -> float:
+def execute(trial: Trial, spec: StudySpec, hooks: Hooks, slot: Slot, cancel: Stop | None = None) -> float:
     """Run one trial on its slot and record it: the metric, or TrialPruned / TrialFailed with the
-    reason stored on the trial. Setting `cancel` interrupts it like Ctrl-C."""
+    reason stored on the trial. Setting `cancel` interrupts it (sweep.signals.Interrupted), its reason
+    stored on the trial."""
+    cancel = cancel or Stop()
     cfg = suggest_config(trial, spec)
     n = trial.number
     if hooks.trial_start:
@@ -166,6 +170,7 @@ def execute(trial: Trial, spec: StudySpec, hooks: Hooks, slot: Slot,
     def on_step(step: int, total: int, loss: float) -> None:
         if hooks.step:
             hooks.step(n, step, total, loss)
+        cancel.check()  # a trial in this process has no other way to hear of it
 
     trial.set_user_attr("slot", slot.label)
     try:
@@ -177,8 +182,8 @@ def execute(trial: Trial, spec: StudySpec, hooks: Hooks, slot: Slot,
                 raise TrialFailed(f"{type(e).__name__}: {first}", traceback.format_exc()) from e
         else:
             result = run_isolated(cfg, on_eval, on_step, spec.trial_timeout, slot, cancel)
-    except KeyboardInterrupt:
-        trial.set_user_attr("stop_reason", "interrupted by the user")
+    except KeyboardInterrupt as e:
+        trial.set_user_attr("stop_reason", str(e) or "interrupted by the user")
         raise
     except TrialFailed as e:
         trial.set_user_attr("stop_reason", str(e))
@@ -199,14 +204,21 @@ def execute(trial: Trial, spec: StudySpec, hooks: Hooks, slot: Slot,
     return result.metric
 
 
-def preflight(spec: StudySpec) -> None:
-    """Fail on a bad task, column or model before the first trial, not in the middle of a sweep."""
-    from sweep.models import load_tokenizer
-    from sweep.tasks import load_task
+def preflight(spec: StudySpec) -> StudySpec:
+    """Fail on anything that would fail every trial (task, classes, model, positions, target modules,
+    device, jobs) before the first one, not in the middle of a sweep. Returns the spec with the
+    task's data fingerprint, which is part of the study's identity; a spec that already holds one (a
+    study joined from its stored definition) must find the same data here."""
+    from sweep.checks import check_slots, check_trial
 
-    b = spec.base
-    load_task(b.task, b.text_column, b.text_pair_column, b.label_column)
-    load_tokenizer(b)
+    fingerprint = check_trial(spec.base).fingerprint()
+    check_slots(spec.devices, spec.jobs)
+    if spec.data_fingerprint is not None and spec.data_fingerprint != fingerprint:
+        raise SweepError(
+            f"task {spec.base.task!r} holds other data here than when study {spec.study_name} was created "
+            f"(data fingerprint {fingerprint}, the study's {spec.data_fingerprint}); use the same data"
+        )
+    return spec.replace(data_fingerprint=fingerprint)
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -226,11 +238,19 @@ def unfinished_grid_points(study: optuna.Study, spec: StudySpec) -> list[FrozenT
 
 
 
-def joined_spec(study: optuna.Study, storage_url: str, run: dict[str, Any]) -> StudySpec:
-    """The spec of an existing study, as its creator stored it, run here with `run` settings."""
+def joined_spec(
+    study: optuna.Study, storage_url: str, run: dict[str, Any], trust_remote_code: bool = False
+) -> StudySpec:
+    """The spec of an existing study, as its creator stored it, run here with `run` settings.
+
+    The database is data, not a command: whether a model's own code may run is this machine's
+    `trust_remote_code` (its command line), whatever the stored definition says.
+    """
     stored = study.user_attrs.get("spec")
-    if not isinstance(stored, dict):
-        raise SweepError(f"study {study.study_name!r} was not created by loraplus-sweep run")
-    data = {**stored, "storage": storage_url, "name": study.study_name}
+    if not isinstance(stored, dict) or not isinstance(stored.get("base"), dict):
+        raise SweepError(f"study {short(study.study_name)} was not created by loraplus-sweep run")
+    base = {k: v for k, v in stored["base"].items() if k != "trust_remote_code"}
+    data = {**stored, "base": base, "storage": storage_url, "name": study.study_name}
     data.update({k: v for k, v in run.items() if v is not None})
-    return StudySpec.from_dict(data, source=f"study {study.study_name}")
+    spec = StudySpec.from_dict(data, source=f"study {short(study.study_name)}")
+    return spec.replace(base=spec.base.replace(trust_remote_code=trust_remote_code))

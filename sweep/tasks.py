@@ -169,6 +169,8 @@ def _load_glue(name: str) -> TaskData:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise SweepError(f"task file {str(path)!r} is a directory, not a .csv/.tsv/.jsonl file")
     if not path.is_file():
         raise SweepError(f"task file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
@@ -222,6 +224,11 @@ def load_local(
     if label in (text, pair):
         raise SweepError(f"label column {label!r} is also a text column in {path.name}")
     df = df.dropna(subset=[label])
+    for column in (text, pair, label):
+        nested = df[column].map(lambda v: isinstance(v, (list, dict))) if column else None
+        if nested is not None and nested.any():
+            raise SweepError(f"column {column!r} of {path.name} holds lists or objects, not plain values "
+                             f"(row {int(nested.to_numpy().argmax()) + 1})")
     if df.empty:
         raise SweepError(f"task file {path.name} has no labelled rows")
     if "split" in df.columns:

@@ -13,11 +13,13 @@ err = Console(stderr=True)
 
 
 def _progress() -> Progress:
+    # markup=False: descriptions hold user text (a model path, a task file, a study name), which
+    # rich would otherwise read as markup ("[/]" in a path ends the run with a MarkupError).
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(bar_width=24),
-        TextColumn("{task.fields[count]}"),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[count]}", markup=False),
+        TextColumn("{task.fields[info]}", markup=False),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),

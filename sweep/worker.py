@@ -8,24 +8,27 @@ parent ever talks to the study.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import importlib
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.result import EvalPoint, TrialResult
+from sweep.signals import Stop
 
 # What the child runs, as "module:function" with run_trial's signature; tests swap in faulty ones.
 RUNNER = "sweep.train:run_trial"
+POLL_S = 0.25  # how often the parent looks whether it was asked to stop
 
 
 class TrialFailed(Exception):
@@ -77,11 +80,40 @@ def _die_with_parent() -> None:
         pass  # elsewhere the child ends at its next message to the parent (a broken pipe)
 
 
-def _child(conn: Connection, runner: str, cfg_json: str, env: dict[str, str], threads: int | None) -> None:
+def _start(proc: mp.process.BaseProcess) -> None:
+    """Start the child with SIGINT blocked (the child inherits the mask). A Ctrl-C at a terminal
+    reaches the whole process group: the child ignores it once running, but one that lands while it
+    starts would kill it with a traceback."""
+    # Started by the first spawn, multiprocessing's resource tracker unblocks SIGINT in this thread
+    # once it runs (bpo-33613): start it before blocking.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _ParentGone(Exception):
+    """The pipe to the parent broke: the parent was killed."""
+
+
+@contextlib.contextmanager
+def _to_parent() -> Iterator[None]:
+    try:
+        yield
+    except (BrokenPipeError, ConnectionResetError, EOFError) as e:
+        raise _ParentGone() from e
+
+
+def _child(conn: Connection, runner: str, cfg: TrialConfig, env: dict[str, str], threads: int | None) -> None:
+    # Ctrl-C is the parent's to handle: it stops the trial by killing this process. Ignoring the
+    # signal also drops one that came while it was blocked (see _start).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent()
     # Before torch is imported, so that CUDA sees only this trial's device.
     os.environ.update(env)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import torch
 
     from sweep.quiet import quiet_libraries
@@ -95,14 +127,18 @@ def _child(conn: Connection, runner: str, cfg_json: str, env: dict[str, str], th
         torch.set_num_threads(threads)
 
     def on_step(step: int, total: int, loss: float) -> None:
-        conn.send(("step", step, total, loss))
+        with _to_parent():
+            conn.send(("step", step, total, loss))
 
     def on_eval(point: EvalPoint) -> bool:
-        conn.send(("eval", dataclasses.asdict(point)))
-        return bool(conn.recv())
+        with _to_parent():
+            conn.send(("eval", dataclasses.asdict(point)))
+            return bool(conn.recv())
 
     try:
-        result = run_trial(TrialConfig.from_json(cfg_json), on_eval=on_eval, on_step=on_step)
+        result = run_trial(cfg, on_eval=on_eval, on_step=on_step)
+    except _ParentGone:
+        return  # killed with the parent in a moment (_die_with_parent); nobody to tell
     except torch.OutOfMemoryError as e:
         conn.send(("error", f"out of memory: {str(e).splitlines()[0]}", ""))
     except SweepError as e:
@@ -130,20 +166,24 @@ def run_isolated(
     on_step: Callable[[int, int, float], None] | None = None,
     timeout: float | None = None,
     slot: Slot = Slot(),
-    cancel: threading.Event | None = None,
+    cancel: Stop | None = None,
 ) -> TrialResult:
     """run_trial in a spawned child; raises TrialFailed with the reason if it gives no result, and
-    KeyboardInterrupt when `cancel` is set (the way other threads pass on a Ctrl-C)."""
+    sweep.signals.Interrupted (with cancel's reason) once `cancel` is set, the child killed."""
+    cancel = cancel or Stop()
+    cancel.check()
     ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_child, args=(child, RUNNER, cfg.to_json(), dict(slot.env), slot.threads),
+    # The config object itself (pickled by this process), not its JSON: it carries this machine's
+    # --trust-remote-code, which no serialised config may hold.
+    proc = ctx.Process(target=_child, args=(child, RUNNER, cfg, dict(slot.env), slot.threads),
                        daemon=True)
-    proc.start()
+    _start(proc)
     child.close()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
-            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
             if parent.poll(wait):
                 try:
                     msg = parent.recv()
@@ -162,11 +202,11 @@ def run_isolated(
                     raise TrialFailed(msg[1], msg[2])
             elif not proc.is_alive():
                 break
-            if cancel is not None and cancel.is_set():
-                raise KeyboardInterrupt
+            cancel.check()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TrialFailed(f"timed out after {timeout:g} s")
         proc.join(timeout=30)
+        cancel.check()  # a SIGTERM to the process group ends the child too: the stop is the reason
         raise TrialFailed(_describe_exit(proc.exitcode))
     finally:
         if proc.is_alive():

@@ -316,12 +316,13 @@ def test_plot_lambda_curves_writes_a_png(trials, tmp_path):
 
 
 def test_a_study_name_never_leads_a_report_file_out_of_its_directory():
-    from sweep.report import _safe
+    from sweep.outfiles import safe_name
 
-    for name in ("../../etc/passwd", "/abs/path", "..", "a/../../b", "ok-name_1.2"):
-        safe = _safe(name)
-        assert "/" not in safe and not safe.startswith(".") and safe
-    assert _safe("ok-name_1.2") == "ok-name_1.2"
+    for name in ("../../etc/passwd", "/abs/path", "..", "a/../../b", "ok-name_1.2", "x" * 5000):
+        safe = safe_name(name)
+        assert "/" not in safe and not safe.startswith(".") and safe and len(safe) <= 89
+    assert safe_name("ok-name_1.2") == "ok-name_1.2"
+    assert safe_name("a/b") != safe_name("a_b")  # a name that had to change cannot take another's file
 
 
 def test_grid_equivalent_prices_a_full_grid_over_the_searched_region(trials):

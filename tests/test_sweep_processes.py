@@ -1,5 +1,5 @@
-"""Sweeps as separate `loraplus-sweep` processes sharing one study: a `kill -9` and a re-run, four
-workers on one SQLite file, three workers on PostgreSQL with one killed mid-trial."""
+"""Sweeps as separate `loraplus-sweep` processes sharing one study: four workers on one SQLite file,
+three workers on PostgreSQL with one killed mid-trial. (Interrupts and kills: test_interrupts.py.)"""
 
 from __future__ import annotations
 
@@ -9,91 +9,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-
-CLI = [sys.executable, "-c", "import cli; cli.main()"]
+from processes import assert_exact_budget, running_trial_of, start, trials, wait_for
+from processes import sweep_args as make_sweep_args
 
 
 @pytest.fixture
 def sweep_args(tiny_model, toy_csv):
-    # Trials of a few seconds each (most of it the child process starting), so a kill lands mid-trial.
-    return ["--model", tiny_model, "--task", toy_csv, "--eta-a", "1e-3:1e-2", "--lambda", "1:64",
-            "--rank", "2,4", "--max-steps", "60", "--max-length", "32", "--batch-size", "16",
-            "--eval-every", "20", "--sampler", "random", "--pruner", "none", "--device", "cpu",
-            "--heartbeat", "1"]
-
-
-def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    out = log.open("w")
-    return subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
-                            env={**os.environ, **(env or {})})
-
-
-def children(pid: int) -> list[int]:
-    kids = []
-    for path in glob.glob(f"/proc/{pid}/task/*/children"):
-        kids += [int(k) for k in Path(path).read_text().split()]
-    return kids
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except KeyError:  # not created yet
-        return []
-
-
-def running_trial_of(proc: subprocess.Popen, storage: str, name: str):
-    """A trial that `proc` is running and has reported an evaluation of (mid-trial)."""
-    return next((t for t in trials(storage, name) if t.state.name == "RUNNING" and t.intermediate_values
-                 and t.user_attrs.get("worker", {}).get("pid") == proc.pid), None)
-
-
-def assert_exact_budget(ts, budget: int, killed: optuna.trial.FrozenTrial) -> None:
-    by_state = {s: [t for t in ts if t.state.name == s] for s in ("COMPLETE", "FAIL", "RUNNING", "WAITING")}
-    assert len(by_state["COMPLETE"]) == budget and not by_state["RUNNING"] and not by_state["WAITING"]
-    assert [t.number for t in by_state["FAIL"]] == [killed.number]
-    assert by_state["FAIL"][0].user_attrs["stop_reason"].startswith("orphaned: its worker (pid ")
-    params = [tuple(sorted(t.params.items())) for t in by_state["COMPLETE"]]
-    assert len(set(params)) == budget  # none run twice
-    retried = [t for t in by_state["COMPLETE"] if t.system_attrs.get("failed_trial") == killed.number]
-    assert len(retried) == 1 and retried[0].params == killed.params
-
-
-def test_kill_dash_9_mid_trial_then_the_same_command_finishes_the_budget(sweep_args, tmp_path):
-    db = f"sqlite:///{tmp_path}/sweep.db"
-    args = ["run", *sweep_args, "--storage", db, "--study-name", "k9", "--n-trials", "3"]
-    proc = start(args, tmp_path / "first.log")
-    try:
-        victim = wait_for(lambda: running_trial_of(proc, db, "k9"), 120, "a trial to be mid-way")
-        kids = children(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        proc.kill()
-    # The trial's own process dies with its parent: nothing trains on after a kill.
-    wait_for(lambda: not any(Path(f"/proc/{k}").exists() for k in kids), 10, "the trial process to end")
-    assert [t.state.name for t in trials(db, "k9")][victim.number] == "RUNNING"
-
-    again = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert_exact_budget(trials(db, "k9"), 3, victim)
+    return make_sweep_args(tiny_model, toy_csv)
 
 
 def test_four_workers_on_one_sqlite_file_never_show_a_lock_error(sweep_args, tmp_path):
@@ -181,7 +108,8 @@ def test_three_workers_on_postgresql_share_one_budget_and_retry_a_killed_workers
         victim_proc.wait()
         assert first.wait(timeout=600) == 0 and others[1].wait(timeout=600) == 0
         logs = {p.name: p.read_text() for p in tmp_path.glob("*.log")}
-        assert_exact_budget(trials(optuna_url, "pg"), 6, victim)
+        by_state = assert_exact_budget(trials(optuna_url, "pg"), 6, [victim])
+        assert [t.number for t in by_state["FAIL"]] == [victim.number]
         assert "***@127.0.0.1" in logs["run.log"]  # the URL is shown, masked
         study = optuna.load_study(study_name="pg", storage=optuna_url)
         attrs = [(t.user_attrs, t.system_attrs) for t in study.trials]

@@ -1,0 +1,116 @@
+"""What would fail (or mislead) every trial, checked before the first one: the task's classes, the
+device, the model's positions and module names, the number of CPU jobs.
+
+Each check is one line and exit code 2 at the command line, instead of a study full of failed
+trials, or of trials that "learn" a one-class training set to accuracy 1.0.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from sweep.config import TrialConfig
+from sweep.errors import SweepError
+from sweep.schema import short
+from sweep.tasks import TaskData, load_task
+
+
+def check_trial(cfg: TrialConfig) -> TaskData:
+    """Load the task and the model's tokenizer and config, and check that a trial can run; returns
+    the task (its fingerprint is part of a study's identity)."""
+    from sweep.models import default_target_modules, load_config, load_tokenizer
+
+    try:
+        task = load_task(cfg.task, cfg.text_column, cfg.text_pair_column, cfg.label_column)
+    except OSError as e:  # e.g. a name too long for the file system
+        raise SweepError(f"cannot read task {short(cfg.task)}: {e.strerror or e}") from e
+    check_classes(task, cfg.task)
+    check_device(cfg.device)
+    try:
+        tokenizer = load_tokenizer(cfg)
+        config = load_config(cfg)
+    except OSError as e:
+        raise SweepError(f"cannot read model {short(cfg.model)}: {e.strerror or e}") from e
+    except SweepError as e:
+        if "custom code" in str(e) and not cfg.trust_remote_code:
+            raise SweepError(f"{e} Its code runs only with --trust-remote-code on this command line "
+                             "(never from a study file, a config file or the database).") from e
+        raise
+    positions = _positions(config, tokenizer)
+    if positions is not None and cfg.max_length > positions:
+        raise SweepError(f"max_length {cfg.max_length} is more than the {positions} positions of "
+                         f"{short(cfg.model)}; use --max-length {positions} or less")
+    if cfg.target_modules is None:
+        default_target_modules(config.model_type)  # an architecture without defaults says so
+    else:
+        _check_modules(cfg, config)
+    return task
+
+
+def check_classes(task: TaskData, where: str) -> None:
+    """A classification task needs two classes in its training set, else every trial scores the one
+    class it was shown."""
+    if task.is_regression:
+        return
+    classes = sorted(set(task.train.label))
+    if len(classes) < 2:
+        seen = ", ".join(task.label_names[int(c)] for c in classes)[:60] if task.label_names else "none"
+        raise SweepError(f"the training set of {short(where)} holds one class ({seen}); a "
+                         "classifier needs at least two")
+
+
+def check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count()  # asks NVML; CUDA stays uninitialised in this process
+    if count == 0 or not torch.cuda.is_available():
+        raise SweepError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise SweepError(f"--device {device}: this machine has {count} CUDA device(s), "
+                         f"cuda:0 to cuda:{count - 1}")
+
+
+def check_slots(devices: str, jobs: int) -> None:
+    """GPU ids that exist, and no more CPU jobs than cores (each trial takes a share of them)."""
+    if devices not in ("auto", "cpu"):
+        count = torch.cuda.device_count()
+        missing = [d for d in devices.split(",") if int(d) >= count]
+        if missing:
+            raise SweepError(f"--devices {devices}: no GPU {', '.join(missing)} on this machine "
+                             f"({count} visible); use auto or cpu")
+    cores = os.cpu_count() or 1
+    on_cpu = devices == "cpu" or torch.cuda.device_count() == 0
+    if on_cpu and jobs > cores:
+        raise SweepError(f"--jobs {jobs} is more than the {cores} CPU cores of this machine")
+
+
+def _positions(config, tokenizer) -> int | None:
+    """The longest input the model takes: its position embeddings, or the tokenizer's limit when
+    that is smaller (RoBERTa keeps 2 of its 514 positions for padding)."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 10**7]  # 1e30: "no limit"
+    return min(limits) if limits else None
+
+
+def _check_modules(cfg: TrialConfig, config) -> None:
+    """Every target module name matches a module of the model, as PEFT matches them (the name, or
+    its last dotted parts). The model is built on the meta device: no weights, no memory."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(
+                config, trust_remote_code=cfg.trust_remote_code
+            )
+    except ValueError as e:  # e.g. an architecture without a sequence-classification head
+        raise SweepError(f"cannot build {short(cfg.model)} for sequence classification: "
+                         f"{str(e).splitlines()[0]}") from e
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in cfg.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+        raise SweepError(f"target_modules {short(missing)} are not modules of {short(cfg.model)} "
+                         f"(its module names include {short(', '.join(leaves), 200)})")

@@ -1,0 +1,54 @@
+"""Where results are written: output paths checked before any work, and file names made from
+stored (untrusted) study names."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from sweep.errors import SweepError
+from sweep.schema import short
+
+
+def safe_name(name: str, limit: int = 80) -> str:
+    """A study name as a file name: no path separators or traversal, at most `limit` characters. A
+    name that had to change gets a hash of the original, so two names never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:limit] or "study"
+    if safe != name:
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return safe
+
+
+def prepare_dir(path: Path) -> Path:
+    """Create the output directory (and its parents), or say in one line why it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SweepError(f"{short(str(path))} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SweepError(f"cannot create the output directory {short(str(path))}: {e.strerror}") from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SweepError(f"the output directory {short(str(path))} is not writable")
+    return path
+
+
+def prepare_file(path: Path) -> Path:
+    """Check that a file can be written at `path` (its directory is created), before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise SweepError(f"--out {short(str(path))} is a directory; name a file")
+    prepare_dir(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SweepError(f"--out {short(str(path))} is not writable")
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise SweepError(f"cannot write {short(str(path))}: {e.strerror or e}") from e
+    return Path(path)

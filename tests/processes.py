@@ -1,0 +1,105 @@
+"""Helpers for tests that run `loraplus-sweep` as separate processes and watch their study."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+CLI = [sys.executable, "-c", "import cli; cli.main()"]
+
+
+def sweep_args(model: str, task: str) -> list[str]:
+    """Trials of a few seconds each (most of it the child process starting), so a kill lands mid-trial."""
+    return ["--model", model, "--task", task, "--eta-a", "1e-3:1e-2", "--lambda", "1:64",
+            "--rank", "2,4", "--max-steps", "60", "--max-length", "32", "--batch-size", "16",
+            "--eval-every", "20", "--sampler", "random", "--pruner", "none", "--device", "cpu",
+            "--heartbeat", "1"]
+
+
+def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """The CLI with `args`, output to `log`, in a process group of its own (as a terminal starts a
+    command: os.killpg reaches it and its trials' processes, as Ctrl-C does)."""
+    out = log.open("w")
+    return subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        kids += [int(k) for k in Path(path).read_text().split()]
+    return kids
+
+
+def trial_processes(pid: int) -> list[int]:
+    """The children of `pid` that run trials (multiprocessing's spawned ones, not its resource tracker)."""
+    found = []
+    for kid in children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                found.append(kid)
+        except OSError:
+            pass  # ended meanwhile
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@functools.cache
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(url)  # once: opening one costs more CPU than the trials polled
+
+
+def trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=_storage(storage)).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+def running_trials_of(proc: subprocess.Popen, storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials(storage, name) if t.state.name == "RUNNING"
+            and t.user_attrs.get("worker", {}).get("pid") == proc.pid]
+
+
+def running_trial_of(proc: subprocess.Popen, storage: str, name: str):
+    """A trial that `proc` is running and has reported an evaluation of (mid-trial)."""
+    return next((t for t in running_trials_of(proc, storage, name) if t.intermediate_values), None)
+
+
+def assert_exact_budget(ts, budget: int, orphans) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    """`budget` complete trials, none running or waiting, no point run twice, and each orphan (a trial
+    whose worker was killed) failed as such and retried once with its parameters. Returns the trials
+    by state, for further checks."""
+    by_state = {s: [t for t in ts if t.state.name == s] for s in ("COMPLETE", "FAIL", "RUNNING", "WAITING")}
+    states = [(t.number, t.state.name, t.user_attrs.get("stop_reason")) for t in ts]
+    assert len(by_state["COMPLETE"]) == budget and not by_state["RUNNING"] and not by_state["WAITING"], states
+    params = [tuple(sorted(t.params.items())) for t in by_state["COMPLETE"]]
+    assert len(set(params)) == budget  # none run twice
+    for orphan in orphans:
+        assert ts[orphan.number].user_attrs["stop_reason"].startswith("orphaned: its worker (pid ")
+        retried = [t for t in by_state["COMPLETE"] if t.system_attrs.get("failed_trial") == orphan.number]
+        assert len(retried) == 1 and retried[0].params == orphan.params
+    return by_state
