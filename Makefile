@@ -25,7 +25,8 @@ demo: $(BIN)/.installed
 	$(BIN)/loraplus-sweep report --out results/default
 
 test: $(BIN)/.installed
-	$(BIN)/pytest -q -m "not slow" tests
+	$(BIN)/pytest -q -m "not slow and not processes" tests
+	$(BIN)/pytest -q -m processes tests
 	$(BIN)/pytest -q -m slow tests
 
 lint: $(BIN)/.installed

@@ -101,6 +101,7 @@ def test_a_signal_stops_a_trial_running_in_this_process_and_fails_it_with_the_re
         ("FAIL", "interrupted by SIGINT (Ctrl-C)")]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_no_interruption_leaves_a_trial_running_and_the_same_command_finishes_the_budget(
     jobs, tiny_model, toy_csv, tmp_path
@@ -147,6 +148,7 @@ def test_no_interruption_leaves_a_trial_running_and_the_same_command_finishes_th
                              + [KILLED] + ["orphaned: its worker"] * jobs)
 
 
+@pytest.mark.processes
 def test_deleting_the_study_under_a_running_sweep_ends_it_with_one_line(tiny_model, toy_csv, tmp_path):
     db = f"sqlite:///{tmp_path}/sweep.db"
     log = tmp_path / "run.log"
@@ -166,6 +168,7 @@ def test_deleting_the_study_under_a_running_sweep_ends_it_with_one_line(tiny_mod
     assert trials(db, "doomed") == []  # not created again
 
 
+@pytest.mark.processes
 def test_ctrl_c_during_confirm_fails_its_running_trial(tiny_model, toy_csv, tmp_path):
     db = f"sqlite:///{tmp_path}/sweep.db"
     run_study(load_spec(None, {  # a LoRA+ trial and the plain-LoRA baseline to confirm, trained here

@@ -18,6 +18,9 @@ from processes import assert_exact_budget, running_trial_of, start, trials, wait
 from processes import sweep_args as make_sweep_args
 
 
+pytestmark = pytest.mark.processes  # real sweep processes, signals and databases: minutes
+
+
 @pytest.fixture
 def sweep_args(tiny_model, toy_csv):
     return make_sweep_args(tiny_model, toy_csv)

@@ -59,6 +59,7 @@ def test_timeout_kills_a_hanging_trial(tiny_cfg, faulty):
         run_isolated(tiny_cfg.replace(lam=4.0), timeout=8)
 
 
+@pytest.mark.processes
 def test_every_fault_ends_its_trial_and_the_study_finishes(tiny_model, toy_csv, tmp_path, faulty):
     grid = tmp_path / "faults.toml"
     grid.write_text("""
