@@ -154,7 +154,11 @@ def trial(
         cfg = _read_config(config).replace(**explicit)
     else:
         cfg = TrialConfig(**given)
-    result = _run_with_progress(cfg)
+    try:
+        result = _run_with_progress(cfg)
+    except KeyboardInterrupt:
+        _error("interrupted: the trial stopped before its end; nothing was stored", 130)
+        raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
     else:
@@ -384,6 +388,7 @@ def _sweep(spec, study) -> None:
 
 
 def _print_study_summary(study) -> None:
+    from sweep.report import is_plain_value
     from sweep.storage import FINISHED
 
     trials = study.get_trials(deepcopy=False)
@@ -396,7 +401,7 @@ def _print_study_summary(study) -> None:
     if not complete:
         return
     best = max(complete, key=lambda t: t.value)
-    plain = [t for t in complete if abs(t.params["lambda"] - 1.0) < 1e-9]
+    plain = [t for t in complete if is_plain_value(t.params["lambda"])]
     metric = best.user_attrs.get("metric_name", "metric")
     p = best.params
     out.print(f"best {metric} {best.value:.4f}: eta_A {p['eta_a']:.3g}, lambda {p['lambda']:.3g}, "

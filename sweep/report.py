@@ -50,6 +50,11 @@ def is_plain(lam: pd.Series) -> pd.Series:
     return pd.Series(np.isclose(lam.astype(float), 1.0, rtol=PLAIN_RTOL, atol=0.0), index=lam.index)
 
 
+def is_plain_value(lam: float) -> bool:
+    """`is_plain` for one lambda."""
+    return bool(np.isclose(float(lam), 1.0, rtol=PLAIN_RTOL, atol=0.0))
+
+
 def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, task): best value with lambda = 1, best value overall, and gain = best - best_plain.
 

@@ -190,3 +190,22 @@ def test_ctrl_c_during_confirm_fails_its_running_trial(tiny_model, toy_csv, tmp_
     ts = trials(db, "toy.confirm")
     assert [t.state.name for t in ts] == ["FAIL"] and ts[0].number == victims[0].number
     assert ts[0].user_attrs["stop_reason"] == "interrupted by SIGINT (Ctrl-C)"
+
+
+@pytest.mark.processes
+def test_ctrl_c_during_a_single_trial_is_one_line_and_exit_130(tiny_model, toy_csv, tmp_path):
+    cache = tmp_path / "cache"
+    log = tmp_path / "trial.log"
+    args = ["trial", "--model", tiny_model, "--task", toy_csv, "--max-length", "32", "--max-steps", "100000"]
+    proc = start(args, log, env={"LORAPLUS_SWEEP_CACHE": str(cache)})
+    try:
+        # The tokenized data is cached just before training starts.
+        wait_for(lambda: list(cache.glob("tokens/*.npz")), 120, "the trial's tokenized data")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        stop(proc)
+    out = log.read_text()
+    assert "Traceback" not in out
+    last = out.strip().splitlines()[-1]
+    assert last == "error: interrupted: the trial stopped before its end; nothing was stored"

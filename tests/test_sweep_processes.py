@@ -17,7 +17,6 @@ import pytest
 from processes import assert_exact_budget, running_trial_of, start, trials, wait_for
 from processes import sweep_args as make_sweep_args
 
-
 pytestmark = pytest.mark.processes  # real sweep processes, signals and databases: minutes
 
 
