@@ -42,7 +42,9 @@ GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
 NOT_IN_TRIAL = {"model", "task", "eta_a", "lam", "lambda", "rank", "seed"}
 MAX_GRID_POINTS = 100_000
 MAX_HEARTBEAT = 86_400  # a day; longer would outrun the timers that wait for it
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+# Presets ship inside the package (package data), so an installed copy finds them too; the
+# repository's top-level studies/ links here.
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,28 @@ def test_several_plain_lora_baselines_spread_over_the_eta_range():
     ]
     with pytest.raises(SweepError, match="baselines must be an integer from 1 to n_trials"):
         load_spec(None, {"baselines": 0})
+
+
+@pytest.mark.slow
+def test_an_installed_copy_finds_the_presets(tmp_path):
+    """`pip install .` outside the repository: the wheel holds every preset and `default` loads."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("loraplus_sweep-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {Path(n).name for n in z.namelist() if n.startswith("sweep/studies/")}
+        z.extractall(tmp_path / "site")
+    assert shipped == {p.name for p in (root / "studies").glob("*.toml")} and "default.toml" in shipped
+    code = ("import sweep; from sweep.spec import find_study_file, load_spec; "
+            "print(sweep.__file__, load_spec(find_study_file('default')).n_trials)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    where, n_trials = out.stdout.split()
+    assert Path(where).is_relative_to(tmp_path / "site") and n_trials == "6"
