@@ -315,7 +315,7 @@ def confirm(
     by seed: means, the gain with its 95% interval, and the steps each needs to converge."""
     from sweep import confirm as confirm_mod
     from sweep import report as rep
-    from sweep.outfiles import prepare_dir, safe_name, write_text
+    from sweep.outfiles import prepare_dir, safe_name
     from sweep.spec import DEFAULT_STORAGE
     from sweep.study import joined_spec, preflight
     from sweep.ui import SweepProgress
@@ -343,8 +343,7 @@ def confirm(
     frame = confirm_mod.table([summary])
     if out is not None:
         written = _write_convergence([summary], out)
-        for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
-            written.append(write_text(Path(out) / f"confirm-{safe_name(name)}.{suffix}", rep.to_format(frame, fmt)))
+        written += rep.write_table(frame, out, f"confirm-{safe_name(name)}")
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
     _print_confirm(frame)
     if summary.comparison is None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sweep.errors import SweepError
-from sweep.schema import conform, short
+from sweep.schema import RENAMES, conform, display_name, short
 
 INIT_SCHEMES = ("standard", "reversed")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -25,9 +25,7 @@ REMOTE_CODE_ONLY_FROM_FLAG = (
     "command line to run a model's own code"
 )
 
-# `lam` is spelled `lambda` in dicts, JSON and Optuna (it is a Python keyword).
-_RENAMES = {"lam": "lambda"}
-_UNRENAMES = {v: k for k, v in _RENAMES.items()}
+_UNRENAMES = {v: k for k, v in RENAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ class TrialConfig:
             if f.name == "trust_remote_code":
                 continue
             value = getattr(self, f.name)
-            out[_RENAMES.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
+            out[display_name(f.name)] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -120,7 +118,7 @@ class TrialConfig:
                     raise SweepError(REMOTE_CODE_ONLY_FROM_FLAG)
                 continue
             name = _UNRENAMES.get(key, key)
-            if name not in known or key in _RENAMES:
+            if name not in known or key in RENAMES:
                 raise SweepError(f"unknown trial setting {short(key)}")
             kwargs[name] = value
         return cls(**kwargs)
@@ -142,7 +140,7 @@ def _validate(c: TrialConfig) -> None:
 
     def positive(name: str, value: float | None) -> None:
         if value is not None and (not math.isfinite(value) or value <= 0):
-            problems.append(f"{_RENAMES.get(name, name)} must be a finite number > 0, got {value!r}")
+            problems.append(f"{display_name(name)} must be a finite number > 0, got {value!r}")
 
     for name in ("eta_a", "lam", "embedding_lr", "head_lr", "alpha", "epochs", "max_grad_norm"):
         positive(name, getattr(c, name))

@@ -188,6 +188,7 @@ class Coordinator:
 
     def __init__(self, study: optuna.Study, spec: StudySpec, hooks: Hooks, storage: BaseStorage) -> None:
         self.study, self.spec, self.hooks, self.storage = study, spec, hooks, storage
+        self.study_id = storage.get_study_id_from_name(study.study_name)  # tells a re-created study apart
         self.identity = worker_identity()
         self.deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
         self.stop = Stop()
@@ -238,7 +239,7 @@ class Coordinator:
             yield
         except KeyError:
             try:
-                alive = self.storage.get_study_id_from_name(self.study.study_name) == self.study._study_id
+                alive = self.storage.get_study_id_from_name(self.study.study_name) == self.study_id
             except KeyError:
                 alive = False
             if alive:

@@ -82,23 +82,21 @@ def _load_error(path: str, e: Exception) -> SweepError:
     return SweepError(f"could not load model {path!r}: {str(e).splitlines()[0]}")
 
 
-def load_tokenizer(cfg: TrialConfig) -> PreTrainedTokenizerBase:
+def _from_pretrained(auto_class, cfg: TrialConfig):
     path = resolve_model_path(cfg.model)
     try:
-        return AutoTokenizer.from_pretrained(
-            path, trust_remote_code=cfg.trust_remote_code, **_hub_kwargs(path)
-        )
+        return auto_class.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **_hub_kwargs(path))
     except (OSError, ValueError) as e:
         raise _load_error(path, e) from e
+
+
+def load_tokenizer(cfg: TrialConfig) -> PreTrainedTokenizerBase:
+    return _from_pretrained(AutoTokenizer, cfg)
 
 
 def load_config(cfg: TrialConfig) -> PretrainedConfig:
     """The model's config alone (no weights), for checks before any training."""
-    path = resolve_model_path(cfg.model)
-    try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **_hub_kwargs(path))
-    except (OSError, ValueError) as e:
-        raise _load_error(path, e) from e
+    return _from_pretrained(AutoConfig, cfg)
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -327,15 +327,18 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
+def write_table(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    """The table as NAME.csv, NAME.md and NAME.json in out_dir."""
+    return [write_text(Path(out_dir) / f"{name}.{suffix}", to_format(frame, fmt))
+            for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json"))]
+
+
 def write(df: pd.DataFrame, frames: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     """Write every table as csv, markdown and json, a heatmap per study and the lambda curves."""
     from sweep import plots
 
     out_dir = prepare_dir(Path(out_dir))
-    written = []
-    for name, frame in frames.items():
-        for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json")):
-            written.append(write_text(out_dir / f"{name}.{suffix}", to_format(frame, fmt)))
+    written = [path for name, frame in frames.items() for path in write_table(frame, out_dir, name)]
     try:
         for study, rows in df.groupby("study", sort=True):
             if not completed(rows).empty:

@@ -46,9 +46,12 @@ def conform(instance: Any) -> list[str]:
     return problems
 
 
+# `lam` is spelled `lambda` everywhere a user sees it: dicts, JSON, Optuna, messages (a Python keyword).
+RENAMES = {"lam": "lambda"}
+
+
 def display_name(name: str) -> str:
-    # `lam` is `lambda` everywhere a user sees it (a Python keyword).
-    return {"lam": "lambda"}.get(name, name)
+    return RENAMES.get(name, name)
 
 
 def _conform(value: Any, hint: Any) -> Any:

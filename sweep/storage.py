@@ -51,12 +51,20 @@ def mask_url(url: str) -> str:
     return _SECRET_PAIR.sub(r"\1***", _mask_userinfo(text))
 
 
-def _mask_userinfo(url: str) -> str:
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """(the URL up to its password, the password as a person meant it: up to the last '@', the rest
+    from that '@'); None for a URL without a password."""
     scheme, sep, rest = url.partition("://")
     at = rest.rfind("@")
-    if not sep or scheme.startswith("sqlite") or at < 0 or ":" not in rest[:at]:
-        return url
-    return f"{scheme}{sep}{rest[:at].split(':', 1)[0]}:***{rest[at:]}"
+    if not sep or at < 0 or ":" not in rest[:at]:
+        return None
+    user, password = rest[:at].split(":", 1)
+    return f"{scheme}{sep}{user}:", password, rest[at:]
+
+
+def _mask_userinfo(url: str) -> str:
+    parts = None if url.startswith("sqlite") else _userinfo(url)
+    return url if parts is None else f"{parts[0]}***{parts[2]}"
 
 
 def _passwords(url: str) -> list[str]:
@@ -64,10 +72,9 @@ def _passwords(url: str) -> list[str]:
     found = []
     with contextlib.suppress(sqlalchemy.exc.ArgumentError, ValueError):
         found.append(make_url(url).password or "")
-    rest = url.partition("://")[2]
-    at = rest.rfind("@")
-    if at >= 0 and ":" in rest[:at]:
-        meant = rest[:at].split(":", 1)[1]
+    parts = _userinfo(url)
+    if parts is not None:
+        meant = parts[1]
         found += [meant, *meant.split("@")]  # the pieces an unescaped '@' spreads over a message
     found += [m.group(2).strip("'\"") for m in _SECRET_PAIR.finditer(url)]
     return [p for p in found if len(p) >= 3]

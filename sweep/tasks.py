@@ -224,9 +224,9 @@ def load_local(
     if label in (text, pair):
         raise SweepError(f"label column {label!r} is also a text column in {path.name}")
     df = df.dropna(subset=[label])
-    for column in (text, pair, label):
-        nested = df[column].map(lambda v: isinstance(v, (list, dict))) if column else None
-        if nested is not None and nested.any():
+    for column in (c for c in (text, pair, label) if c):
+        nested = df[column].map(lambda v: isinstance(v, (list, dict)))
+        if nested.any():
             raise SweepError(f"column {column!r} of {path.name} holds lists or objects, not plain values "
                              f"(row {int(nested.to_numpy().argmax()) + 1})")
     if df.empty:
