@@ -366,9 +366,9 @@ def _interrupted(e: KeyboardInterrupt, stored: str) -> typer.Exit:
 def _sweep(spec, study) -> None:
     """Run the study with live progress; Ctrl-C (exit 130) or SIGTERM (143) ends the running trials
     as failed, with the reason."""
-    from sweep.coordinator import run_study
     from sweep.study import finished_count, unfinished_grid_points
     from sweep.ui import SweepProgress
+    from sweep.workers import run_study
 
     done = finished_count(study)
     err.print(Text.assemble("study ", (spec.study_name, "bold"), f" in {mask_url(spec.storage)}: {done} of "

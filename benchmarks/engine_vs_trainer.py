@@ -24,8 +24,8 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers import logging as hf_logging
 
+from sweep.batches import encode_task
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
-from sweep.data import encode_task
 from sweep.metrics import compute
 from sweep.models import load_model, load_tokenizer
 from sweep.tasks import load_task

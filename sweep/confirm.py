@@ -14,13 +14,13 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from sweep import report, stats
-from sweep.coordinator import ask, reclaim, run_to_end, worker_identity
 from sweep.errors import SweepError
 from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import StudySpec
 from sweep.storage import open_storage, storage_lock, trials_frame
 from sweep.study import Hooks
-from sweep.worker import make_slots
+from sweep.trial_process import make_slots
+from sweep.workers import ask, reclaim, run_to_end, worker_identity
 
 ARMS = ("lora+", "lora")  # the study's best LoRA+ configuration, its best plain LoRA (lambda = 1)
 SUFFIX = ".confirm"

@@ -121,7 +121,7 @@ def open_storage(url: str, create: bool = True, heartbeat: int | None = None) ->
 
     With create=False a missing SQLite file is an error instead of a new empty database. With a
     heartbeat (seconds), running trials record that they are alive, and a trial that has not beaten
-    for three intervals counts as stale (sweep.coordinator fails it and queues its parameters again).
+    for three intervals counts as stale (sweep.workers fails it and queues its parameters again).
     """
     path = sqlite_path(url)
     engine_kwargs: dict[str, Any] = {}
@@ -209,7 +209,7 @@ def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
 def storage_lock(url: str, name: str) -> Iterator[None]:
     """An exclusive lock called `name` across every process and machine that uses the storage: a
     file lock beside a SQLite database, an advisory lock on PostgreSQL, this process only for other
-    databases. sweep.coordinator holds it (named after the study) while a worker checks the trial
+    databases. sweep.workers holds it (named after the study) while a worker checks the trial
     budget and takes a trial, so that no number of workers starts more trials than the budget."""
     with _THREADS:
         path = sqlite_path(url)

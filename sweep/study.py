@@ -19,7 +19,7 @@ from sweep.signals import Stop
 from sweep.spec import RUN_KEYS, StudySpec
 from sweep.storage import FINISHED, mask_url, open_storage
 from sweep.train import run_trial
-from sweep.worker import Slot, TrialFailed, run_isolated
+from sweep.trial_process import Slot, TrialFailed, run_isolated
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from sweep.batches import Encoded, collate, encode_task, eval_batches, train_batches
 from sweep.config import TrialConfig
-from sweep.data import Encoded, collate, encode_task, eval_batches, train_batches
 from sweep.errors import SweepError
 from sweep.metrics import compute_splits
 from sweep.models import load_model, load_tokenizer, pad_token_id

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from sweep import confirm
-from sweep.coordinator import run_study
 from sweep.spec import load_spec
 from sweep.study import open_study
+from sweep.workers import run_study
 
 
 @pytest.fixture

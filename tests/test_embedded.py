@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sweep import embedded
+from sweep.batches import sample_indices
 from sweep.config import TrialConfig
-from sweep.data import sample_indices
 from sweep.embedded import near_duplicate_pairs, near_duplicates, shingle_matrix
 from sweep.tasks import load_task
 from sweep.train import run_trial

@@ -21,10 +21,10 @@ from processes import (
     wait_for,
 )
 
-from sweep.coordinator import run_study
 from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import load_spec
 from sweep.study import Hooks
+from sweep.workers import run_study
 
 # About two seconds of training after the first evaluation: a signal sent then lands mid-trial.
 LONG = ["--max-steps", "300", "--eval-every", "20"]

@@ -4,10 +4,10 @@ import optuna
 import pytest
 
 from sweep import study as study_mod
-from sweep.coordinator import run_study
 from sweep.spec import load_spec
 from sweep.storage import trials_frame
 from sweep.study import Hooks
+from sweep.workers import run_study
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sweep.data import collate, encode_task, eval_batches, train_batches
+from sweep.batches import collate, encode_task, eval_batches, train_batches
 from sweep.models import load_tokenizer
 from sweep.tasks import load_task
 from sweep.train import lr_factor, run_trial

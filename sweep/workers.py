@@ -32,7 +32,7 @@ from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import StudySpec
 from sweep.storage import FINISHED, storage_lock
 from sweep.study import Hooks, enqueue_initial, execute, make_sampler, open_study, preflight, suggest_config
-from sweep.worker import Slot, TrialFailed, make_slots
+from sweep.trial_process import Slot, TrialFailed, make_slots
 
 # A sweep whose trials keep failing has a problem no further trial will fix (a model that does
 # not fit, a broken data set): stop and say so rather than burn the budget.

@@ -7,9 +7,9 @@ import time
 import optuna
 import pytest
 
-from sweep.coordinator import reclaim, run_study, worker_identity
 from sweep.spec import load_spec
 from sweep.study import open_study, suggest_config
+from sweep.workers import reclaim, run_study, worker_identity
 
 
 @pytest.fixture
@@ -93,13 +93,13 @@ def test_a_requeued_trial_runs_again_and_the_budget_still_holds(spec):
 
 
 def test_trials_that_keep_failing_stop_the_sweep_with_the_reason(spec, monkeypatch):
-    from sweep import coordinator
+    from sweep import workers
 
     def broken(*args, **kwargs):
         raise RuntimeError("no such device")
 
     monkeypatch.setattr("sweep.study.run_trial", broken)
-    with pytest.raises(coordinator.SweepStopped, match="5 trials failed in a row.*no such device"):
+    with pytest.raises(workers.SweepStopped, match="5 trials failed in a row.*no such device"):
         run_study(spec.replace(n_trials=20, in_process=True))
 
 

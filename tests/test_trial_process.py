@@ -4,10 +4,10 @@ with the right state and reason, and the study goes on to finish its other trial
 import optuna
 import pytest
 
-from sweep import worker
-from sweep.coordinator import run_study
+from sweep import trial_process
 from sweep.spec import load_spec
-from sweep.worker import TrialFailed, make_slots, run_isolated
+from sweep.trial_process import TrialFailed, make_slots, run_isolated
+from sweep.workers import run_study
 
 # A runner for the child that fails in the way the trial's lambda asks for, else trains for real.
 FAULTS = '''
@@ -34,7 +34,7 @@ def by_lambda(cfg, on_eval=None, on_step=None):
 def faulty(tmp_path, monkeypatch):
     (tmp_path / "faults.py").write_text(FAULTS)
     monkeypatch.syspath_prepend(str(tmp_path))  # a spawned child starts with the parent's sys.path
-    monkeypatch.setattr(worker, "RUNNER", "faults:by_lambda")
+    monkeypatch.setattr(trial_process, "RUNNER", "faults:by_lambda")
 
 
 def test_an_isolated_trial_returns_the_same_result_as_in_process(tiny_cfg):
@@ -89,7 +89,7 @@ rank = [2]
 
 
 def test_slots_split_the_cpu_or_take_one_gpu_each(monkeypatch):
-    monkeypatch.setattr(worker.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(trial_process.os, "cpu_count", lambda: 8)
     assert [s.threads for s in make_slots("cpu", 4)] == [2, 2, 2, 2]
     gpus = make_slots("0,3", 1)
     assert [dict(s.env)["CUDA_VISIBLE_DEVICES"] for s in gpus] == ["0", "3"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import toy_rows
 
-from sweep.data import encode_task, sample_indices
+from sweep.batches import encode_task, sample_indices
 from sweep.models import load_tokenizer
 from sweep.tasks import load_task
 from sweep.train import run_trial
