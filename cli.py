@@ -255,7 +255,8 @@ def run(
 ) -> None:
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""
     from sweep import spec as specs
-    from sweep.study import open_study, preflight
+    from sweep.checks import preflight
+    from sweep.workers import open_study
 
     path = specs.find_study_file(study_file) if study_file is not None else None
     overrides = {
@@ -290,12 +291,11 @@ def worker(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help=REMOTE_CODE_HELP)] = False,
 ) -> None:
     """Join a stored study from this machine: take its trials until it holds its budget."""
-    from sweep.spec import DEFAULT_STORAGE
-    from sweep.study import joined_spec, open_study, preflight
+    from sweep.checks import preflight
+    from sweep.workers import open_study
 
-    url = storage or DEFAULT_STORAGE
     run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat}
-    spec = joined_spec(_load_study(name, url), url, run, trust_remote_code)
+    spec = _load_study(name, storage).joined_spec(run, trust_remote_code)
     quiet_libraries()
     spec = preflight(spec)
     _sweep(spec, open_study(spec))
@@ -315,21 +315,19 @@ def confirm(
     by seed: means, the gain with its 95% interval, and the steps each needs to converge."""
     from sweep import confirm as confirm_mod
     from sweep import report as rep
+    from sweep.checks import preflight
     from sweep.outfiles import prepare_dir, safe_name
-    from sweep.spec import DEFAULT_STORAGE
-    from sweep.study import joined_spec, preflight
     from sweep.ui import SweepProgress
 
     if out is not None:
         prepare_dir(out)  # before minutes of training, not after
-    url = storage or DEFAULT_STORAGE
-    study = _load_study(name, url)
-    if study.user_attrs.get("kind") == "confirm":
+    study = _load_study(name, storage)
+    if study.attrs.get("kind") == "confirm":
         raise SweepError(f"{short(name)} is itself a confirm study; name the study it confirms")
-    spec = joined_spec(study, url, {"trial_timeout": trial_timeout, "devices": devices}, trust_remote_code)
+    spec = study.joined_spec({"trial_timeout": trial_timeout, "devices": devices}, trust_remote_code)
     quiet_libraries()
     spec = preflight(spec)
-    arms = confirm_mod.choose_arms(study, spec)
+    arms = confirm_mod.choose_arms(study.frame(), spec)
     for arm in arms:
         err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
                   highlight=False)
@@ -366,11 +364,10 @@ def _interrupted(e: KeyboardInterrupt, stored: str) -> typer.Exit:
 def _sweep(spec, study) -> None:
     """Run the study with live progress; Ctrl-C (exit 130) or SIGTERM (143) ends the running trials
     as failed, with the reason."""
-    from sweep.study import finished_count, unfinished_grid_points
     from sweep.ui import SweepProgress
     from sweep.workers import run_study
 
-    done = finished_count(study)
+    done = study.finished_count()
     err.print(Text.assemble("study ", (spec.study_name, "bold"), f" in {mask_url(spec.storage)}: {done} of "
                             f"{spec.n_trials} trials finished"), highlight=False, soft_wrap=True)
     try:
@@ -379,21 +376,21 @@ def _sweep(spec, study) -> None:
     except KeyboardInterrupt as e:
         raise _interrupted(e, f"finished trials are stored in {mask_url(spec.storage)}") from None
     _print_study_summary(study)
-    missing = unfinished_grid_points(study, spec)
+    missing = study.missing_grid_points(spec)
     if missing:
-        reason = missing[-1].user_attrs.get("stop_reason", "no reason recorded")
+        reason = missing[-1] or "no reason recorded"
         err.print(f"{len(missing)} of {len(spec.grid)} grid points have no result (last failure: {reason}); "
                   "run the same command again to retry them", highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_study_summary(study) -> None:
     from sweep.report import is_plain_value
-    from sweep.storage import FINISHED
+    from sweep.stored import FINISHED
 
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state in FINISHED]
+    trials = study.trials()
+    done = [t for t in trials if t.state.name in FINISHED]
     out = Console()
-    out.print(Text.assemble((study.study_name, "bold"), f": {len(done)} finished trials "
+    out.print(Text.assemble((study.name, "bold"), f": {len(done)} finished trials "
                             f"({sum(t.state.name == 'PRUNED' for t in trials)} pruned, "
                             f"{sum(t.state.name == 'FAIL' for t in trials)} failed)"), highlight=False)
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -424,13 +421,14 @@ def report(
     from sweep import confirm as confirm_mod
     from sweep import report as rep
     from sweep.outfiles import prepare_dir
-    from sweep.storage import trials_frame
+    from sweep.spec import DEFAULT_STORAGE
+    from sweep.stored import trials_frame
 
     if fmt not in ("rich", *rep.FORMATS):
         raise SweepError(f"--format must be one of rich, {', '.join(rep.FORMATS)}; got {short(fmt)}")
     if out is not None:
         prepare_dir(out)
-    df = trials_frame(_storage(storage))
+    df = trials_frame(storage or DEFAULT_STORAGE)
     if model is not None:
         df = df[df["model"] == model]
     if task is not None:
@@ -464,13 +462,10 @@ def report(
 
 def _confirmations(url: str | None, df: pd.DataFrame) -> list:
     """The summaries of the confirm studies among the reported trials."""
-    import optuna
-
     from sweep import confirm as confirm_mod
 
     names = sorted(df.loc[df["kind"] == "confirm", "study"].unique())
-    storage = _storage(url)
-    return [confirm_mod.summarise(optuna.load_study(study_name=n, storage=storage)) for n in names]
+    return [confirm_mod.summarise(_load_study(n, url)) for n in names]
 
 
 def _write_convergence(confirmed: list, out: Path) -> list[Path]:
@@ -566,22 +561,11 @@ app.add_typer(studies_app, name="studies")
 StorageOpt = Annotated[str | None, typer.Option(help="Optuna storage URL (default sqlite:///results/loraplus.db).")]
 
 
-def _storage(url: str | None):
-    from sweep.spec import DEFAULT_STORAGE
-    from sweep.storage import open_storage
-
-    return open_storage(url or DEFAULT_STORAGE, create=False)
-
-
 def _load_study(name: str, url: str | None):
-    import optuna
+    from sweep.spec import DEFAULT_STORAGE
+    from sweep.stored import StoredStudy
 
-    storage = _storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if name not in names:
-        stored = short(", ".join(names), 200) if names else "none"
-        raise SweepError(f"no study {short(name)} (stored: {stored}); see loraplus-sweep studies list")
-    return optuna.load_study(study_name=name, storage=storage)
+    return StoredStudy.load(url or DEFAULT_STORAGE, name)
 
 
 @studies_app.command("list")
@@ -590,17 +574,17 @@ def studies_list(
     names: Annotated[bool, typer.Option("--names", help="Only the names, one per line (for scripts).")] = False,
 ) -> None:
     """One line per study: model, task, trials by state, best value."""
-    import optuna
+    from sweep.spec import DEFAULT_STORAGE
+    from sweep.stored import list_studies
 
-    summaries = optuna.get_all_study_summaries(_storage(storage), include_best_trial=True)
+    rows = list_studies(storage or DEFAULT_STORAGE)
     if names:
-        for s in summaries:
-            typer.echo(s.study_name)
+        for r in rows:
+            typer.echo(r["study"])
         return
     table = Table("study", "model", "task", "trials", "best", title="studies")
-    for s in summaries:
-        best = f"{s.best_trial.value:.4f}" if s.best_trial is not None and s.best_trial.value is not None else "-"
-        _row(table, s.study_name, s.user_attrs.get("model", "?"), s.user_attrs.get("task", "?"), s.n_trials, best)
+    for r in rows:
+        _row(table, r["study"], r["model"], r["task"], r["trials"], _num(r["best"]))
     Console().print(table)
 
 
@@ -609,14 +593,14 @@ def studies_show(name: str, storage: StorageOpt = None) -> None:
     """The study's definition and its trials, best first."""
     study = _load_study(name, storage)
     out = Console()
-    out.print_json(json.dumps(study.user_attrs.get("spec", {})))
+    out.print_json(json.dumps(study.attrs.get("spec", {})))
     table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=Text(name))
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: -(t.value if t.value is not None else -1e9))
+    trials = sorted(study.trials(), key=lambda t: -(t.value if t.value is not None else -1e9))
     for t in trials:
         p = t.params
         _row(table, t.number, t.state.name, f"{t.value:.4f}" if t.value is not None else "-",
              f"{p['eta_a']:.3g}" if "eta_a" in p else "-", f"{p['lambda']:.3g}" if "lambda" in p else "-",
-             p.get("rank", "-"), t.user_attrs.get("stop_reason", ""))
+             p.get("rank", "-"), study.stop_reason(t))
     out.print(table)
 
 
@@ -627,18 +611,16 @@ def studies_delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a study and all its trials."""
-    import optuna
-
     from sweep.spec import DEFAULT_STORAGE
     from sweep.storage import require_writable
 
     study = _load_study(name, storage)
     require_writable(storage or DEFAULT_STORAGE)
-    n = len(study.get_trials(deepcopy=False))
+    n = len(study.trials())
     if not yes and not typer.confirm(f"delete study {short(name)} and its {n} trials?"):
         err.print("nothing deleted")
         raise typer.Exit(1)
-    optuna.delete_study(study_name=name, storage=_storage(storage))
+    study.delete()
     err.print(f"deleted study {short(name)} ({n} trials)", highlight=False, markup=False)
 
 
@@ -654,7 +636,7 @@ def export(
     study = _load_study(name, storage)
     # The default file is named after the stored name made safe: it stays inside results/.
     path = prepare_file(out if out is not None else Path("results") / f"{safe_name(name)}-best.json")
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+    complete = [t for t in study.trials(("COMPLETE",)) if t.value is not None]
     if not complete:
         raise SweepError(f"study {short(name)} has no complete trial yet")
     best = max(complete, key=lambda t: t.value)

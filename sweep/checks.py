@@ -14,6 +14,7 @@ import torch
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.schema import short
+from sweep.spec import StudySpec
 from sweep.tasks import TaskData, load_task
 
 
@@ -114,3 +115,18 @@ def _check_modules(cfg: TrialConfig, config) -> None:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
         raise SweepError(f"target_modules {short(missing)} are not modules of {short(cfg.model)} "
                          f"(its module names include {short(', '.join(leaves), 200)})")
+
+
+def preflight(spec: StudySpec) -> StudySpec:
+    """Fail on anything that would fail every trial (task, classes, model, positions, target modules,
+    device, jobs) before the first one, not in the middle of a sweep. Returns the spec with the
+    task's data fingerprint, which is part of the study's identity; a spec that already holds one (a
+    study joined from its stored definition) must find the same data here."""
+    fingerprint = check_trial(spec.base).fingerprint()
+    check_slots(spec.devices, spec.jobs)
+    if spec.data_fingerprint is not None and spec.data_fingerprint != fingerprint:
+        raise SweepError(
+            f"task {spec.base.task!r} holds other data here than when study {spec.study_name} was created "
+            f"(data fingerprint {fingerprint}, the study's {spec.data_fingerprint}); use the same data"
+        )
+    return spec.replace(data_fingerprint=fingerprint)

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import optuna
 import pandas as pd
-from optuna.trial import TrialState
 
 from sweep import report, stats
 from sweep.errors import SweepError
-from sweep.signals import Interrupted, Stop, stop_on_signals
+from sweep.hooks import Hooks
 from sweep.spec import StudySpec
-from sweep.storage import open_storage, storage_lock, trials_frame
-from sweep.study import Hooks
-from sweep.trial_process import make_slots
-from sweep.workers import ask, reclaim, run_to_end, worker_identity
+from sweep.stored import StoredStudy
+from sweep.workers import Workers
 
 ARMS = ("lora+", "lora")  # the study's best LoRA+ configuration, its best plain LoRA (lambda = 1)
 SUFFIX = ".confirm"
@@ -38,21 +34,15 @@ class Arm:
     def params(self) -> dict:
         return {"eta_a": self.eta_a, "lambda": self.lam, "rank": self.rank}
 
-    def spec(self, spec: StudySpec, seed: int, ranks: tuple[int, ...]) -> StudySpec:
-        """The study's spec narrowed to this one point and seed (a one-point grid, never pruned).
-        `ranks` are both arms' ranks: Optuna needs one set of choices per parameter in a study."""
-        point = ((self.eta_a, self.lam, self.rank),)
-        return spec.replace(grid=point, sampler="grid", pruner="none", eta_a=(self.eta_a, self.eta_a),
-                            lam=(self.lam, self.lam), ranks=ranks, base=spec.base.replace(seed=seed))
 
-
-def choose_arms(study: optuna.Study, spec: StudySpec) -> tuple[Arm, Arm]:
-    """The best completed LoRA+ trial (lambda > 1), and the best completed plain-LoRA trial; without
-    one, plain LoRA at the study's baseline point."""
-    df = report.completed(trials_frame(study._storage, [study.study_name]))
+def choose_arms(trials: pd.DataFrame, spec: StudySpec) -> tuple[Arm, Arm]:
+    """From a study's trials frame: the best completed LoRA+ trial (lambda > 1), and the best
+    completed plain-LoRA trial; without one, plain LoRA at the study's baseline point."""
+    df = report.completed(trials)
     plus = df[~report.is_plain(df["lambda"]) & (df["lambda"] > 1)]
     if plus.empty:
-        raise SweepError(f"study {study.study_name!r} has no completed trial with lambda > 1 to confirm")
+        study = trials["study"].iloc[0] if len(trials) else spec.study_name
+        raise SweepError(f"study {study!r} has no completed trial with lambda > 1 to confirm")
     best = report.best_configs(plus).iloc[0]
     lora_plus = Arm("lora+", float(best["eta_a"]), float(best["lambda"]), int(best["rank"]),
                     f"trial {best['number']}")
@@ -65,69 +55,60 @@ def choose_arms(study: optuna.Study, spec: StudySpec) -> tuple[Arm, Arm]:
     return lora_plus, Arm("lora", float(b["eta_a"]), 1.0, int(b["rank"]), f"trial {b['number']}")
 
 
-def open_confirm_study(study: optuna.Study, spec: StudySpec, arms: tuple[Arm, Arm]) -> optuna.Study:
-    storage = open_storage(spec.storage, heartbeat=spec.heartbeat)
-    confirm = optuna.create_study(study_name=study.study_name + SUFFIX, storage=storage,
-                                  direction="maximize", pruner=optuna.pruners.NopPruner(),
-                                  load_if_exists=True)
-    stored = confirm.user_attrs.get("arms")
+def runs_spec(spec: StudySpec, arms: tuple[Arm, Arm], seeds: int) -> StudySpec:
+    """The study's spec narrowed to the arms' points, run as queued trials (a grid, never pruned)
+    until each arm has a result per seed. One set of choices per parameter covers both arms."""
+    etas, lams = [a.eta_a for a in arms], [a.lam for a in arms]
+    return spec.replace(name=spec.study_name + SUFFIX, sampler="grid", pruner="none",
+                        grid=tuple((a.eta_a, a.lam, a.rank) for a in arms), eta_a=(min(etas), max(etas)),
+                        lam=(min(lams), max(lams)), ranks=tuple(sorted({a.rank for a in arms})),
+                        n_trials=2 * seeds, baselines=1)
+
+
+def seeds_of(spec: StudySpec, seeds: int) -> list[int]:
+    return [spec.base.seed + i for i in range(seeds)]
+
+
+def open_confirm_study(study: StoredStudy, spec: StudySpec, arms: tuple[Arm, Arm], seeds: int) -> StoredStudy:
+    runs = runs_spec(spec, arms, seeds)
+    confirm = StoredStudy.create_or_load_named(spec.storage, runs.study_name, spec.heartbeat, runs)
+    stored = confirm.attrs.get("arms")
     described = {a.name: {"eta_a": a.eta_a, "lambda": a.lam, "rank": a.rank, "source": a.source}
                  for a in arms}
     if stored is None:
-        for key, value in (("kind", "confirm"), ("confirm_of", study.study_name), ("arms", described),
-                           ("model", spec.base.model), ("task", spec.base.task)):
-            confirm.set_user_attr(key, value)
+        confirm.set_attrs(kind="confirm", confirm_of=study.name, arms=described, model=spec.base.model,
+                          task=spec.base.task)
     elif stored != described:
         raise SweepError(
-            f"{confirm.study_name} confirmed other configurations (the study has improved since); "
-            f"delete it to confirm the new best: loraplus-sweep studies delete {confirm.study_name}"
+            f"{confirm.name} confirmed other configurations (the study has improved since); "
+            f"delete it to confirm the new best: loraplus-sweep studies delete {confirm.name}"
         )
     return confirm
 
 
-def run_confirm(study: optuna.Study, spec: StudySpec, seeds: int, hooks: Hooks | None = None) -> optuna.Study:
-    """Train each arm once per seed (spec.base.seed, +1, ...) unless that run is stored already."""
-    hooks = hooks or Hooks()
-    arms = choose_arms(study, spec)
-    confirm = open_confirm_study(study, spec, arms)
-    with storage_lock(spec.storage, confirm.study_name):
-        # A run killed mid-trial left it RUNNING: fail it. Not re-queued: the loop below re-runs
-        # every (arm, seed) without a result, and a queued point would be taken for the wrong arm.
-        reclaim(confirm, confirm._storage, requeue=False)
-    slot = make_slots(spec.devices, 1)[0]
-    ranks = tuple(sorted({a.rank for a in arms}))
-    done = _done_runs(confirm)
-    runs = [(arm, spec.base.seed + i) for i in range(seeds) for arm in arms
-            if (arm.name, spec.base.seed + i) not in done]
-    stop = Stop()
-    with stop_on_signals(stop):  # Ctrl-C or SIGTERM: the running trial ends FAIL, interrupted
-        for arm, seed in runs:
-            if stop.is_set():
-                break
-            confirm.enqueue_trial(arm.params)  # the point itself, whatever the sampler would draw
-            trial = ask(confirm)
-            trial.set_user_attr("arm", arm.name)
-            trial.set_user_attr("worker", worker_identity())
-            run_to_end(confirm, trial, arm.spec(spec, seed, ranks), hooks, slot, stop)
-    if stop.signum is not None:
-        raise Interrupted(stop.reason, stop.signum)
+def run_confirm(study: StoredStudy, spec: StudySpec, seeds: int, hooks: Hooks | None = None) -> StoredStudy:
+    """Train each arm once per seed (spec.base.seed, +1, ...) unless that run is stored already, through
+    the workers' trial loop: each (arm, seed) is a queued trial of the confirm study."""
+    arms = choose_arms(study.frame(), spec)
+    confirm = open_confirm_study(study, spec, arms, seeds)
+    with confirm.lock():
+        held = {(a["arm"], a["seed"]) for a in confirm.queued_attrs()}
+        for seed in seeds_of(spec, seeds):
+            for arm in arms:
+                if (arm.name, seed) not in held:
+                    confirm.enqueue(arm.params, {"arm": arm.name, "seed": seed})
+    Workers(confirm, runs_spec(spec, arms, seeds), hooks or Hooks()).run()
     return confirm
 
 
-def _done_runs(confirm: optuna.Study) -> set[tuple[str, int]]:
-    """(arm, seed) of every run with a result (a diverged run is one)."""
-    return {(t.user_attrs.get("arm"), t.user_attrs.get("seed"))
-            for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
-
-
-def runs_stored(study: optuna.Study, spec: StudySpec, seeds: int) -> int:
+def runs_stored(study: StoredStudy, spec: StudySpec, seeds: int) -> int:
     """How many of the 2 * seeds runs a continued confirm will skip (0 before the first run)."""
-    try:
-        confirm = optuna.load_study(study_name=study.study_name + SUFFIX, storage=study._storage)
-    except KeyError:
+    confirm = StoredStudy.find(spec.storage, study.name + SUFFIX)
+    if confirm is None:
         return 0
-    wanted = {spec.base.seed + i for i in range(seeds)}
-    return sum(1 for arm, seed in _done_runs(confirm) if arm in ("lora+", "lora") and seed in wanted)
+    wanted = set(seeds_of(spec, seeds))
+    return sum(1 for t in confirm.trials(("COMPLETE", "PRUNED"))
+               if t.user_attrs.get("arm") in ARMS and t.user_attrs.get("seed") in wanted)
 
 
 @dataclass(frozen=True)
@@ -149,10 +130,10 @@ class Confirmation:
     wall_time_s: float = 0.0
 
 
-def summarise(confirm: optuna.Study) -> Confirmation:
+def summarise(confirm: StoredStudy) -> Confirmation:
     """The paired statistics over the seeds where both arms completed, and the mean curves."""
-    per_arm: dict[str, dict[int, optuna.trial.FrozenTrial]] = {a: {} for a in ARMS}
-    for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    per_arm: dict[str, dict] = {a: {} for a in ARMS}
+    for t in confirm.trials(("COMPLETE",)):
         per_arm.setdefault(t.user_attrs.get("arm"), {})[t.user_attrs.get("seed")] = t
     seeds = sorted(set(per_arm["lora+"]) & set(per_arm["lora"]))
     values = {a: [per_arm[a][s].value for s in seeds] for a in ARMS}
@@ -164,13 +145,13 @@ def summarise(confirm: optuna.Study) -> Confirmation:
         steps_plain = stats.steps_to_reach(curves["lora"], final)
         steps_plus = stats.steps_to_reach(curves["lora+"], final)
     any_trial = next(iter(per_arm["lora+"].values()), None) or next(iter(per_arm["lora"].values()), None)
-    every = confirm.get_trials(deepcopy=False)
+    every = confirm.trials()
     return Confirmation(
-        study=confirm.user_attrs.get("confirm_of", confirm.study_name),
-        model=confirm.user_attrs.get("model", ""),
-        task=confirm.user_attrs.get("task", ""),
+        study=confirm.attrs.get("confirm_of", confirm.name),
+        model=confirm.attrs.get("model", ""),
+        task=confirm.attrs.get("task", ""),
         metric_name=any_trial.user_attrs.get("metric_name", "metric") if any_trial else "metric",
-        arms=confirm.user_attrs.get("arms", {}),
+        arms=confirm.attrs.get("arms", {}),
         comparison=comparison,
         curves=curves,
         steps_plain=steps_plain,

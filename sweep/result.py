@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import platform
 from dataclasses import dataclass
 from typing import Any
 
 from sweep.config import TrialConfig
+
+
+class StopReason(enum.Enum):
+    """Why training ended. A diverged run is a result about its learning rates (scored at its worst);
+    a stopped one was ended by its on_eval callback (the study's pruner)."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,8 @@ class TrialResult:
     train_time_s: float  # optimizer steps only
     tokens_per_s: float
     peak_memory_mb: float
-    stop_reason: str  # "completed", "diverged: ...", "stopped: ..."
+    stop: StopReason
+    stop_reason: str  # the same in words, for people: "diverged: non-finite loss at step 12"
     device: str
     versions: dict[str, str]
     # How far each optimizer group moved: the L2 norm of (final - initial) over its parameters. A
@@ -44,11 +55,12 @@ class TrialResult:
 
     @property
     def diverged(self) -> bool:
-        return self.stop_reason.startswith("diverged")
+        return self.stop is StopReason.DIVERGED
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["config"] = self.config.to_dict()
+        out["stop"] = self.stop.value
         out["history"] = [dataclasses.asdict(p) for p in self.history]
         return out
 
@@ -57,6 +69,7 @@ class TrialResult:
         return cls(**{
             **data,
             "config": TrialConfig.from_dict(data["config"]),
+            "stop": StopReason(data["stop"]),
             "history": tuple(EvalPoint(**p) for p in data["history"]),
         })
 

@@ -66,7 +66,7 @@ class StudySpec:
     in_process: bool = False  # run trials in this process (debugging): no timeout, no isolation
     heartbeat: int = 30  # seconds; a trial silent for 3 beats lost its worker and runs again
     baselines: int = 1  # plain-LoRA trials queued first, spread over the eta_A range
-    # Hash of the task's content (sweep.tasks.TaskData.fingerprint), set by sweep.study.preflight: a
+    # Hash of the task's content (sweep.tasks.TaskData.fingerprint), set by sweep.checks.preflight: a
     # task file changed between two runs makes another study instead of mixing two data sets.
     data_fingerprint: str | None = None
     source: str = field(default="<flags>", compare=False)  # where it came from, for messages
@@ -358,3 +358,20 @@ def _validate(s: StudySpec) -> None:
         problems.append("storage must be a database URL")
     if problems:
         raise SweepError(f"{s.source}: " + "; ".join(problems))
+
+
+def joined(
+    stored: Any, url: str, name: str, run: dict[str, Any], trust_remote_code: bool = False
+) -> StudySpec:
+    """The spec of an existing study from its stored definition, run here with `run` settings.
+
+    The database is data, not a command: whether a model's own code may run is this machine's
+    `trust_remote_code` (its command line), whatever the stored definition says.
+    """
+    if not isinstance(stored, dict) or not isinstance(stored.get("base"), dict):
+        raise SweepError(f"study {short(name)} was not created by loraplus-sweep run")
+    base = {k: v for k, v in stored["base"].items() if k != "trust_remote_code"}
+    data = {**stored, "base": base, "storage": url, "name": name}
+    data.update({k: v for k, v in run.items() if v is not None})
+    spec = StudySpec.from_dict(data, source=f"study {short(name)}")
+    return spec.replace(base=spec.base.replace(trust_remote_code=trust_remote_code))

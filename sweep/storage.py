@@ -1,4 +1,5 @@
-"""The one place that turns a URL into an Optuna storage, and stored trials into report rows."""
+"""Database URLs: drivers, masked passwords, write checks, failures in one line, and the locks that
+work across processes and machines (a file beside SQLite, an advisory lock on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,14 @@ import importlib.util
 import os
 import re
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
-import pandas as pd
 import sqlalchemy
-from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from sweep.errors import SweepError
-
-# Trial user attributes a report reads (set by sweep.study); the rest is kept for provenance.
-ROW_ATTRS = ("model", "task", "metric_name", "init", "tokens", "wall_time_s", "stop_reason", "steps")
-
 
 # Query parameters and key=value pairs (libpq connection strings) that hold secrets.
 SECRET_KEYS = ("password", "passwd", "pwd", "sslpassword", "secret", "token", "api_key", "apikey")
@@ -116,52 +109,6 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str, create: bool = True, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage for a SQLAlchemy URL (SQLite by default; PostgreSQL across machines).
-
-    With create=False a missing SQLite file is an error instead of a new empty database. With a
-    heartbeat (seconds), running trials record that they are alive, and a trial that has not beaten
-    for three intervals counts as stale (sweep.workers fails it and queues its parameters again).
-    """
-    path = sqlite_path(url)
-    engine_kwargs: dict[str, Any] = {}
-    if path is not None:
-        if not create and not path.is_file():
-            raise SweepError(f"no results database at {path}; run a sweep first (loraplus-sweep run)")
-        if create:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise SweepError(f"cannot create the directory for {path}: {e.strerror}") from e
-        # Wait for a busy writer instead of failing; our own BEGIN (below) instead of pysqlite's.
-        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
-    elif "://" not in url:
-        raise SweepError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///results/x.db)")
-    elif url.partition("://")[2].count("@") > 1:
-        # SQLAlchemy would read the part after the first '@' as the host, and look it up.
-        raise SweepError(f"storage {mask_url(url)}: the password holds '@'; write it as %40, or leave the "
-                         "password out of the URL and use PGPASSWORD or ~/.pgpass")
-    if create:
-        require_writable(url)
-    try:
-        # Workers started together on a new database would all create its tables at once.
-        lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
-        with lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                _with_driver(url), engine_kwargs=engine_kwargs or None, heartbeat_interval=heartbeat,
-                grace_period=3 * heartbeat if heartbeat else None,
-            )
-    except SweepError:
-        raise
-    except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_secrets(first, [url])}") from e
-    if path is not None:
-        _immediate_transactions(storage.engine)
-    return storage
-
-
 # PostgreSQL drivers SQLAlchemy knows: module, and what to install for it.
 PG_DRIVERS = {
     "psycopg": ("psycopg", "pip install 'loraplus-sweep[postgres]' (psycopg 3)"),
@@ -171,7 +118,7 @@ PG_DRIVERS = {
 }
 
 
-def _with_driver(url: str) -> str:
+def with_driver(url: str) -> str:
     """A bare postgresql:// (or postgres://) URL gets the driver that is installed, psycopg 3 (our
     `postgres` extra) first, then psycopg2; no driver, or a named one that is missing, is one line
     saying what to install."""
@@ -192,7 +139,7 @@ def _with_driver(url: str) -> str:
                      "pip install 'loraplus-sweep[postgres]' (or psycopg2-binary)")
 
 
-def _immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
+def immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
     """Every SQLite transaction takes the write lock when it begins. A transaction that reads first
     and writes later cannot wait for another writer (SQLite would deadlock), so it fails at once
     with "database is locked" whatever the timeout; taking the lock up front makes it wait instead.
@@ -239,50 +186,4 @@ _THREADS = threading.Lock()
 
 @functools.cache
 def _lock_engine(url: str) -> sqlalchemy.engine.Engine:
-    return sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
-
-
-def trial_row(study_name: str, t: FrozenTrial) -> dict[str, Any]:
-    attrs = t.user_attrs
-    return {
-        "study": study_name,
-        "number": t.number,
-        "state": t.state.name,
-        "value": t.value if t.value is not None else attrs.get("metric", float("nan")),
-        "eta_a": t.params.get("eta_a"),
-        "lambda": t.params.get("lambda"),
-        "rank": t.params.get("rank"),
-        **{k: attrs.get(k) for k in ROW_ATTRS},
-    }
-
-
-def trials_frame(storage: optuna.storages.BaseStorage, study_names: list[str] | None = None) -> pd.DataFrame:
-    """One row per trial of every (or the named) studies: the frame that sweep.report works on."""
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if study_names is not None and summary.study_name not in study_names:
-            continue
-        if not is_ours(summary.user_attrs):
-            continue  # another tool's study in the same database: nothing here describes it
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        model, task = summary.user_attrs.get("model"), summary.user_attrs.get("task")
-        for t in study.get_trials(deepcopy=False):
-            row = trial_row(summary.study_name, t)
-            row["model"] = row["model"] or model
-            row["task"] = row["task"] or task
-            row["metric_name"] = row["metric_name"] or summary.user_attrs.get("metric_name")
-            row["kind"] = summary.user_attrs.get("kind", "search")  # "confirm": re-runs over seeds
-            rows.append(row)
-    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind"]
-    df = pd.DataFrame(rows, columns=columns)
-    for col in ("tokens", "wall_time_s"):
-        df[col] = pd.to_numeric(df[col]).fillna(0)
-    return df
-
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def is_ours(study_attrs: dict[str, Any]) -> bool:
-    """Whether a study's attributes are those loraplus-sweep writes (a search or a confirm study)."""
-    return isinstance(study_attrs.get("model"), str) and isinstance(study_attrs.get("task"), str)
+    return sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)

@@ -22,7 +22,7 @@ from sweep.errors import SweepError
 from sweep.metrics import compute_splits
 from sweep.models import load_model, load_tokenizer, pad_token_id
 from sweep.optim import build_optimizer
-from sweep.result import EvalPoint, TrialResult, library_versions
+from sweep.result import EvalPoint, StopReason, TrialResult, library_versions
 from sweep.tasks import TaskData, load_task
 
 OnEval = Callable[[EvalPoint], bool]
@@ -102,7 +102,7 @@ def run_trial(
 ) -> TrialResult:
     """Fine-tune `cfg.model` on `cfg.task` with LoRA+ and return the validation result.
 
-    A diverging run (non-finite or exploding loss) stops early with stop_reason "diverged: ...";
+    A diverging run (non-finite or exploding loss) stops early with StopReason.DIVERGED;
     it is a result, not an error.
     """
     started = time.perf_counter()
@@ -130,7 +130,7 @@ def run_trial(
     step = examples = tokens = 0
     train_time = 0.0
     first_loss = ema = None
-    stop_reason = "completed"
+    stop, stop_reason = StopReason.COMPLETED, "completed"
     epoch: list[np.ndarray] = []
     model.train()
     while step < total:
@@ -155,12 +155,12 @@ def run_trial(
         tokens += int(train_enc.lengths[idx].sum())
 
         if not math.isfinite(value):
-            stop_reason = f"diverged: non-finite loss at step {step}"
+            stop, stop_reason = StopReason.DIVERGED, f"diverged: non-finite loss at step {step}"
             break
         first_loss = value if first_loss is None else first_loss
         ema = value if ema is None else LOSS_EMA * ema + (1 - LOSS_EMA) * value
         if ema > EXPLODE_CEILING or ema > EXPLODE_FACTOR * max(first_loss, 1e-3):
-            stop_reason = f"diverged: loss exploded to {ema:.3g} at step {step}"
+            stop, stop_reason = StopReason.DIVERGED, f"diverged: loss exploded to {ema:.3g} at step {step}"
             break
         if on_step is not None:
             on_step(step, total, ema)
@@ -169,10 +169,10 @@ def run_trial(
             point = EvalPoint(step, examples, metrics[task.main_metric], metrics, ema)
             history.append(point)
             if on_eval is not None and on_eval(point) and step < total:
-                stop_reason = f"stopped: by callback at step {step}"
+                stop, stop_reason = StopReason.STOPPED, f"stopped: by callback at step {step}"
                 break
 
-    if stop_reason.startswith("diverged"):
+    if stop is StopReason.DIVERGED:
         # The weights are no longer meaningful; score the run at its worst, not at random.
         nan = {name: np.full(len(enc), np.nan) for name, enc in val_enc.items()}
         final = compute_splits(task.metrics, nan, {name: enc.labels for name, enc in val_enc.items()})
@@ -195,6 +195,7 @@ def run_trial(
         train_time_s=train_time,
         tokens_per_s=tokens / train_time if train_time > 0 else 0.0,
         peak_memory_mb=_peak_memory_mb(device),
+        stop=stop,
         stop_reason=stop_reason,
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         versions=library_versions(),

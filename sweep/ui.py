@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sweep.config import TrialConfig
+from sweep.hooks import Finished, Hooks
 from sweep.result import EvalPoint
-from sweep.study import Hooks
 
 err = Console(stderr=True)
 
@@ -94,11 +94,11 @@ class SweepProgress:
         title = f"#{number} eta_A {cfg.eta_a:.2e} lambda {cfg.lam:.3g} r {cfg.rank}"
         self.running[number] = _TrialBar(self.progress, title)
 
-    def trial_end(self, trial) -> None:
+    def trial_end(self, trial: Finished) -> None:
         bar = self.running.pop(trial.number, None)
         if bar is not None:
             self.progress.remove_task(bar.id)
-        state = trial.state.name
+        state = trial.state
         self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and trial.value is not None:
             if self.best_value is None or trial.value > self.best_value:

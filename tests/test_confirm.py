@@ -4,15 +4,13 @@ and shown by report apart from the search trials."""
 import socket
 import subprocess
 
-import optuna
 import pytest
 from typer.testing import CliRunner
 
 from cli import app
 from sweep import confirm
 from sweep.spec import load_spec
-from sweep.study import open_study
-from sweep.workers import run_study
+from sweep.workers import open_study, run_study
 
 
 @pytest.fixture
@@ -28,13 +26,13 @@ def searched(tiny_model, toy_csv, tmp_path):
 
 def test_the_arms_are_the_best_lora_plus_and_the_best_plain_trial(searched):
     spec, study = searched
-    plus, plain = confirm.choose_arms(study, spec)
-    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    plus, plain = confirm.choose_arms(study.frame(), spec)
+    done = study.trials(("COMPLETE",))
     best_plus = max((t for t in done if t.params["lambda"] > 1), key=lambda t: t.value)
     assert (plus.eta_a, plus.lam, plus.rank) == (best_plus.params["eta_a"], best_plus.params["lambda"],
                                                  best_plus.params["rank"])
     assert plus.source == f"trial {best_plus.number}"
-    base = study.trials[0]  # the baseline, the only lambda = 1 trial
+    base = study.trials()[0]  # the baseline, the only lambda = 1 trial
     assert (plain.eta_a, plain.lam, plain.rank) == (base.params["eta_a"], 1.0, base.params["rank"])
 
 
@@ -42,17 +40,17 @@ def test_confirm_pairs_seeds_resumes_and_report_shows_it_apart(searched, tmp_pat
     spec, study = searched
     assert confirm.runs_stored(study, spec, seeds=2) == 0  # no confirm study yet
     result = confirm.run_confirm(study, spec, seeds=2)
-    trials = result.get_trials(deepcopy=False)
-    assert result.study_name == "toy.confirm" and len(trials) == 4
+    trials = result.trials()
+    assert result.name == "toy.confirm" and len(trials) == 4
     assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials) == [
         ("lora", 0), ("lora", 1), ("lora+", 0), ("lora+", 1)]
     assert all(t.state.name == "COMPLETE" and t.params["lambda"] == (1.0 if t.user_attrs["arm"] == "lora"
-               else confirm.choose_arms(study, spec)[0].lam) for t in trials)
+               else confirm.choose_arms(study.frame(), spec)[0].lam) for t in trials)
     assert all(t.user_attrs["config"]["seed"] == t.user_attrs["seed"] for t in trials)  # trained with it
     by = {(t.user_attrs["arm"], t.user_attrs["seed"]): t.value for t in trials}
 
     again = confirm.run_confirm(study, spec, seeds=2)  # everything stored: nothing runs
-    assert len(again.get_trials(deepcopy=False)) == 4
+    assert len(again.trials()) == 4
     # the progress of a continued confirm starts at what is stored, of the seeds asked for
     assert [confirm.runs_stored(study, spec, seeds=n) for n in (1, 2, 3)] == [2, 4, 4]
 
@@ -79,7 +77,7 @@ def test_confirm_pairs_seeds_resumes_and_report_shows_it_apart(searched, tmp_pat
 def test_a_study_without_lora_plus_trials_cannot_be_confirmed(tiny_model, toy_csv, tmp_path):
     spec = load_spec(None, {"model": tiny_model, "task": toy_csv, "storage": f"sqlite:///{tmp_path}/s.db"})
     with pytest.raises(confirm.SweepError, match="no completed trial with lambda > 1"):
-        confirm.choose_arms(open_study(spec), spec)
+        confirm.choose_arms(open_study(spec).frame(), spec)
 
 
 def test_confirm_command_refuses_a_confirm_study_and_one_seed(searched):
@@ -90,15 +88,15 @@ def test_confirm_command_refuses_a_confirm_study_and_one_seed(searched):
     assert res.exit_code == 2 and "is itself a confirm study" in res.stderr
     res = runner.invoke(app, ["confirm", "toy", "--seeds", "1", "--storage", spec.storage])
     assert res.exit_code == 2
-    assert optuna.load_study(study_name="toy", storage=spec.storage)  # nothing lost
+    assert len(study.trials(("COMPLETE",))) == 4  # nothing lost
 
 
 def test_arms_with_different_ranks_share_one_confirm_study(searched, monkeypatch):
     spec, study = searched
     arms = (confirm.Arm("lora+", 2e-3, 8.0, 2, "trial 1"), confirm.Arm("lora", 5e-3, 1.0, 4, "trial 0"))
-    monkeypatch.setattr(confirm, "choose_arms", lambda study, spec: arms)
+    monkeypatch.setattr(confirm, "choose_arms", lambda trials, spec: arms)
     result = confirm.run_confirm(study, spec, seeds=2)
-    trials = result.get_trials(deepcopy=False)
+    trials = result.trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert {(t.user_attrs["arm"], t.params["rank"], t.params["eta_a"]) for t in trials} == {
         ("lora+", 2, 2e-3), ("lora", 4, 5e-3)}
@@ -108,15 +106,19 @@ def test_a_confirm_run_killed_mid_trial_leaves_no_running_trial(searched):
     """The trial a killed `confirm` left RUNNING is failed with its reason on the next run, which
     trains every (arm, seed) still missing and nothing else."""
     spec, study = searched
-    arms = confirm.choose_arms(study, spec)
-    stale = confirm.open_confirm_study(study, spec, arms).ask()
+    arms = confirm.choose_arms(study.frame(), spec)
+    runs = confirm.runs_spec(spec, arms, seeds=2)
+    store = confirm.open_confirm_study(study, spec, arms, seeds=2)
+    store.enqueue(arms[0].params, {"arm": "lora+", "seed": 0})
+    stale = store.ask(runs, draw=0)
+    stale.config(runs)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "started": None})
+    stale.note("worker", {"host": socket.gethostname(), "pid": dead.pid, "started": None})
 
     result = confirm.run_confirm(study, spec, seeds=2)
-    trials = result.get_trials(deepcopy=False)
+    trials = result.trials()
     assert [t.state.name for t in trials] == ["FAIL"] + ["COMPLETE"] * 4
-    assert trials[0].user_attrs["stop_reason"].startswith("orphaned")
+    assert result.stop_reason(trials[0]).startswith("orphaned")
     assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials[1:]) == [
         ("lora", 0), ("lora", 1), ("lora+", 0), ("lora+", 1)]

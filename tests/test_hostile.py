@@ -29,11 +29,12 @@ from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
 from cli import app
+from sweep.checks import preflight
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
-from sweep.spec import load_spec
+from sweep.spec import joined, load_spec
 from sweep.storage import mask_secrets, mask_url
-from sweep.study import joined_spec, open_study, preflight
+from sweep.stored import StoredStudy
 from sweep.tasks import load_task
 
 runner = CliRunner()
@@ -67,6 +68,12 @@ def add_trial(study: optuna.Study, cfg: TrialConfig, eta_a: float, lam: float, r
              "stop_reason": "completed" if state == TrialState.COMPLETE else "RuntimeError: [Errno 5] boom"}
     study.add_trial(create_trial(params={"eta_a": eta_a, "lambda": lam, "rank": rank}, distributions=DISTRIBUTIONS,
                                  value=value, state=state, user_attrs=attrs))
+
+
+def open_study(spec) -> optuna.Study:
+    """The spec's study created as `run` creates it, opened with Optuna itself to plant trials."""
+    StoredStudy.create_or_load(spec)
+    return optuna.load_study(study_name=spec.study_name, storage=spec.storage)
 
 
 @pytest.fixture(scope="module")
@@ -454,8 +461,9 @@ def test_remote_code_runs_only_with_the_flag_of_the_command_that_runs_it(sandbox
 def test_a_joined_study_takes_remote_code_from_the_command_line_only(sandbox):
     study = optuna.load_study(study_name="remote", storage=f"sqlite:///{sandbox.db}")
     assert study.user_attrs["spec"]["base"]["trust_remote_code"] is True  # what a hostile database says
-    assert joined_spec(study, "sqlite:///x.db", {}).base.trust_remote_code is False
-    assert joined_spec(study, "sqlite:///x.db", {}, trust_remote_code=True).base.trust_remote_code is True
+    stored = study.user_attrs["spec"]
+    assert joined(stored, "sqlite:///x.db", "remote", {}).base.trust_remote_code is False
+    assert joined(stored, "sqlite:///x.db", "remote", {}, trust_remote_code=True).base.trust_remote_code is True
 
 
 def test_remote_code_is_never_serialised_but_reaches_the_trial_process():
@@ -504,11 +512,11 @@ def test_a_bare_postgresql_url_picks_the_installed_driver_or_says_what_to_instal
     installed: set[str] = set()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in installed else None)
     with pytest.raises(SweepError, match=r"neither psycopg nor psycopg2 is installed: pip install"):
-        storage._with_driver("postgresql://u@h/db")
+        storage.with_driver("postgresql://u@h/db")
     installed.add("psycopg2")
-    assert storage._with_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert storage.with_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
     installed.add("psycopg")
-    assert storage._with_driver("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert storage.with_driver("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
 
 
 @pytest.mark.parametrize(("url", "shown"), [

@@ -21,9 +21,9 @@ from processes import (
     wait_for,
 )
 
+from sweep.hooks import Hooks
 from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import load_spec
-from sweep.study import Hooks
 from sweep.workers import run_study
 
 # About two seconds of training after the first evaluation: a signal sent then lands mid-trial.

@@ -3,21 +3,23 @@
 import optuna
 import pytest
 
-from sweep import study as study_mod
+from sweep import search, workers
+from sweep.checks import preflight
+from sweep.hooks import Hooks
 from sweep.spec import load_spec
-from sweep.storage import trials_frame
-from sweep.study import Hooks
+from sweep.stored import trials_frame
 from sweep.workers import run_study
 
 
 @pytest.fixture
 def spec(tiny_model, toy_csv, tmp_path):
-    return load_spec(None, {
+    # Checked as `run` checks it: the data's fingerprint is part of the study's name.
+    return preflight(load_spec(None, {
         "model": tiny_model, "task": toy_csv, "n_trials": 4, "sampler": "random",
         "eta_a": (1e-4, 1e-2), "lambda": (1.0, 64.0), "rank": (2, 4),
         "epochs": 1.0, "batch_size": 32, "max_length": 32, "eval_every": 4, "device": "cpu",
         "storage": f"sqlite:///{tmp_path}/sweep.db", "in_process": True,
-    })
+    }))
 
 
 def test_a_study_opens_with_optuna_and_holds_every_trial(spec):
@@ -76,7 +78,7 @@ rank = [2]
 """)
     overrides = {"model": spec.base.model, "task": spec.base.task, "epochs": 1.0, "max_length": 32,
                  "batch_size": 64, "device": "cpu", "storage": spec.storage}
-    grid = load_spec(path, overrides)
+    grid = preflight(load_spec(path, overrides))
     assert grid.n_trials == 6
     run_study(grid.replace(n_trials=4))
     run_study(grid)
@@ -92,7 +94,7 @@ def test_pruned_trials_keep_their_last_value_and_reason(spec, monkeypatch):
         def prune(self, study, trial):
             return trial.number > 0 and len(trial.intermediate_values) >= 1
 
-    monkeypatch.setattr(study_mod, "make_pruner", lambda spec: PruneAfterFirstReport())
+    monkeypatch.setattr(search, "pruner", lambda spec: PruneAfterFirstReport())
     run_study(spec.replace(n_trials=3))
     study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
@@ -100,7 +102,7 @@ def test_pruned_trials_keep_their_last_value_and_reason(spec, monkeypatch):
     for t in pruned:
         assert t.value == t.intermediate_values[4] == t.user_attrs["metric"]
         assert t.user_attrs["stop_reason"] == "pruned at step 4"
-    df = trials_frame(optuna.storages.RDBStorage(spec.storage))
+    df = trials_frame(spec.storage)
     assert df[df.state == "PRUNED"]["value"].notna().all()  # the report keeps their last value
 
 
@@ -117,20 +119,21 @@ def test_a_failed_grid_point_is_reported_missing_and_a_rerun_fills_it(spec, tmp_
     path.write_text('[study]\nsampler = "grid"\n[grid]\neta_a = [1e-3]\nlambda = [1, 4, 16]\nrank = [2]\n')
     grid = load_spec(path, {"model": spec.base.model, "task": spec.base.task, "epochs": 1.0, "max_length": 32,
                             "batch_size": 64, "device": "cpu", "storage": spec.storage, "in_process": True})
-    real = study_mod.run_trial
+    real = workers.run_trial
 
     def lambda_4_fails(cfg, **kw):
         if cfg.lam == 4.0:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(cfg, **kw)
 
-    monkeypatch.setattr(study_mod, "run_trial", lambda_4_fails)
+    monkeypatch.setattr(workers, "run_trial", lambda_4_fails)
     study = run_study(grid)
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
-    (missing,) = study_mod.unfinished_grid_points(study, grid)  # no other point drawn in its place
-    assert missing.params["lambda"] == 4.0 and "illegal memory access" in missing.user_attrs["stop_reason"]
+    assert sorted(t.state.name for t in study.trials()) == ["COMPLETE", "COMPLETE", "FAIL"]
+    (failed,) = study.trials(("FAIL",))
+    (reason,) = study.missing_grid_points(grid)  # no other point drawn in its place
+    assert failed.params["lambda"] == 4.0 and "illegal memory access" in reason
 
-    monkeypatch.setattr(study_mod, "run_trial", real)
+    monkeypatch.setattr(workers, "run_trial", real)
     study = run_study(grid)
-    assert study_mod.unfinished_grid_points(study, grid) == []
-    assert sorted(t.params["lambda"] for t in study.trials if t.state.name == "COMPLETE") == [1.0, 4.0, 16.0]
+    assert study.missing_grid_points(grid) == []
+    assert sorted(t.params["lambda"] for t in study.trials(("COMPLETE",))) == [1.0, 4.0, 16.0]

@@ -4,12 +4,11 @@ import subprocess
 import sys
 import time
 
-import optuna
 import pytest
 
+from sweep.liveness import identity as worker_identity
 from sweep.spec import load_spec
-from sweep.study import open_study, suggest_config
-from sweep.workers import reclaim, run_study, worker_identity
+from sweep.workers import open_study, run_study
 
 
 @pytest.fixture
@@ -22,15 +21,14 @@ def spec(tiny_model, toy_csv, tmp_path):
 
 
 def states(study):
-    return sorted(t.state.name for t in study.get_trials(deepcopy=False))
+    return sorted(t.state.name for t in study.trials())
 
 
 def test_two_cpu_workers_share_the_cores_and_stop_at_the_budget(spec):
-    run_study(spec.replace(jobs=2))
-    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    study = run_study(spec.replace(jobs=2))
     assert states(study) == ["COMPLETE"] * 4
-    assert {t.user_attrs["slot"] for t in study.trials} == {"cpu#0", "cpu#1"}
-    assert {t.user_attrs["worker"]["pid"] for t in study.trials} == {worker_identity()["pid"]}
+    assert {t.user_attrs["slot"] for t in study.trials()} == {"cpu#0", "cpu#1"}
+    assert {t.user_attrs["worker"]["pid"] for t in study.trials()} == {worker_identity()["pid"]}
 
 
 def dead_pid() -> int:
@@ -41,9 +39,9 @@ def dead_pid() -> int:
 
 
 def running_trial(study, spec, worker):
-    trial = study.ask()
-    suggest_config(trial, spec)
-    trial.set_user_attr("worker", worker)
+    trial = study.ask(spec, draw=0)
+    trial.config(spec)
+    trial.note("worker", worker)
     return trial
 
 
@@ -52,10 +50,10 @@ def test_trials_of_a_dead_local_process_are_failed_and_requeued_at_once(spec):
     gone = {**worker_identity(), "pid": dead_pid()}
     orphan = running_trial(study, spec, gone)
     mine = running_trial(study, spec, worker_identity())
-    assert reclaim(study, study._storage) == 1
-    trials = study.get_trials(deepcopy=False)
+    assert study.reclaim() == 1
+    trials = study.trials()
     assert trials[orphan.number].state.name == "FAIL"
-    reason = trials[orphan.number].user_attrs["stop_reason"]
+    reason = study.stop_reason(trials[orphan.number])
     assert reason.startswith(f"orphaned: its worker (pid {gone['pid']} on ")
     assert trials[mine.number].state.name == "RUNNING"  # this process is alive
     retry = trials[-1]
@@ -68,15 +66,17 @@ def test_a_trial_whose_machine_stopped_beating_is_failed_and_requeued(spec):
     elsewhere = {"host": "another-machine", "pid": 1, "started": None}
     lost = running_trial(study, spec, elsewhere)
     alive = running_trial(study, spec, elsewhere)
-    study._storage.record_heartbeat(lost._trial_id)
+    with study.heartbeat(lost):  # one beat, then silence
+        pass
     time.sleep(2.5)
-    study._storage.record_heartbeat(alive._trial_id)
-    assert reclaim(study, study._storage) == 0  # another machine's pid means nothing here
+    with study.heartbeat(alive):
+        pass
+    assert study.reclaim() == 0  # another machine's pid means nothing here
     time.sleep(2.5)
-    assert reclaim(study, study._storage) == 1
-    trials = study.get_trials(deepcopy=False)
+    assert study.reclaim() == 1
+    trials = study.trials()
     assert trials[lost.number].state.name == "FAIL"
-    assert "stopped sending heartbeats" in trials[lost.number].user_attrs["stop_reason"]
+    assert "stopped sending heartbeats" in study.stop_reason(trials[lost.number])
     assert trials[alive.number].state.name == "RUNNING"
     assert trials[-1].state.name == "WAITING" and trials[-1].params == trials[lost.number].params
 
@@ -84,8 +84,8 @@ def test_a_trial_whose_machine_stopped_beating_is_failed_and_requeued(spec):
 def test_a_requeued_trial_runs_again_and_the_budget_still_holds(spec):
     study = open_study(spec)
     orphan = running_trial(study, spec, {**worker_identity(), "pid": dead_pid()})
-    run_study(spec.replace(n_trials=3, in_process=True), study=study)
-    trials = study.get_trials(deepcopy=False)
+    run_study(spec.replace(n_trials=3, in_process=True), store=study)
+    trials = study.trials()
     assert states(study) == ["COMPLETE"] * 3 + ["FAIL"]
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
@@ -98,16 +98,14 @@ def test_trials_that_keep_failing_stop_the_sweep_with_the_reason(spec, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("no such device")
 
-    monkeypatch.setattr("sweep.study.run_trial", broken)
+    monkeypatch.setattr(workers, "run_trial", broken)
     with pytest.raises(workers.SweepStopped, match="5 trials failed in a row.*no such device"):
         run_study(spec.replace(n_trials=20, in_process=True))
 
 
 def test_the_stored_definition_holds_no_storage_url_and_a_worker_can_join_from_it(spec):
-    from sweep.study import joined_spec
-
     study = open_study(spec)
-    assert "storage" not in study.user_attrs["spec"]  # a PostgreSQL URL may hold a password
-    joined = joined_spec(study, spec.storage, {"jobs": 2})
+    assert "storage" not in study.attrs["spec"]  # a PostgreSQL URL may hold a password
+    joined = study.joined_spec({"jobs": 2})
     assert joined.definition_hash() == spec.definition_hash() and joined.study_name == spec.study_name
     assert joined.jobs == 2 and joined.n_trials == spec.n_trials

@@ -1,0 +1,463 @@
+"""StoredStudy: a study in a results database, and the only module that calls Optuna on studies and
+trials (create, load, list, delete; ask, record, tell; the trial-budget lock, heartbeats, reclaiming
+trials whose worker is gone). The stored-trial schema, written and read, lives here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep import liveness, search
+from sweep.config import TrialConfig
+from sweep.errors import SweepError
+from sweep.hooks import Finished
+from sweep.result import TrialResult
+from sweep.schema import short
+from sweep.spec import RUN_KEYS, StudySpec
+from sweep.storage import (
+    immediate_transactions,
+    mask_secrets,
+    mask_url,
+    require_writable,
+    sqlite_path,
+    storage_lock,
+    with_driver,
+)
+
+FINISHED = ("COMPLETE", "PRUNED")
+MAX_RETRIES = 2  # a trial whose workers keep dying is probably killing them (host OOM)
+# User attributes that a queued trial carries into its run, and into its retry.
+QUEUED_ATTRS = ("arm", "seed")
+# Trial user attributes a report reads; the rest is kept for provenance.
+ROW_ATTRS = ("model", "task", "metric_name", "init", "tokens", "wall_time_s", "stop_reason", "steps")
+LOST = "its worker stopped sending heartbeats (machine or process lost)"
+
+
+class RunningTrial:
+    """A trial this process runs: its parameters, progress reports and the record of its result."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self._trial = trial
+        self.number = trial.number
+
+    def config(self, spec: StudySpec) -> TrialConfig:
+        """The trial's config: drawn now by the study's sampler, or read back for a queued point."""
+        return search.trial_config(self._trial, spec)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self._trial.user_attrs
+
+    def note(self, key: str, value: Any) -> None:
+        self._trial.set_user_attr(key, value)
+
+    def report(self, value: float, step: int) -> bool:
+        """Record an evaluation; whether the pruner says stop."""
+        self._trial.report(value, step)
+        return self._trial.should_prune()
+
+    def record(self, result: TrialResult) -> None:
+        """Everything a report or a re-run needs, as user attributes of the trial."""
+        cfg = result.config
+        attrs = {
+            "config": cfg.to_dict(),
+            "model": cfg.model,
+            "task": cfg.task,
+            "metric_name": result.metric_name,
+            "metric": result.metric,
+            "best_metric": result.best_metric,
+            "metrics": result.metrics,
+            "history": [[p.step, p.metric] for p in result.history],
+            "history_len": len(result.history),
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "tokens_per_s": result.tokens_per_s,
+            "wall_time_s": result.wall_time_s,
+            "device": result.device,
+            "peak_memory_mb": result.peak_memory_mb,
+            "stop": result.stop.value,
+            "stop_reason": result.stop_reason,
+            "update_norms": result.update_norms,
+            "seed": cfg.seed,
+            "init": cfg.init,
+            "versions": result.versions,
+        }
+        for k, v in attrs.items():
+            self._trial.set_user_attr(k, v)
+
+
+class StoredStudy:
+    """One study of a results database, opened through `create_or_load`, `load` or `find`."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, url: str) -> None:
+        self._study, self._db, self.url = study, storage, url
+        self.name = study.study_name
+        self.id = storage.get_study_id_from_name(self.name)  # tells a re-created study apart
+
+    # Opening
+
+    @classmethod
+    def create_or_load(cls, spec: StudySpec) -> StoredStudy:
+        """The spec's study, created or loaded (same name: same definition), its definition stored
+        for `worker`s that join it."""
+        storage = _open(spec.storage, heartbeat=spec.heartbeat)
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="maximize",
+                                    sampler=search.sampler(spec), pruner=search.pruner(spec),
+                                    load_if_exists=True)
+        store = cls(study, storage, spec.storage)
+        stored = store.attrs.get("definition_hash")
+        if stored is None:
+            store.set_attrs(definition_hash=spec.definition_hash(), model=spec.base.model,
+                            task=spec.base.task)
+        elif stored != spec.definition_hash():
+            raise SweepError(
+                f"study {spec.study_name!r} in {mask_url(spec.storage)} was created with another definition "
+                "(other settings, other task data, or an older loraplus-sweep); pick another --study-name, "
+                "or leave it unset to name the study after its definition"
+            )
+        # The latest budget, sampler and pruner, for workers that join. Not the storage URL (it may
+        # hold a password) nor how this machine runs trials.
+        shared = {k: v for k, v in spec.to_dict().items() if k not in ("storage", *RUN_KEYS)}
+        if store.attrs.get("spec") != shared:
+            store.set_attrs(spec=shared)
+        return store
+
+    @classmethod
+    def create_or_load_named(cls, url: str, name: str, heartbeat: int | None, spec: StudySpec) -> StoredStudy:
+        """A study of queued trials only (a confirm study): no search, never pruned."""
+        storage = _open(url, heartbeat=heartbeat)
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                    sampler=search.sampler(spec), pruner=optuna.pruners.NopPruner(),
+                                    load_if_exists=True)
+        return cls(study, storage, url)
+
+    @classmethod
+    def load(cls, url: str, name: str) -> StoredStudy:
+        """An existing study; a missing one is one line that lists what is stored."""
+        store = cls.find(url, name)
+        if store is None:
+            names = study_names(url)
+            listed = short(", ".join(names), 200) if names else "none"
+            raise SweepError(f"no study {short(name)} (stored: {listed}); see loraplus-sweep studies list")
+        return store
+
+    @classmethod
+    def find(cls, url: str, name: str, heartbeat: int | None = None) -> StoredStudy | None:
+        storage = _open(url, create=False, heartbeat=heartbeat)
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            return None
+        return cls(study, storage, url)
+
+    def delete(self) -> None:
+        optuna.delete_study(study_name=self.name, storage=self._db)
+
+    def exists(self) -> bool:
+        """Whether this study is still stored (not deleted, nor deleted and created again)."""
+        try:
+            return self._db.get_study_id_from_name(self.name) == self.id
+        except KeyError:
+            return False
+
+    # Study attributes
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self._study.user_attrs
+
+    def set_attrs(self, **attrs: Any) -> None:
+        for k, v in attrs.items():
+            self._study.set_user_attr(k, v)
+
+    @property
+    def is_ours(self) -> bool:
+        return is_ours(self.attrs)
+
+    def joined_spec(self, run: dict[str, Any], trust_remote_code: bool = False) -> StudySpec:
+        """The study's definition as its creator stored it, run here with `run` settings; whether a
+        model's own code may run is this machine's command line, whatever the database says."""
+        from sweep.spec import joined
+
+        return joined(self.attrs.get("spec"), self.url, self.name, run, trust_remote_code)
+
+    # Reading trials
+
+    def trials(self, states: Iterable[str] | None = None) -> list[FrozenTrial]:
+        wanted = None if states is None else tuple(TrialState[s] for s in states)
+        return self._study.get_trials(deepcopy=False, states=wanted)
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.name: 0 for s in TrialState}
+        for t in self.trials():
+            counts[t.state.name] += 1
+        return counts
+
+    def finished_count(self) -> int:
+        counts = self.counts()
+        return sum(counts[s] for s in FINISHED)
+
+    def stop_reason(self, t: FrozenTrial) -> str:
+        return stop_reason(t, self.attrs)
+
+    def stop_reason_of(self, number: int) -> str:
+        return next((self.stop_reason(t) for t in self.trials() if t.number == number), "")
+
+    def missing_grid_points(self, spec: StudySpec) -> list[str]:
+        """For a grid study: the last failure reason of each grid point without a finished trial."""
+        trials = self.trials()
+        finished = [t.params for t in trials if t.state.name in FINISHED]
+        failed = [(t.params, self.stop_reason(t)) for t in trials
+                  if t.state.name == "FAIL" and "rank" in t.params]
+        return search.missing_grid_points(spec, finished, failed)
+
+    def frame(self) -> pd.DataFrame:
+        return _frame([self])
+
+    # Running trials
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The study's trial-budget lock, across every process and machine that shares it: held while
+        a worker counts trials and takes one, or while trials are queued."""
+        with storage_lock(self.url, self.name):
+            yield
+
+    def enqueue(self, params: dict[str, Any], attrs: dict[str, Any] | None = None) -> None:
+        """Queue a point (with QUEUED_ATTRS such as its seed) to run before anything is drawn."""
+        self._study.enqueue_trial(params, user_attrs=attrs)
+
+    def enqueue_missing(self, points: list[dict[str, Any]]) -> int:
+        """Queue the points that no finished, running or queued trial holds; how many. Failed points
+        do not count: a re-run queues them again."""
+        existing = {search.key(p) for p in self._held_params()}
+        queued = 0
+        for p in points:
+            if search.key(p) not in existing:
+                self.enqueue(p)
+                existing.add(search.key(p))
+                queued += 1
+        return queued
+
+    def _held_params(self) -> list[dict[str, Any]]:
+        held = []
+        for t in self.trials((*FINISHED, "RUNNING", "WAITING")):
+            params = t.params if "rank" in t.params else t.system_attrs.get("fixed_params", {})
+            if {"eta_a", "lambda", "rank"} <= set(params):
+                held.append(params)
+        return held
+
+    def queued_attrs(self) -> list[dict[str, Any]]:
+        """The QUEUED_ATTRS of every finished, running or queued trial."""
+        return [{k: t.user_attrs.get(k) for k in QUEUED_ATTRS}
+                for t in self.trials((*FINISHED, "RUNNING", "WAITING"))]
+
+    def ask(self, spec: StudySpec, draw: int) -> RunningTrial:
+        """Start a trial: the next queued one, or a point the spec's sampler draws."""
+        self._study.sampler = search.sampler(spec, draw=draw)
+        with warnings.catch_warnings():
+            # Optuna expects heartbeats with study.optimize only; the workers beat them themselves.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = self._study.ask()
+        running = RunningTrial(trial)
+        running.note("worker", liveness.identity())
+        return running
+
+    def tell(self, trial: RunningTrial, state: str, value: float | None) -> Finished:
+        frozen = self._study.tell(trial._trial, value if state == "COMPLETE" else None,
+                                  state=None if state == "COMPLETE" else TrialState[state])
+        return Finished(frozen.number, frozen.state.name, frozen.value, dict(frozen.params))
+
+    @contextlib.contextmanager
+    def heartbeat(self, trial: RunningTrial) -> Iterator[None]:
+        """Record that the trial is alive every heartbeat interval while the block runs."""
+        interval = self._db.get_heartbeat_interval() if _beats(self._db) else None
+        if not interval:
+            yield
+            return
+        trial_id = self._db.get_trial_id_from_study_id_trial_number(self.id, trial.number)
+        done = threading.Event()
+
+        def beat() -> None:
+            while True:
+                try:
+                    self._db.record_heartbeat(trial_id)
+                except Exception:  # a missed beat is retried next interval; the grace period allows it
+                    pass
+                if done.wait(interval):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def reclaim(self) -> int:
+        """Fail the running trials whose worker is gone, with the reason, and queue them again: at
+        once for a process of this machine that no longer exists, after three missed heartbeats for
+        a worker elsewhere. How many."""
+        n = 0
+        for t in self.trials(("RUNNING",)):
+            worker = t.user_attrs.get("worker")
+            if liveness.is_gone(worker):
+                reason = f"orphaned: its worker (pid {worker.get('pid')} on {worker.get('host')}) was killed"
+                trial_id = self._db.get_trial_id_from_study_id_trial_number(self.id, t.number)
+                try:
+                    self._db.set_trial_user_attr(trial_id, "stop_reason", reason)
+                    if self._db.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                        _requeue(self._study, self._db.get_trial(trial_id))
+                        n += 1
+                except UpdateFinishedTrialError:
+                    pass  # another worker got there first
+        if _beats(self._db) and self._db.get_heartbeat_interval():
+            before = self.counts()["FAIL"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self._study)  # calls _on_stale for each
+            n += self.counts()["FAIL"] - before
+        return n
+
+
+def _on_stale(study: optuna.Study, failed: FrozenTrial) -> None:
+    """Optuna's callback for a trial it failed after missed heartbeats: say why (a finished trial
+    takes no attributes, so on the study), and queue it again."""
+    study.set_user_attr(f"lost:{failed.number}", LOST)
+    _requeue(study, failed)
+
+
+def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
+    """Queue a failed trial's point again, marked as its retry (the system attributes of Optuna's
+    RetryFailedTrialCallback, which this is, less the experimental API)."""
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
+    if len(history) > MAX_RETRIES:
+        return
+    system_attrs = {**failed.system_attrs, "failed_trial": failed.number, "retry_history": history}
+    user_attrs = {k: failed.user_attrs[k] for k in QUEUED_ATTRS if k in failed.user_attrs}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+        system_attrs=system_attrs, user_attrs=user_attrs,
+    ))
+
+
+def _beats(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage)
+
+
+def _open(url: str, create: bool = True, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage for a SQLAlchemy URL (SQLite by default; PostgreSQL across machines).
+
+    With create=False a missing SQLite file is an error instead of a new empty database. With a
+    heartbeat (seconds), running trials record that they are alive, and a trial that has not beaten
+    for three intervals counts as stale (sweep.workers fails it and queues its parameters again).
+    """
+    path = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        if not create and not path.is_file():
+            raise SweepError(f"no results database at {path}; run a sweep first (loraplus-sweep run)")
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SweepError(f"cannot create the directory for {path}: {e.strerror}") from e
+        # Wait for a busy writer instead of failing; our own BEGIN (below) instead of pysqlite's.
+        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
+    elif "://" not in url:
+        raise SweepError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///results/x.db)")
+    elif url.partition("://")[2].count("@") > 1:
+        # SQLAlchemy would read the part after the first '@' as the host, and look it up.
+        raise SweepError(f"storage {mask_url(url)}: the password holds '@'; write it as %40, or leave the "
+                         "password out of the URL and use PGPASSWORD or ~/.pgpass")
+    if create:
+        require_writable(url)
+    try:
+        # Workers started together on a new database would all create its tables at once.
+        lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
+        with lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                with_driver(url), engine_kwargs=engine_kwargs or None, heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat if heartbeat else None,
+                heartbeat_stale_trial_callback=_on_stale if heartbeat else None,
+            )
+    except SweepError:
+        raise
+    except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_secrets(first, [url])}") from e
+    if path is not None:
+        immediate_transactions(storage.engine)
+    return storage
+
+
+def stop_reason(t: FrozenTrial, study_attrs: dict[str, Any]) -> str:
+    """Why a trial ended as it did, in words ("" for a trial still running or without one)."""
+    return t.user_attrs.get("stop_reason") or study_attrs.get(f"lost:{t.number}", "")
+
+
+def is_ours(study_attrs: dict[str, Any]) -> bool:
+    """Whether a study's attributes are those loraplus-sweep writes (a search or a confirm study)."""
+    return isinstance(study_attrs.get("model"), str) and isinstance(study_attrs.get("task"), str)
+
+
+def study_names(url: str) -> list[str]:
+    storage = _open(url, create=False)
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def list_studies(url: str) -> list[dict[str, Any]]:
+    """One row per stored study: name, model, task, trial count, best value (None without one)."""
+    rows = []
+    for s in optuna.get_all_study_summaries(_open(url, create=False), include_best_trial=True):
+        best = s.best_trial.value if s.best_trial is not None else None
+        rows.append({"study": s.study_name, "model": s.user_attrs.get("model", "?"),
+                     "task": s.user_attrs.get("task", "?"), "trials": s.n_trials, "best": best})
+    return rows
+
+
+def trials_frame(url: str, study_names_: list[str] | None = None) -> pd.DataFrame:
+    """One row per trial of every (or the named) loraplus-sweep studies: what sweep.report works on.
+    Another tool's study in the same database is left out: nothing here describes it."""
+    names = study_names(url) if study_names_ is None else study_names_
+    stores = [s for s in (StoredStudy.find(url, n) for n in names) if s is not None and s.is_ours]
+    return _frame(stores)
+
+
+def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
+    rows = []
+    for store in stores:
+        attrs = store.attrs
+        for t in store.trials():
+            user = t.user_attrs
+            row = {
+                "study": store.name,
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value if t.value is not None else user.get("metric", float("nan")),
+                "eta_a": t.params.get("eta_a"),
+                "lambda": t.params.get("lambda"),
+                "rank": t.params.get("rank"),
+                **{k: user.get(k) for k in ROW_ATTRS},
+            }
+            row["stop_reason"] = stop_reason(t, attrs)
+            for k in ("model", "task", "metric_name"):
+                row[k] = row[k] or attrs.get(k)
+            row["kind"] = attrs.get("kind", "search")  # "confirm": re-runs over seeds
+            rows.append(row)
+    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind"]
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ("tokens", "wall_time_s"):
+        df[col] = pd.to_numeric(df[col]).fillna(0)
+    return df
