@@ -71,7 +71,7 @@ def seeds_of(spec: StudySpec, seeds: int) -> list[int]:
 
 def open_confirm_study(study: StoredStudy, spec: StudySpec, arms: tuple[Arm, Arm], seeds: int) -> StoredStudy:
     runs = runs_spec(spec, arms, seeds)
-    confirm = StoredStudy.create_or_load_named(spec.storage, runs.study_name, spec.heartbeat, runs)
+    confirm = StoredStudy.create_or_load_named(spec.storage, runs.study_name, runs)
     stored = confirm.attrs.get("arms")
     described = {a.name: {"eta_a": a.eta_a, "lambda": a.lam, "rank": a.rank, "source": a.source}
                  for a in arms}

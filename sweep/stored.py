@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep import liveness, search
@@ -109,7 +108,7 @@ class StoredStudy:
     def create_or_load(cls, spec: StudySpec) -> StoredStudy:
         """The spec's study, created or loaded (same name: same definition), its definition stored
         for `worker`s that join it."""
-        storage = _open(spec.storage, heartbeat=spec.heartbeat)
+        storage = _open(spec.storage)
         study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="maximize",
                                     sampler=search.sampler(spec), pruner=search.pruner(spec),
                                     load_if_exists=True)
@@ -132,9 +131,9 @@ class StoredStudy:
         return store
 
     @classmethod
-    def create_or_load_named(cls, url: str, name: str, heartbeat: int | None, spec: StudySpec) -> StoredStudy:
+    def create_or_load_named(cls, url: str, name: str, spec: StudySpec) -> StoredStudy:
         """A study of queued trials only (a confirm study): no search, never pruned."""
-        storage = _open(url, heartbeat=heartbeat)
+        storage = _open(url)
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                     sampler=search.sampler(spec), pruner=optuna.pruners.NopPruner(),
                                     load_if_exists=True)
@@ -151,8 +150,8 @@ class StoredStudy:
         return store
 
     @classmethod
-    def find(cls, url: str, name: str, heartbeat: int | None = None) -> StoredStudy | None:
-        storage = _open(url, create=False, heartbeat=heartbeat)
+    def find(cls, url: str, name: str) -> StoredStudy | None:
+        storage = _open(url, create=False)
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
@@ -264,10 +263,7 @@ class StoredStudy:
     def ask(self, spec: StudySpec, draw: int) -> RunningTrial:
         """Start a trial: the next queued one, or a point the spec's sampler draws."""
         self._study.sampler = search.sampler(spec, draw=draw)
-        with warnings.catch_warnings():
-            # Optuna expects heartbeats with study.optimize only; the workers beat them themselves.
-            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-            trial = self._study.ask()
+        trial = self._study.ask()
         running = RunningTrial(trial)
         running.note("worker", liveness.identity())
         return running
@@ -278,20 +274,16 @@ class StoredStudy:
         return Finished(frozen.number, frozen.state.name, frozen.value, dict(frozen.params))
 
     @contextlib.contextmanager
-    def heartbeat(self, trial: RunningTrial) -> Iterator[None]:
-        """Record that the trial is alive every heartbeat interval while the block runs."""
-        interval = self._db.get_heartbeat_interval() if _beats(self._db) else None
-        if not interval:
-            yield
-            return
-        trial_id = self._db.get_trial_id_from_study_id_trial_number(self.id, trial.number)
+    def heartbeat(self, trial: RunningTrial, interval: int) -> Iterator[None]:
+        """Record on the trial that it is alive, every `interval` seconds while the block runs, with the
+        interval itself: whoever reclaims judges each trial by the interval its worker keeps."""
         done = threading.Event()
 
         def beat() -> None:
             while True:
                 try:
-                    self._db.record_heartbeat(trial_id)
-                except Exception:  # a missed beat is retried next interval; the grace period allows it
+                    trial.note("heartbeat", [time.time(), interval])
+                except Exception:  # a missed beat is retried next interval; three are allowed
                     pass
                 if done.wait(interval):
                     return
@@ -305,43 +297,41 @@ class StoredStudy:
             thread.join()
 
     def reclaim(self) -> int:
-        """Fail the running trials whose worker is gone, with the reason, and queue them again: at
-        once for a process of this machine that no longer exists, after three missed heartbeats for
-        a worker elsewhere. How many."""
+        """Fail the running trials whose worker is gone, say why, and queue them again: at once for a
+        process of this machine that no longer exists, after three missed heartbeats for a worker
+        elsewhere (the clocks of machines that share a study are taken to agree within a heartbeat).
+        How many. Call it under lock(), so that one worker reclaims a trial, once."""
         n = 0
+        now = time.time()
         for t in self.trials(("RUNNING",)):
-            worker = t.user_attrs.get("worker")
-            if liveness.is_gone(worker):
-                reason = f"orphaned: its worker (pid {worker.get('pid')} on {worker.get('host')}) was killed"
-                trial_id = self._db.get_trial_id_from_study_id_trial_number(self.id, t.number)
-                try:
-                    self._db.set_trial_user_attr(trial_id, "stop_reason", reason)
-                    if self._db.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                        _requeue(self._study, self._db.get_trial(trial_id))
-                        n += 1
-                except UpdateFinishedTrialError:
-                    pass  # another worker got there first
-        if _beats(self._db) and self._db.get_heartbeat_interval():
-            before = self.counts()["FAIL"]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self._study)  # calls _on_stale for each
-            n += self.counts()["FAIL"] - before
+            reason = _lost(t, now)
+            if reason is None:
+                continue
+            self._study.set_user_attr(f"lost:{t.number}", reason)  # a finished trial takes none
+            failed = self._study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            _requeue(self._study, failed)
+            n += 1
         return n
 
 
-def _on_stale(study: optuna.Study, failed: FrozenTrial) -> None:
-    """Optuna's callback for a trial it failed after missed heartbeats: say why (a finished trial
-    takes no attributes, so on the study), and queue it again."""
-    study.set_user_attr(f"lost:{failed.number}", LOST)
-    _requeue(study, failed)
+def _lost(t: FrozenTrial, now: float) -> str | None:
+    """Why a running trial's worker counts as gone, or None while it may be alive."""
+    worker = t.user_attrs.get("worker")
+    if liveness.is_gone(worker):
+        return f"orphaned: its worker (pid {worker.get('pid')} on {worker.get('host')}) was killed"
+    beat = t.user_attrs.get("heartbeat")
+    if isinstance(beat, list) and len(beat) == 2 and all(isinstance(v, int | float) for v in beat):
+        last, interval = beat
+        if now - last > 3 * interval:
+            return LOST
+    return None
 
 
 def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     """Queue a failed trial's point again, marked as its retry (the system attributes of Optuna's
     RetryFailedTrialCallback, which this is, less the experimental API)."""
     history = [*failed.system_attrs.get("retry_history", []), failed.number]
-    if len(history) > MAX_RETRIES:
+    if len(history) > MAX_RETRIES or "rank" not in failed.params:
         return
     system_attrs = {**failed.system_attrs, "failed_trial": failed.number, "retry_history": history}
     user_attrs = {k: failed.user_attrs[k] for k in QUEUED_ATTRS if k in failed.user_attrs}
@@ -351,16 +341,10 @@ def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     ))
 
 
-def _beats(storage: optuna.storages.BaseStorage) -> bool:
-    return isinstance(storage, optuna.storages.RDBStorage)
-
-
-def _open(url: str, create: bool = True, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
+def _open(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for a SQLAlchemy URL (SQLite by default; PostgreSQL across machines).
 
-    With create=False a missing SQLite file is an error instead of a new empty database. With a
-    heartbeat (seconds), running trials record that they are alive, and a trial that has not beaten
-    for three intervals counts as stale (sweep.workers fails it and queues its parameters again).
+    With create=False a missing SQLite file is an error instead of a new empty database.
     """
     path = sqlite_path(url)
     engine_kwargs: dict[str, Any] = {}
@@ -385,13 +369,8 @@ def _open(url: str, create: bool = True, heartbeat: int | None = None) -> optuna
     try:
         # Workers started together on a new database would all create its tables at once.
         lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
-        with lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                with_driver(url), engine_kwargs=engine_kwargs or None, heartbeat_interval=heartbeat,
-                grace_period=3 * heartbeat if heartbeat else None,
-                heartbeat_stale_trial_callback=_on_stale if heartbeat else None,
-            )
+        with lock:
+            storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs or None)
     except SweepError:
         raise
     except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same

@@ -93,7 +93,7 @@ def run_to_end(store: StoredStudy, trial: RunningTrial, cfg: TrialConfig, spec: 
     Also when `stop` interrupts it or an error of ours ends it: never left RUNNING."""
     state, value = "FAIL", None
     try:
-        with store.heartbeat(trial):
+        with store.heartbeat(trial, spec.heartbeat):
             state, value = execute(trial, cfg, spec, hooks, slot, stop)
     except KeyboardInterrupt:
         if not stop.is_set():

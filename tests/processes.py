@@ -12,6 +12,8 @@ from pathlib import Path
 
 import optuna
 
+from sweep.stored import stop_reason
+
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 
 
@@ -73,10 +75,18 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, each with its stop reason as the reports read it (a reclaimed trial's is
+    stored on the study)."""
     try:
-        return optuna.load_study(study_name=name, storage=_storage(storage)).get_trials(deepcopy=False)
+        study = optuna.load_study(study_name=name, storage=_storage(storage))
     except KeyError:  # not created yet
         return []
+    ts = study.get_trials(deepcopy=True)
+    for t in ts:
+        reason = stop_reason(t, study.user_attrs)
+        if reason:
+            t.set_user_attr("stop_reason", reason)
+    return ts
 
 
 def running_trials_of(proc: subprocess.Popen, storage: str, name: str) -> list[optuna.trial.FrozenTrial]:

@@ -66,10 +66,10 @@ def test_a_trial_whose_machine_stopped_beating_is_failed_and_requeued(spec):
     elsewhere = {"host": "another-machine", "pid": 1, "started": None}
     lost = running_trial(study, spec, elsewhere)
     alive = running_trial(study, spec, elsewhere)
-    with study.heartbeat(lost):  # one beat, then silence
+    with study.heartbeat(lost, 1):  # one beat, then silence
         pass
     time.sleep(2.5)
-    with study.heartbeat(alive):
+    with study.heartbeat(alive, 1):
         pass
     assert study.reclaim() == 0  # another machine's pid means nothing here
     time.sleep(2.5)
