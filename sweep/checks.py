@@ -15,7 +15,7 @@ from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.schema import short
 from sweep.spec import StudySpec
-from sweep.tasks import TaskData, load_task
+from sweep.tasks import Columns, TaskData, load_task
 
 
 def check_trial(cfg: TrialConfig) -> TaskData:
@@ -24,7 +24,7 @@ def check_trial(cfg: TrialConfig) -> TaskData:
     from sweep.models import default_target_modules, load_config, load_tokenizer
 
     try:
-        task = load_task(cfg.task, cfg.text_column, cfg.text_pair_column, cfg.label_column)
+        task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
     except OSError as e:  # e.g. a name too long for the file system
         raise SweepError(f"cannot read task {short(cfg.task)}: {e.strerror or e}") from e
     check_classes(task, cfg.task)

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from unittest import mock
 
 import numpy as np
@@ -117,15 +117,18 @@ def task_names() -> list[str]:
     return sorted(GLUE) + sorted(embedded.TASKS)
 
 
-def load_task(
-    task: str,
-    text_column: str | None = None,
-    text_pair_column: str | None = None,
-    label_column: str | None = None,
-) -> TaskData:
+class Columns(NamedTuple):
+    """The columns of a local task file; None: found under their usual names."""
+
+    text: str | None = None
+    text_pair: str | None = None
+    label: str | None = None
+
+
+def load_task(task: str, columns: Columns = Columns()) -> TaskData:
     """Load a task by name (GLUE or embedded) or from a local CSV/TSV/JSONL file."""
     if Path(task).suffix.lower() in LOCAL_SUFFIXES:
-        return load_local(Path(task), text_column, text_pair_column, label_column)
+        return load_local(Path(task), columns)
     if task in embedded.TASKS:
         df, spec = embedded.load(task)
         train, val = _stratified_split(df, "label", spec.validation_size / len(df))
@@ -199,12 +202,7 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
     )
 
 
-def load_local(
-    path: Path,
-    text_column: str | None = None,
-    text_pair_column: str | None = None,
-    label_column: str | None = None,
-) -> TaskData:
+def load_local(path: Path, named: Columns = Columns()) -> TaskData:
     """A CSV/TSV/JSONL file with a text column (or a text pair) and a label column.
 
     A `split` column with train/validation values is used when present; otherwise a fixed seeded,
@@ -214,9 +212,9 @@ def load_local(
     df = _read_table(path)
     columns = [str(c) for c in df.columns]
     df.columns = columns
-    text = _pick(columns, text_column, TEXT_COLUMNS, "text", path)
-    label = _pick(columns, label_column, LABEL_COLUMNS, "label", path)
-    pair = text_pair_column
+    text = _pick(columns, named.text, TEXT_COLUMNS, "text", path)
+    label = _pick(columns, named.label, LABEL_COLUMNS, "label", path)
+    pair = named.text_pair
     if pair is not None:
         _pick(columns, pair, (), "text pair", path)
     elif PAIR_COLUMNS.get(text.lower()) in {c.lower() for c in columns}:

@@ -23,7 +23,7 @@ from sweep.metrics import compute_splits
 from sweep.models import load_model, load_tokenizer, pad_token_id
 from sweep.optim import build_optimizer
 from sweep.result import EvalPoint, StopReason, TrialResult, library_versions
-from sweep.tasks import TaskData, load_task
+from sweep.tasks import Columns, TaskData, load_task
 
 OnEval = Callable[[EvalPoint], bool]
 OnStep = Callable[[int, int, float], None]
@@ -108,7 +108,7 @@ def run_trial(
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     if task is None:
-        task = load_task(cfg.task, cfg.text_column, cfg.text_pair_column, cfg.label_column)
+        task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
     tokenizer = load_tokenizer(cfg)
     train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)  # val_enc: every evaluation split
     train_enc = train_enc.sample(cfg.train_limit, stratified=not task.is_regression)

@@ -45,7 +45,7 @@ def test_split_column_and_overrides(tmp_path):
         tmp_path / "reviews.tsv",
         "body\tstars\tsplit\ngreat\t5\ttrain\nbad\t1\ttrain\nok\t3\tvalidation\nfine\t5\tvalidation\n",
     )
-    task = tasks.load_task(path, text_column="body", label_column="stars")
+    task = tasks.load_task(path, tasks.Columns(text="body", label="stars"))
     assert task.train.text == ("great", "bad") and task.validation.text == ("ok", "fine")
     assert task.label_names == ("1", "3", "5") and task.validation.label == (1, 2)
 
@@ -63,7 +63,7 @@ def test_missing_column_names_the_columns_and_the_flag(tmp_path):
                                          "name it with --text-column"):
         tasks.load_task(path)
     with pytest.raises(SweepError, match="label column 'stars' not in x.csv"):
-        tasks.load_task(path, text_column="body", label_column="stars")
+        tasks.load_task(path, tasks.Columns(text="body", label="stars"))
 
 
 def test_unknown_task_lists_the_choices():
