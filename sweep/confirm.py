@@ -107,8 +107,9 @@ def runs_stored(study: StoredStudy, spec: StudySpec, seeds: int) -> int:
     if confirm is None:
         return 0
     wanted = set(seeds_of(spec, seeds))
-    return sum(1 for t in confirm.trials(("COMPLETE", "PRUNED"))
-               if t.user_attrs.get("arm") in ARMS and t.user_attrs.get("seed") in wanted)
+    runs = confirm.frame()
+    done = runs[runs["state"].isin(["COMPLETE", "PRUNED"]) & runs["arm"].isin(ARMS)]
+    return int(done["seed"].isin(wanted).sum())
 
 
 @dataclass(frozen=True)
@@ -132,34 +133,32 @@ class Confirmation:
 
 def summarise(confirm: StoredStudy) -> Confirmation:
     """The paired statistics over the seeds where both arms completed, and the mean curves."""
-    per_arm: dict[str, dict] = {a: {} for a in ARMS}
-    for t in confirm.trials(("COMPLETE",)):
-        per_arm.setdefault(t.user_attrs.get("arm"), {})[t.user_attrs.get("seed")] = t
+    trials = confirm.frame()
+    done = trials[trials["state"] == "COMPLETE"]
+    per_arm = {a: {int(r["seed"]): r for r in done[done["arm"] == a].to_dict("records")} for a in ARMS}
     seeds = sorted(set(per_arm["lora+"]) & set(per_arm["lora"]))
-    values = {a: [per_arm[a][s].value for s in seeds] for a in ARMS}
+    values = {a: [per_arm[a][s]["value"] for s in seeds] for a in ARMS}
     comparison = stats.paired(values["lora+"], values["lora"]) if len(seeds) >= 2 else None
-    curves = {a: stats.mean_curve([per_arm[a][s].user_attrs.get("history", []) for s in seeds]) for a in ARMS}
+    curves = {a: stats.mean_curve([per_arm[a][s]["history"] or [] for s in seeds]) for a in ARMS}
     steps_plain = steps_plus = None
     if curves["lora"]:
         final = curves["lora"][-1][1]
         steps_plain = stats.steps_to_reach(curves["lora"], final)
         steps_plus = stats.steps_to_reach(curves["lora+"], final)
-    any_trial = next(iter(per_arm["lora+"].values()), None) or next(iter(per_arm["lora"].values()), None)
-    every = confirm.trials()
     return Confirmation(
         study=confirm.attrs.get("confirm_of", confirm.name),
         model=confirm.attrs.get("model", ""),
         task=confirm.attrs.get("task", ""),
-        metric_name=any_trial.user_attrs.get("metric_name", "metric") if any_trial else "metric",
+        metric_name=str(done["metric_name"].iloc[0]) if len(done) else "metric",
         arms=confirm.attrs.get("arms", {}),
         comparison=comparison,
         curves=curves,
         steps_plain=steps_plain,
         steps_plus=steps_plus,
         seeds=len(seeds),
-        trials=len(every),
-        tokens=int(sum(t.user_attrs.get("tokens") or 0 for t in every)),
-        wall_time_s=float(sum(t.user_attrs.get("wall_time_s") or 0.0 for t in every)),
+        trials=len(trials),
+        tokens=int(trials["tokens"].sum()),
+        wall_time_s=float(trials["wall_time_s"].sum()),
     )
 
 

@@ -38,6 +38,8 @@ MAX_RETRIES = 2  # a trial whose workers keep dying is probably killing them (ho
 QUEUED_ATTRS = ("arm", "seed")
 # Trial user attributes a report reads; the rest is kept for provenance.
 ROW_ATTRS = ("model", "task", "metric_name", "init", "tokens", "wall_time_s", "stop_reason", "steps")
+# And what a confirm or an export reads: the arm and seed of a run, its curve, its whole config.
+RUN_ATTRS = ("arm", "seed", "history", "config")
 LOST = "its worker stopped sending heartbeats (machine or process lost)"
 
 
@@ -434,8 +436,9 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
             for k in ("model", "task", "metric_name"):
                 row[k] = row[k] or attrs.get(k)
             row["kind"] = attrs.get("kind", "search")  # "confirm": re-runs over seeds
+            row.update({k: user.get(k) for k in RUN_ATTRS})
             rows.append(row)
-    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind"]
+    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind", *RUN_ATTRS]
     df = pd.DataFrame(rows, columns=columns)
     for col in ("tokens", "wall_time_s"):
         df[col] = pd.to_numeric(df[col]).fillna(0)
