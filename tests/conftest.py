@@ -17,9 +17,12 @@ NEGATIVE = ["bad", "awful", "terrible", "sad", "hate", "horrible", "worst", "poo
 FILLER = ["the", "movie", "was", "really", "a", "plot", "actor", "story", "and", "it", "very", "film"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LORAPLUS_SWEEP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # Session-wide, so that module-scoped fixtures that train cache their batches here too.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORAPLUS_SWEEP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -62,8 +62,3 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_model, toy_csv, args, messag
     assert r.exit_code == 2
     assert message in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.output
-
-
-def test_usage_error_exits_2():
-    r = invoke("trial", "--rank", "eight")
-    assert r.exit_code == 2

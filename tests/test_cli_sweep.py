@@ -1,6 +1,7 @@
 """run / report / studies / export through the CLI, on a tiny model, and their one-line errors."""
 
 import json
+import shutil
 
 import optuna
 import pytest
@@ -20,11 +21,25 @@ def db(tmp_path):
     return f"sqlite:///{tmp_path}/results/loraplus.db"
 
 
+def toy_run(model: str, task: str, db: str) -> list:
+    # Trials in this process: these tests are about the commands (trial processes are tested on their own).
+    return ["--model", model, "--task", task, "--eta-a", "1e-3:1e-2", "--lambda", "1:64",
+            "--rank", "2,4", "--epochs", 1, "--max-length", 32, "--batch-size", 32, "--eval-every", 4,
+            "--sampler", "random", "--device", "cpu", "--storage", db, "--study-name", "toy", "--in-process"]
+
+
 @pytest.fixture
 def run_args(tiny_model, toy_csv, db):
-    return ["--model", tiny_model, "--task", toy_csv, "--eta-a", "1e-3:1e-2", "--lambda", "1:64",
-            "--rank", "2,4", "--epochs", 1, "--max-length", 32, "--batch-size", 32, "--eval-every", 4,
-            "--sampler", "random", "--device", "cpu", "--storage", db, "--study-name", "toy"]
+    return toy_run(tiny_model, toy_csv, db)
+
+
+@pytest.fixture(scope="module")
+def one_trial_db(tmp_path_factory, tiny_model, toy_csv):
+    """A results database whose study 'toy' holds one trial, run once for the module."""
+    path = tmp_path_factory.mktemp("stored") / "loraplus.db"
+    r = invoke("run", *toy_run(tiny_model, toy_csv, f"sqlite:///{path}"), "--n-trials", 1)
+    assert r.exit_code == 0, r.output
+    return path
 
 
 def test_run_then_rerun_merges_into_one_study_and_report_shows_it(run_args, db, tmp_path):
@@ -85,9 +100,10 @@ def test_studies_list_show_export_delete(run_args, db, tmp_path):
         (["studies", "show", "nope", "--storage", "sqlite:///{tmp}/results/loraplus.db"], "no study 'nope'"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, run_args, args, message):
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, one_trial_db, args, message):
     (tmp_path / "bad.toml").write_text("[study\n")
-    assert invoke("run", *run_args, "--n-trials", 1).exit_code == 0  # a stored study that must survive
+    (tmp_path / "results").mkdir()
+    shutil.copy(one_trial_db, tmp_path / "results" / "loraplus.db")  # a stored study that must survive
     r = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert r.exit_code == 2, r.output
     assert message in r.stderr and r.stderr.strip().count("\n") == 0

@@ -77,7 +77,7 @@ eta_b = [3e-3, 1e-2, 3e-2]
 rank = [2]
 """)
     overrides = {"model": spec.base.model, "task": spec.base.task, "epochs": 1.0, "max_length": 32,
-                 "batch_size": 64, "device": "cpu", "storage": spec.storage}
+                 "batch_size": 64, "device": "cpu", "storage": spec.storage, "in_process": True}
     grid = preflight(load_spec(path, overrides))
     assert grid.n_trials == 6
     run_study(grid.replace(n_trials=4))

@@ -54,6 +54,7 @@ def test_the_parent_decides_to_stop(tiny_cfg):
     assert r.steps == 2 and r.stop_reason == "stopped: by callback at step 2"
 
 
+@pytest.mark.processes  # waits out the timeout, which has to outlast the child starting torch
 def test_timeout_kills_a_hanging_trial(tiny_cfg, faulty):
     with pytest.raises(TrialFailed, match="timed out after 8 s"):
         run_isolated(tiny_cfg.replace(lam=4.0), timeout=8)

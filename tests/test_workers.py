@@ -2,10 +2,11 @@
 
 import subprocess
 import sys
-import time
+import types
 
 import pytest
 
+from sweep import stored
 from sweep.liveness import identity as worker_identity
 from sweep.spec import load_spec
 from sweep.workers import open_study, run_study
@@ -24,6 +25,7 @@ def states(study):
     return sorted(t.state.name for t in study.trials())
 
 
+@pytest.mark.processes  # two trial processes at a time, each starting torch afresh
 def test_two_cpu_workers_share_the_cores_and_stop_at_the_budget(spec):
     study = run_study(spec.replace(jobs=2))
     assert states(study) == ["COMPLETE"] * 4
@@ -61,18 +63,20 @@ def test_trials_of_a_dead_local_process_are_failed_and_requeued_at_once(spec):
     assert retry.system_attrs["failed_trial"] == orphan.number
 
 
-def test_a_trial_whose_machine_stopped_beating_is_failed_and_requeued(spec):
+def test_a_trial_whose_machine_stopped_beating_is_failed_and_requeued(spec, monkeypatch):
+    clock = [1_000_000.0]  # the clock that beats and reclaim read, moved by hand instead of waited for
+    monkeypatch.setattr(stored, "time", types.SimpleNamespace(time=lambda: clock[0]))
     study = open_study(spec.replace(heartbeat=1))  # stale after 3 s without a beat
     elsewhere = {"host": "another-machine", "pid": 1, "started": None}
     lost = running_trial(study, spec, elsewhere)
     alive = running_trial(study, spec, elsewhere)
     with study.heartbeat(lost, 1):  # one beat, then silence
         pass
-    time.sleep(2.5)
+    clock[0] += 2.5
     with study.heartbeat(alive, 1):
         pass
     assert study.reclaim() == 0  # another machine's pid means nothing here
-    time.sleep(2.5)
+    clock[0] += 2.5
     assert study.reclaim() == 1
     trials = study.trials()
     assert trials[lost.number].state.name == "FAIL"
