@@ -314,7 +314,7 @@ def confirm(
     """Re-train the study's best LoRA+ and best plain-LoRA configurations over several seeds, paired
     by seed: means, the gain with its 95% interval, and the steps each needs to converge."""
     from sweep import confirm as confirm_mod
-    from sweep import report as rep
+    from sweep import outputs
     from sweep.checks import preflight
     from sweep.outfiles import prepare_dir, safe_name
     from sweep.ui import SweepProgress
@@ -340,8 +340,7 @@ def confirm(
     summary = confirm_mod.summarise(result)
     frame = confirm_mod.table([summary])
     if out is not None:
-        written = _write_convergence([summary], out)
-        written += rep.write_table(frame, out, f"confirm-{safe_name(name)}")
+        written = outputs.write(None, {f"confirm-{safe_name(name)}": frame}, out, [summary])
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
     _print_confirm(frame)
     if summary.comparison is None:
@@ -419,6 +418,7 @@ def report(
     """Best (eta_A, lambda, rank) per model and task, the gain over plain LoRA, the lambda curve,
     the recommended default lambda per model, the compute each answer cost, and `confirm` results."""
     from sweep import confirm as confirm_mod
+    from sweep import outputs
     from sweep import report as rep
     from sweep.outfiles import prepare_dir
     from sweep.spec import DEFAULT_STORAGE
@@ -444,8 +444,7 @@ def report(
     if confirmed:
         tables["confirm"] = confirm_mod.table(confirmed)
     if out is not None:
-        written = rep.write(df, tables, out)
-        written += _write_convergence(confirmed, out)
+        written = outputs.write(df, tables, out, confirmed)
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
     if fmt == "rich":
         _print_report(tables)
@@ -466,17 +465,6 @@ def _confirmations(url: str | None, df: pd.DataFrame) -> list:
 
     names = sorted(df.loc[df["kind"] == "confirm", "study"].unique())
     return [confirm_mod.summarise(_load_study(n, url)) for n in names]
-
-
-def _write_convergence(confirmed: list, out: Path) -> list[Path]:
-    from sweep import plots
-    from sweep.outfiles import safe_name
-
-    try:
-        return [plots.plot_convergence(c, Path(out) / f"convergence-{safe_name(c.study)}.png")
-                for c in confirmed if c.curves.get("lora")]
-    except OSError as e:
-        raise SweepError(f"cannot write a plot in {short(str(out))}: {e.strerror or e}") from e
 
 
 def _print_confirm(frame: pd.DataFrame) -> None:

@@ -10,14 +10,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from sweep.errors import SweepError
-from sweep.outfiles import prepare_dir, safe_name, write_text
 
 KEYS = ["model", "task"]
 CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value", "metric_name"]
@@ -325,26 +321,3 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "default_lambda": defaults_table(default_lambda_from_curve(curve)),
         "budget": grid_equivalent(df),
     }
-
-
-def write_table(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    """The table as NAME.csv, NAME.md and NAME.json in out_dir."""
-    return [write_text(Path(out_dir) / f"{name}.{suffix}", to_format(frame, fmt))
-            for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json"))]
-
-
-def write(df: pd.DataFrame, frames: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
-    """Write every table as csv, markdown and json, a heatmap per study and the lambda curves."""
-    from sweep import plots
-
-    out_dir = prepare_dir(Path(out_dir))
-    written = [path for name, frame in frames.items() for path in write_table(frame, out_dir, name)]
-    try:
-        for study, rows in df.groupby("study", sort=True):
-            if not completed(rows).empty:
-                written.append(plots.plot_heatmap(rows, out_dir / f"heatmap-{safe_name(str(study))}.png"))
-        if not frames["lambda_curve"].empty:
-            written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
-    except OSError as e:
-        raise SweepError(f"cannot write a plot in {out_dir}: {e.strerror or e}") from e
-    return written

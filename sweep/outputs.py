@@ -1,0 +1,48 @@
+"""A report written to a folder: every table as csv, markdown and json, and the plots."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sweep import plots
+from sweep.errors import SweepError
+from sweep.outfiles import prepare_dir, safe_name, write_text
+from sweep.report import completed, to_format
+from sweep.schema import short
+
+
+def write_table(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    """The table as NAME.csv, NAME.md and NAME.json in out_dir."""
+    return [write_text(Path(out_dir) / f"{name}.{suffix}", to_format(frame, fmt))
+            for fmt, suffix in (("csv", "csv"), ("markdown", "md"), ("json", "json"))]
+
+
+def write(df: pd.DataFrame | None, frames: dict[str, pd.DataFrame], out_dir: Path,
+          confirmations: list[Any] = ()) -> list[Path]:
+    """Every table, a heatmap per study of `df` (the trials frame), the lambda curves, and the
+    convergence plot of each confirmation (sweep.confirm.Confirmation) that has curves."""
+    out_dir = prepare_dir(Path(out_dir))
+    written = [path for name, frame in frames.items() for path in write_table(frame, out_dir, name)]
+    with _plots_in(out_dir):
+        for study, rows in (df.groupby("study", sort=True) if df is not None else ()):
+            if not completed(rows).empty:
+                written.append(plots.plot_heatmap(rows, out_dir / f"heatmap-{safe_name(str(study))}.png"))
+        if "lambda_curve" in frames and not frames["lambda_curve"].empty:
+            written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
+        for c in confirmations:
+            if c.curves.get("lora"):
+                written.append(plots.plot_convergence(c, out_dir / f"convergence-{safe_name(c.study)}.png"))
+    return written
+
+
+@contextlib.contextmanager
+def _plots_in(out_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise SweepError(f"cannot write a plot in {short(str(out_dir))}: {e.strerror or e}") from e
