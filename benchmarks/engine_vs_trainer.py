@@ -1,16 +1,24 @@
 """Side-by-side throughput and metric: this engine vs HF Trainer + PEFT's LoRA+ optimizer.
 
-Same model, data, init and hyperparameters on each side, run one after the other in one process:
+Same model, data, init, hyperparameters and precision on each side, run one after the other in one
+process, on the GPU when there is one (else the CPU):
   (a) loraplus-sweep's own loop (length-grouped batches, dynamic padding),
   (b) HF Trainer with peft.optimizers.create_loraplus_optimizer and dynamic padding,
+  (b') the same with length-grouped sampling too: the Trainer's best documented settings,
   (c) the same Trainer padding every example to max length, as the LoRA+ authors' GLUE script does.
-Tokens/s counts real (non-padding) training tokens over the training wall time. Prints a table and
-the machine. Usage: python benchmarks/engine_vs_trainer.py [--train N] [--epochs E] [--task T] [--eta-a X]
+Both sides use fused AdamW on CUDA; bf16 is autocast on both (the Trainer's `bf16=True`).
+Tokens/s counts real (non-padding) training tokens over the training time: the engine's optimizer
+steps with their batches, the Trainer's loop from its on_train_begin to its on_train_end (setup
+excluded on both). On CUDA a few untimed engine steps run first, so that starting CUDA counts for
+no side. Prints the machine and a table.
+Usage: python benchmarks/engine_vs_trainer.py [--train N] [--eval N] [--epochs E] [--task T] [--eta-a X]
+                                              [--precision fp32|bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -19,9 +27,11 @@ import time
 import warnings
 
 import numpy as np
+import peft
 import torch
+import transformers
 from peft.optimizers import create_loraplus_optimizer
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers import logging as hf_logging
 
 from sweep.batches import encode_task
@@ -30,6 +40,11 @@ from sweep.metrics import compute
 from sweep.models import load_model, load_tokenizer
 from sweep.tasks import load_task
 from sweep.train import run_trial
+
+# transformers 5 replaced `group_by_length=True` with `train_sampling_strategy="group_by_length"`.
+_ARG_NAMES = {f.name for f in dataclasses.fields(TrainingArguments)}
+GROUP_BY_LENGTH = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in _ARG_NAMES
+                   else {"group_by_length": True})
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -60,11 +75,33 @@ def _rows(enc, n: int, pad_to: int | None, pad_id: int):
     return rows
 
 
-def run_trainer(cfg: TrialConfig, task, train_enc, val_enc, tokenizer, pad_to_max: bool):
+class _TrainClock(TrainerCallback):
+    """The Trainer's own loop time: from on_train_begin (dataloader and optimizer ready) to the end."""
+
+    def __init__(self) -> None:
+        self.start = self.seconds = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        _sync()
+        self.start = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        _sync()
+        self.seconds = time.perf_counter() - self.start
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_trainer(cfg: TrialConfig, task, train_enc, val_enc, tokenizer, pad_to_max: bool, group: bool = False):
     model = load_model(cfg, task.num_labels, task.label_names)
+    cuda = torch.cuda.is_available()
     optimizer = create_loraplus_optimizer(
-        model, torch.optim.AdamW, lr=cfg.eta_a, loraplus_lr_ratio=cfg.lam,
+        model.to("cuda" if cuda else "cpu"), torch.optim.AdamW, lr=cfg.eta_a, loraplus_lr_ratio=cfg.lam,
         loraplus_weight_decay=cfg.weight_decay, betas=cfg.betas, eps=1e-8,
+        fused=True if cuda else None,  # as the engine (sweep.optim.build_optimizer)
     )
     pad_to = cfg.max_length if pad_to_max else None
     pad_id = tokenizer.pad_token_id
@@ -90,18 +127,22 @@ def run_trainer(cfg: TrialConfig, task, train_enc, val_enc, tokenizer, pad_to_ma
             report_to=[],
             dataloader_num_workers=0,
             disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
+            use_cpu=not cuda,
+            bf16=cfg.precision == "bf16",
+            **(GROUP_BY_LENGTH if group else {}),
         )
+        clock = _TrainClock()
         trainer = Trainer(
             model=model,
             args=args,
             train_dataset=_Rows(train_rows),
             data_collator=None if pad_to_max else DataCollatorWithPadding(tokenizer),
             optimizers=(optimizer, None),
+            callbacks=[clock],
         )
-        start = time.perf_counter()
+        trainer.remove_callback(PrinterCallback)  # its end-of-training log line; the table says it all
         trainer.train()
-        train_s = time.perf_counter() - start
+        train_s = clock.seconds
         pred = trainer.predict(_Rows(val_rows))
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     metric = compute(task.metrics, np.argmax(logits, -1), val_enc.labels)[task.main_metric]
@@ -114,9 +155,12 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--task", default=DEFAULT_TASK)
     parser.add_argument("--train", type=int, default=1024, help="training examples")
+    parser.add_argument("--eval", type=int, default=None, help="validation examples (default: all)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--eta-a", type=float, default=2e-3, help="high enough to learn in one short epoch")
     parser.add_argument("--lambda", dest="lam", type=float, default=8.0)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: autocast on both sides")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     hf_logging.set_verbosity_error()
@@ -124,26 +168,37 @@ def main() -> None:
 
     cfg = TrialConfig(model=args.model, task=args.task, eta_a=args.eta_a, lam=args.lam, rank=8, batch_size=32,
                       max_length=128, epochs=args.epochs, warmup_ratio=0.06, train_limit=args.train,
-                      device="auto", precision="fp32")
+                      eval_limit=args.eval,
+                      device="auto", precision=args.precision)
     task = load_task(cfg.task)
     tokenizer = load_tokenizer(cfg)
     train_enc, evals = encode_task(task, tokenizer, cfg.max_length)
-    # The examples run_trial trains on: its fixed sample of train_limit.
-    train_enc, val_enc = train_enc.sample(cfg.train_limit, not task.is_regression), evals["validation"]
+    # The examples run_trial trains and evaluates on: its fixed samples of train_limit and eval_limit.
+    strat = not task.is_regression
+    train_enc = train_enc.sample(cfg.train_limit, strat)
+    val_enc = evals["validation"].sample(cfg.eval_limit, strat)
     n = len(train_enc)
     lengths = train_enc.lengths[:n]
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+    cuda = torch.cuda.is_available()
+    gpu = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}" if cuda else "no GPU"
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, {gpu}; "
+          f"python {platform.python_version()}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+          f"peft {peft.__version__}")
     print(f"task {task.name}: {n} training examples x {cfg.epochs:g} epochs, {len(val_enc)} validation; "
           f"tokens/example mean {lengths.mean():.1f}, max {lengths.max()} (max_length {cfg.max_length})")
-    print(f"eta_A {cfg.eta_a:g}, lambda {cfg.lam:g}, rank {cfg.rank}, batch {cfg.batch_size}, fp32\n")
+    print(f"eta_A {cfg.eta_a:g}, lambda {cfg.lam:g}, rank {cfg.rank}, batch {cfg.batch_size}, "
+          f"{cfg.precision}, on {'the GPU' if cuda else 'the CPU'}\n")
 
+    if cuda:  # CUDA's start-up (context, cuBLAS, kernels) in untimed steps, not in row (a)
+        run_trial(cfg.replace(max_steps=5, eval_limit=64), task=task)
     rows = []
     r = run_trial(cfg, task=task)
     rows.append(("(a) loraplus-sweep engine", r.tokens_per_s, r.metric, r.train_time_s))
     rows.append(("(b) Trainer + create_loraplus_optimizer, dynamic padding",
                  *run_trainer(cfg, task, train_enc, val_enc, tokenizer, pad_to_max=False)))
+    rows.append(("(b') the same + length-grouped sampling",
+                 *run_trainer(cfg, task, train_enc, val_enc, tokenizer, pad_to_max=False, group=True)))
     rows.append(("(c) Trainer + create_loraplus_optimizer, pad to max_length",
                  *run_trainer(cfg, task, train_enc, val_enc, tokenizer, pad_to_max=True)))
 

@@ -7,10 +7,11 @@ import json
 import math
 import re
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from sweep.errors import SweepError
-from sweep.schema import RENAMES, conform, display_name, short
+from sweep.schema import RENAMES, conform_fields, display_name, short
 
 INIT_SCHEMES = ("standard", "reversed")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -27,63 +28,85 @@ REMOTE_CODE_ONLY_FROM_FLAG = (
 
 _UNRENAMES = {v: k for k, v in RENAMES.items()}
 
+# The sections of the trial settings, in this order, in --help and in the README.
+GROUPS = ("LoRA", "optimizer", "data", "run")
+
+REMOTE_CODE_HELP = (
+    "Let the model's own Python code run (a config's auto_map). Off unless given on the command line: "
+    "never taken from a study file, a config file or the database."
+)
+
+
+def setting(default: Any, help: str, group: str) -> Any:
+    """A TrialConfig field with its documentation: `help` is the text of its command-line option and of
+    its row in the README's table of trial settings, `group` (one of GROUPS) the section of both."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    return dataclasses.field(default=default, metadata={"help": help, "group": group})
+
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """One trial. eta_B = lam * eta_a; lam = 1 is plain LoRA.
+    """One trial: every setting of a LoRA+ fine-tune. eta_B = lam * eta_a; lam = 1 is plain LoRA.
+    Each field's help (see `settings_markdown`) says what it sets and what unset means."""
 
-    alpha None means alpha = rank (scaling 1, as in the LoRA+ GLUE runs); target_modules None means
-    the architecture's default (query, value for BERT/RoBERTa). `init` is `standard` (PEFT: A random,
-    B zero) or `reversed` (B random, A zero, as in the LoRA+ authors' code). use_dora and use_rslora
-    are PEFT's DoRA (a trained magnitude per output column, at eta_a) and rank-stabilised scaling
-    alpha / sqrt(rank). head_lr None means the
-    classifier head trains at eta_a. max_steps, when set, overrides epochs. eval_every 0 evaluates at
-    the end of each epoch (and always at the end). train_limit / eval_limit cap the examples used.
-    """
-
-    model: str = DEFAULT_MODEL
-    task: str = DEFAULT_TASK
-    eta_a: float = 5e-4
-    lam: float = 16.0
-    rank: int = 8
-    alpha: float | None = None
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None
-    init: str = "standard"
-    use_dora: bool = False
-    use_rslora: bool = False
-    embedding_lr: float = 1e-6
-    head_lr: float | None = None
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    max_grad_norm: float | None = 1.0
-    batch_size: int = 32
-    max_length: int = 128
-    epochs: float = 3.0
-    max_steps: int | None = None
-    warmup_ratio: float = 0.06
-    schedule: str = "linear"
-    seed: int = 0
-    eval_every: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    train_limit: int | None = None
-    eval_limit: int | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    trust_remote_code: bool = False
+    model: str = setting(DEFAULT_MODEL, "Hub id, local model directory, or 'minilm-l6' (embedded).", "run")
+    task: str = setting(DEFAULT_TASK, "GLUE task (sst2, mrpc, qqp, qnli, rte, mnli, cola, stsb), embedded "
+                                      "task, or a .csv/.tsv/.jsonl file.", "data")
+    eta_a: float = setting(5e-4, "Learning rate eta_A of the A matrices.", "optimizer")
+    lam: float = setting(16.0, "lambda = eta_B / eta_A, the learning rate of B over that of A; 1 is plain "
+                               "LoRA.", "optimizer")
+    rank: int = setting(8, "LoRA rank r.", "LoRA")
+    alpha: float | None = setting(None, "LoRA alpha; unset: the rank (scaling 1, as in the LoRA+ GLUE "
+                                        "runs).", "LoRA")
+    dropout: float = setting(0.0, "LoRA dropout, from 0 up to (not including) 1.", "LoRA")
+    target_modules: tuple[str, ...] | None = setting(
+        None, "Modules to adapt, comma-separated; unset: the architecture's query and value projections "
+              "(PEFT's defaults elsewhere).", "LoRA")
+    init: str = setting("standard", "standard: A random, B zero (PEFT); reversed: B random, A zero (the "
+                                    "LoRA+ authors' code).", "LoRA")
+    use_dora: bool = setting(False, "DoRA: a trained magnitude per output column, at eta_A.", "LoRA")
+    use_rslora: bool = setting(False, "rsLoRA: scaling alpha / sqrt(rank) instead of alpha / rank.", "LoRA")
+    embedding_lr: float = setting(1e-6, "Learning rate of LoRA on embeddings.", "optimizer")
+    head_lr: float | None = setting(None, "Learning rate of the classifier head; unset: eta_A.", "optimizer")
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay of all matrices (not of biases or "
+                                       "LayerNorm).", "optimizer")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas: two numbers from 0 up to (not "
+                                                       "including) 1.", "optimizer")
+    max_grad_norm: float | None = setting(1.0, "Clip the gradient norm to this; unset (in a config file): "
+                                               "no clipping.", "optimizer")
+    batch_size: int = setting(32, "Examples per step.", "optimizer")
+    max_length: int = setting(128, "Tokens per example; longer ones are truncated.", "data")
+    epochs: float = setting(3.0, "Passes over the training set.", "run")
+    max_steps: int | None = setting(None, "Step budget; overrides epochs.", "run")
+    warmup_ratio: float = setting(0.06, "Fraction of steps with linear warmup.", "optimizer")
+    schedule: str = setting("linear", "Learning rate after warmup: linear, cosine or constant.", "optimizer")
+    seed: int = setting(0, "Seed of the LoRA and head init, the batch order and dropout.", "run")
+    eval_every: int = setting(0, "Evaluate every N steps (0: at the end of each epoch), and always at the "
+                                 "end.", "run")
+    precision: str = setting("auto", "auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16.", "run")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.", "run")
+    train_limit: int | None = setting(None, "Train on a fixed (seed 0), stratified sample of N examples, the "
+                                            "same for every trial; unset: all.", "data")
+    eval_limit: int | None = setting(None, "Evaluate on a fixed (seed 0), stratified sample of N examples, "
+                                           "the same for every trial; unset: all.", "data")
+    text_column: str | None = setting(None, "Text column of a local task file.", "data")
+    text_pair_column: str | None = setting(None, "Second text column of a local task file (sentence "
+                                                 "pairs).", "data")
+    label_column: str | None = setting(None, "Label column of a local task file.", "data")
+    trust_remote_code: bool = setting(False, REMOTE_CODE_HELP, "run")
 
     def __post_init__(self) -> None:
         # "query,value" (a flag) and ["query", "value"] (a file) are the same setting.
         if isinstance(self.target_modules, str):
             mods = [m.strip() for m in self.target_modules.split(",") if m.strip()]
             object.__setattr__(self, "target_modules", tuple(mods))
-        # Types first (every source: flags, TOML, JSON, a stored study), then values.
-        problems = conform(self)
+        # Types (every source: flags, TOML, JSON, a stored study), then the values of the fields whose
+        # type is right, all in one error.
+        bad_types = conform_fields(self)
+        problems = [*bad_types.values(), *_value_problems(self, set(bad_types))]
         if problems:
             raise SweepError("; ".join(problems))
-        _validate(self)
 
     @property
     def eta_b(self) -> float:
@@ -130,55 +153,105 @@ class TrialConfig:
     def from_json(cls, text: str) -> TrialConfig:
         return cls.from_dict(json.loads(text))
 
+    @classmethod
+    def from_file(cls, path: Path) -> TrialConfig:
+        """A config JSON, or a result JSON (`trial --json`, `export`) that holds one under "config"."""
+        where = f"trial config {short(str(path))}"
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise SweepError(f"cannot read {where}: {e.strerror or e}") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SweepError(f"{where} is not JSON: {e}") from e
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]
+        try:
+            return cls.from_dict(data)
+        except SweepError as e:
+            raise SweepError(f"{where}: {e}") from e
+
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _validate(c: TrialConfig) -> None:
-    """Every value problem at once, in one line (types are checked before, by the schema)."""
+def flag(name: str) -> str:
+    """The command-line option of a TrialConfig field: `lam` is --lambda, `eta_a` --eta-a."""
+    return "--" + display_name(name).replace("_", "-")
+
+
+def settings_markdown() -> str:
+    """The README's tables of trial settings, one per group: name, flag, default and help of each field."""
+    parts = []
+    for group in GROUPS:
+        rows = [f"**{group}**", "", "| setting | flag | default | meaning |", "|---|---|---|---|"]
+        for f in (f for f in fields(TrialConfig) if f.metadata["group"] == group):
+            cells = [f"`{display_name(f.name)}`", f"`{flag(f.name)}`", _shown(f.default), f.metadata["help"]]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, str):
+        return f"`{default}`"
+    if isinstance(default, tuple):
+        return ", ".join(_shown(v) for v in default)
+    return f"{default:g}"
+
+
+def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
+    """Every value problem of the fields whose type is right (`bad_types` names the others)."""
     problems: list[str] = []
+    names = {f.name for f in fields(c)} - bad_types
+
+    def typed(*candidates: str) -> list[str]:
+        return [n for n in candidates if n in names]
 
     def positive(name: str, value: float | None) -> None:
         if value is not None and (not math.isfinite(value) or value <= 0):
             problems.append(f"{display_name(name)} must be a finite number > 0, got {value!r}")
 
-    for name in ("eta_a", "lam", "embedding_lr", "head_lr", "alpha", "epochs", "max_grad_norm"):
+    for name in typed("eta_a", "lam", "embedding_lr", "head_lr", "alpha", "epochs", "max_grad_norm"):
         positive(name, getattr(c, name))
-    for name in ("rank", "batch_size", "max_length"):
+    for name in typed("rank", "batch_size", "max_length"):
         if getattr(c, name) < 1:
             problems.append(f"{name} must be an integer >= 1, got {getattr(c, name)!r}")
-    for name in ("max_steps", "train_limit", "eval_limit"):
+    for name in typed("max_steps", "train_limit", "eval_limit"):
         value = getattr(c, name)
         if value is not None and value < 1:
             problems.append(f"{name} must be an integer >= 1 (or unset), got {value!r}")
-    if c.eval_every < 0:
+    if "eval_every" in names and c.eval_every < 0:
         problems.append(f"eval_every must be an integer >= 0, got {c.eval_every!r}")
-    if not 0 <= c.seed < 2**32:
+    if "seed" in names and not 0 <= c.seed < 2**32:
         problems.append(f"seed must be an integer from 0 to 2**32 - 1, got {short(c.seed)}")
-    if not 0 <= c.dropout < 1:
+    if "dropout" in names and not 0 <= c.dropout < 1:
         problems.append(f"dropout must be in [0, 1), got {c.dropout!r}")
-    if not 0 <= c.warmup_ratio < 1:
+    if "warmup_ratio" in names and not 0 <= c.warmup_ratio < 1:
         problems.append(f"warmup_ratio must be in [0, 1), got {c.warmup_ratio!r}")
-    if not c.weight_decay >= 0 or not math.isfinite(c.weight_decay):
+    if "weight_decay" in names and (not c.weight_decay >= 0 or not math.isfinite(c.weight_decay)):
         problems.append(f"weight_decay must be a finite number >= 0, got {c.weight_decay!r}")
-    if not all(0 <= b < 1 for b in c.betas):
+    if "betas" in names and not all(0 <= b < 1 for b in c.betas):
         problems.append(f"betas must be two numbers in [0, 1), got {list(c.betas)!r}")
     for name, allowed in (("init", INIT_SCHEMES), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
-        if getattr(c, name) not in allowed:
+        if name in names and getattr(c, name) not in allowed:
             problems.append(f"{name} must be one of {', '.join(allowed)}; got {short(getattr(c, name))}")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device):
+    if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device):
         problems.append(f"device must be auto, cpu, cuda or cuda:N; got {short(c.device)}")
-    if c.target_modules is not None and not all(m.strip() for m in c.target_modules):
-        problems.append(f"target_modules must be module names, got {short(list(c.target_modules))}")
-    elif c.target_modules is not None and not c.target_modules:
-        problems.append("target_modules must name at least one module")
-    if not c.model.strip():
+    if "target_modules" in names and c.target_modules is not None:
+        if not all(m.strip() for m in c.target_modules):
+            problems.append(f"target_modules must be module names, got {short(list(c.target_modules))}")
+        elif not c.target_modules:
+            problems.append("target_modules must name at least one module")
+    if "model" in names and not c.model.strip():
         problems.append("model must be a hub name or a local directory")
-    if not c.task.strip():
+    if "task" in names and not c.task.strip():
         problems.append("task must be a task name or a CSV/JSONL file")
     for name in ("model", "task", "text_column", "text_pair_column", "label_column"):
         value = getattr(c, name)
-        if value is not None and any(ch in value for ch in "\0\n\r"):
+        if name in names and value is not None and any(ch in value for ch in "\0\n\r"):
             problems.append(f"{name} must not hold NUL or line breaks, got {short(value)}")
-    if problems:
-        raise SweepError("; ".join(problems))
+    return problems

@@ -32,14 +32,19 @@ def _hints(cls: type) -> dict[str, Any]:
 def conform(instance: Any) -> list[str]:
     """Check every field of a dataclass instance against its annotation, normalising in place (a list
     becomes a tuple, an integer in a float field a float). Returns one message per bad field."""
-    problems = []
+    return list(conform_fields(instance).values())
+
+
+def conform_fields(instance: Any) -> dict[str, str]:
+    """`conform`, its messages keyed by field name (to check the values of the other fields)."""
+    problems = {}
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
         hint = _hints(type(instance))[f.name]
         try:
             normal = _conform(value, hint)
         except _Mismatch:
-            problems.append(f"{display_name(f.name)} must be {describe(hint)}, got {short(value)}")
+            problems[f.name] = f"{display_name(f.name)} must be {describe(hint)}, got {short(value)}"
             continue
         if normal is not value:
             object.__setattr__(instance, f.name, normal)

@@ -1,13 +1,21 @@
-"""Rich progress for a trial and for a sweep, on stderr so that stdout stays for results."""
+"""What the commands show: rich progress for a trial and for a sweep on stderr, and results, reports
+and stored studies as tables on stdout."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
 
 from sweep.config import TrialConfig
 from sweep.hooks import Finished, Hooks
-from sweep.result import EvalPoint
+from sweep.result import EvalPoint, TrialResult
 
 err = Console(stderr=True)
 
@@ -115,3 +123,154 @@ class SweepProgress:
             count=f"{done}/{self.total} trials",
             info=f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed  {self.best}",
         )
+
+
+def print_result(r: TrialResult) -> None:
+    """One trial's result as a table on stdout."""
+    out = Console()
+    table = Table(title=Text(f"LoRA+ trial: {r.config.model} on {r.config.task}"), show_header=False)
+    c = r.config
+    rows = [
+        ("eta_A / lambda / eta_B", f"{c.eta_a:.3g} / {c.lam:g} / {c.eta_b:.3g}"),
+        ("rank / alpha / init", f"{c.rank} / {c.lora_alpha:g} / {c.init}"),
+        (f"{r.metric_name} (final)", f"{r.metric:.4f}"),
+        (f"{r.metric_name} (best)", f"{r.best_metric:.4f} at step {r.best_step}"),
+        *((name, f"{v:.4f}") for name, v in r.metrics.items() if name != r.metric_name),
+        ("stop reason", r.stop_reason),
+        ("steps / examples / tokens", f"{r.steps} / {r.examples} / {r.tokens}"),
+        ("tokens/s (training)", f"{r.tokens_per_s:,.0f}"),
+        ("wall time", f"{r.wall_time_s:.1f} s (training {r.train_time_s:.1f} s)"),
+        ("peak memory", f"{r.peak_memory_mb:,.0f} MiB on {r.device}"),
+        ("update norm per group", ", ".join(f"{g} {v:.3g}" for g, v in r.update_norms.items())),
+    ]
+    for k, v in rows:
+        _row(table, k, v)
+    out.print(table)
+
+
+def print_report(tables: dict[str, pd.DataFrame]) -> None:
+    """The tables of sweep.report.tables, on stdout."""
+    out = _stdout()
+    s = tables["summary"].to_dict("records")
+    t = Table("model", "task", "metric", "best", "eta_A", "lambda", "rank", "λ=1 best", "at eta_A", "gain",
+              title="best configuration vs plain LoRA (λ = 1)")
+    for r in s:
+        _row(t, str(r["model"]), str(r["task"]), str(r["metric_name"]), _num(r["best"]),
+             _num(r["eta_a"], ".2g"), _num(r["lambda"], ".3g"), _num(r["rank"], ".0f"),
+             _num(r["best_plain"]), _num(r["plain_eta_a"], ".2g"), _num(r["gain"], "+.4f"))
+    out.print(t)
+    t = Table("model", "task", "trials", "complete", "pruned", "failed", "tokens", "wall time",
+              title="compute spent")
+    for r in s:
+        _row(t, str(r["model"]), str(r["task"]), str(r["trials"]), str(r["complete"]), str(r["pruned"]),
+             str(r["failed"]), f"{r['tokens']:,}", f"{r['wall_time_s'] / 60:.1f} min")
+    out.print(t)
+    t = Table("model", "task", "sweep trials", "sweep wall time", "grid points", "grid wall time (est.)",
+              "grid / sweep", title="the same region as a full grid (eta_A every half decade, lambda every "
+              "power of 2, every rank; each point at the median complete trial's cost)")
+    for r in tables["budget"].to_dict("records"):
+        _row(t, str(r["model"]), str(r["task"]), str(r["trials"]), f"{r['wall_time_s'] / 60:.1f} min",
+             str(r["grid_points"]), f"{_num(r['grid_wall_time_s'] / 60, '.1f')} min",
+             f"{_num(r['grid_over_sweep'], '.1f')}x")
+    out.print(t)
+    curve = tables["lambda_curve"]
+    if not curve.empty:
+        pivot = curve.pivot_table(index=["model", "task"], columns="lambda", values="value", aggfunc="max")
+        t = Table("model", "task", *(f"{c:g}" for c in pivot.columns),
+                  title="lambda curve: best metric over eta_A and rank, per lambda bin "
+                        "(bin 2^k holds lambda 2^(k-1/2) to 2^(k+1/2), so bin 1 holds 1 to 1.41)")
+        for (m, k), row in pivot.iterrows():
+            _row(t, str(m), str(k), *(_num(v) for v in row))
+        out.print(t)
+    d = tables["default_lambda"]
+    t = Table("model", "default lambda", "mean normalised metric", "spread (std)", "worst task", "tasks",
+              title="recommended default lambda (metric normalised per task by its best)")
+    for r in d.to_dict("records"):
+        _row(t, str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["spread"]),
+             _num(r["worst"]), str(r["n_tasks"]))
+    out.print(t)
+
+
+def print_confirm(frame: pd.DataFrame) -> None:
+    """The table of sweep.confirm.table, with its footnotes."""
+    t = Table("model", "task", "seeds", "LoRA+ (eta_A, lambda, r)", "LoRA+ mean ± std", "plain (eta_A, r)",
+              "plain mean ± std", "gain [95% CI]", "p", "steps to plain's final", "cost",
+              title="confirm: LoRA+ vs plain LoRA, paired by seed")
+    for r in frame.to_dict("records"):
+        _row(
+            t, str(r["model"]), str(r["task"]), str(r["seeds"]),
+            f"{r['lora+ eta_a']:.2g}, {r['lora+ lambda']:.3g}, {r['lora+ rank']}",
+            f"{_num(r['lora+ mean'])} ± {_num(r['lora+ std'])}",
+            f"{r['lora eta_a']:.2g}, {r['lora rank']}",
+            f"{_num(r['lora mean'])} ± {_num(r['lora std'])}",
+            f"{_num(r['gain'], '+.4f')} [{_num(r['ci95 low'], '+.4f')}, {_num(r['ci95 high'], '+.4f')}]"
+            + (" *" if r["significant"] else ""),
+            _num(r["p"], ".3g"),
+            f"LoRA+ {_num(r['steps lora+'], 'g')} / plain {_num(r['steps lora'], 'g')}",
+            f"{r['trials']} trials, {r['tokens']:,} tokens, {r['wall_time_s'] / 60:.1f} min",
+        )
+    _stdout().print(t)
+    significant = frame["significant"].fillna(False).astype(bool).any()
+    _stdout().print("* the 95% interval of the paired gain excludes 0" if significant
+                    else "no gain is significant: every 95% interval contains 0", style="dim")
+    _stdout().print("steps: the first evaluation at which the mean curve reaches plain LoRA's final mean; "
+                    "-: never", style="dim")
+
+
+def print_study_summary(name: str, summary: pd.DataFrame) -> None:
+    """A sweep's last lines, from its row of sweep.report.summary: trials finished, the best
+    configuration, the best plain LoRA and the gain."""
+    out = Console()
+    for r in summary.to_dict("records") or [{"complete": 0, "pruned": 0, "failed": 0, "best": None}]:
+        out.print(Text.assemble((name, "bold"), f": {r['complete'] + r['pruned']} finished trials "
+                                f"({r['pruned']} pruned, {r['failed']} failed)"), highlight=False)
+        if _missing(r["best"]):
+            continue
+        metric = "metric" if _missing(r["metric_name"]) else r["metric_name"]
+        out.print(f"best {metric} {r['best']:.4f}: eta_A {r['eta_a']:.3g}, lambda {r['lambda']:.3g}, "
+                  f"rank {_num(r['rank'], '.0f')} (trial {_num(r['best_trial'], '.0f')})",
+                  highlight=False, markup=False)
+        if not _missing(r["best_plain"]):
+            out.print(f"best plain LoRA (lambda = 1): {r['best_plain']:.4f} at eta_A {r['plain_eta_a']:.3g}; "
+                      f"LoRA+ gain {r['gain']:+.4f}", highlight=False)
+
+
+def print_studies(rows: list[dict[str, Any]]) -> None:
+    """sweep.stored.list_studies as a table."""
+    table = Table("study", "model", "task", "trials", "best", title="studies")
+    for r in rows:
+        _row(table, r["study"], r["model"], r["task"], r["trials"], _num(r["best"]))
+    Console().print(table)
+
+
+def print_study(name: str, spec: dict[str, Any], trials: list[Any],
+                stop_reason: Callable[[Any], str]) -> None:
+    """A stored study's definition, then its trials (Optuna's FrozenTrial), best first."""
+    out = Console()
+    out.print_json(json.dumps(spec))
+    table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=Text(name))
+    for t in sorted(trials, key=lambda t: -(t.value if t.value is not None else -1e9)):
+        p = t.params
+        _row(table, t.number, t.state.name, f"{t.value:.4f}" if t.value is not None else "-",
+             f"{p['eta_a']:.3g}" if "eta_a" in p else "-", f"{p['lambda']:.3g}" if "lambda" in p else "-",
+             p.get("rank", "-"), stop_reason(t))
+    out.print(table)
+
+
+def _row(table: Table, *values: Any) -> None:
+    """Table cells as plain text: stored names and paths are data, never rich markup."""
+    table.add_row(*(Text(str(v)) for v in values))
+
+
+def _missing(value: Any) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
+def _num(v: Any, spec: str = ".4f") -> str:
+    return "-" if v is None or pd.isna(v) else format(v, spec)
+
+
+def _stdout() -> Console:
+    """A terminal's own width; 160 columns when piped, so that tables stay whole in files and logs."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
