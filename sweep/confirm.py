@@ -14,6 +14,7 @@ import pandas as pd
 from sweep import report, stats
 from sweep.errors import SweepError
 from sweep.hooks import Hooks
+from sweep.schema import short
 from sweep.spec import StudySpec
 from sweep.stored import StoredStudy
 from sweep.workers import Workers
@@ -86,10 +87,23 @@ def open_confirm_study(study: StoredStudy, spec: StudySpec, arms: tuple[Arm, Arm
     return confirm
 
 
-def run_confirm(study: StoredStudy, spec: StudySpec, seeds: int, hooks: Hooks | None = None) -> StoredStudy:
+def prepare(study: StoredStudy, run: dict, trust_remote_code: bool) -> tuple[StudySpec, tuple[Arm, Arm]]:
+    """The study's spec, checked, run here with `run` settings, and the two arms to confirm."""
+    from sweep.checks import preflight
+    from sweep.quiet import quiet_libraries
+
+    if study.attrs.get("kind") == "confirm":
+        raise SweepError(f"{short(study.name)} is itself a confirm study; name the study it confirms")
+    quiet_libraries()
+    spec = preflight(study.joined_spec(run, trust_remote_code))
+    return spec, choose_arms(study.frame(), spec)
+
+
+def run_confirm(study: StoredStudy, spec: StudySpec, seeds: int, hooks: Hooks | None = None,
+                arms: tuple[Arm, Arm] | None = None) -> StoredStudy:
     """Train each arm once per seed (spec.base.seed, +1, ...) unless that run is stored already, through
     the workers' trial loop: each (arm, seed) is a queued trial of the confirm study."""
-    arms = choose_arms(study.frame(), spec)
+    arms = arms or choose_arms(study.frame(), spec)
     confirm = open_confirm_study(study, spec, arms, seeds)
     with confirm.lock():
         held = {(a["arm"], a["seed"]) for a in confirm.queued_attrs()}

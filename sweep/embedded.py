@@ -12,7 +12,7 @@ import html
 import importlib.util
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +44,19 @@ def _read_rotten_tomatoes(path: Path) -> pd.DataFrame:
     return df.drop_duplicates("text").rename(columns={"category": "label"})[["text", "label"]]
 
 
-def _read_bbc_news(folder: Path) -> pd.DataFrame:
-    rows = []
+def _bbc_files(folder: Path) -> Iterator[tuple[Path, str]]:
     for path in sorted(folder.glob("*/*.txt")):  # sorted: the row order feeds the seeded split
         raw = path.read_bytes()
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:  # one article (sports/199.txt) is cp1252, for its "£"
             text = raw.decode("cp1252")
+        yield path, text
+
+
+def _read_bbc_news(folder: Path) -> pd.DataFrame:
+    rows = []
+    for path, text in _bbc_files(folder):
         rows.append((" ".join(text.split()), path.parent.name))  # the title line, then the body
     df = pd.DataFrame(rows, columns=["text", "label"])
     # 100 articles are stored twice, always under one topic; keep one copy.
@@ -194,3 +199,78 @@ def load(name: str) -> tuple[pd.DataFrame, EmbeddedTask]:
     task = TASKS[name]
     df = task.read(data_path(task)).reset_index(drop=True)
     return df[~near_duplicates(df["text"].tolist(), df["label"].tolist())].reset_index(drop=True), task
+
+
+# Instruction tasks: the documents of a classification task rewritten as causal-LM rows, in the
+# shape of a user's JSONL file (sweep.lm_data reads both). Each keeps its twin's near-duplicate
+# removal and fixed split, so its validation rows are the twin's validation documents.
+
+
+@dataclass(frozen=True)
+class InstructionTask:
+    twin: str  # the classification task in TASKS whose documents and split it takes
+    description: str
+    rows: Callable[[Sequence[str], Sequence[str], Path], list[dict]]  # (texts, label names, data path)
+
+
+HEADLINE_LEAD_WORDS = 100  # the opening paragraphs, the part of a news story its headline sums up
+SENTIMENT_CHOICES = ("negative", "positive")
+
+
+def _bbc_articles(folder: Path) -> dict[str, tuple[str, list[str]]]:
+    """Each article's text as bbc-news holds it -> (its title line, its body's paragraphs)."""
+    articles: dict[str, tuple[str, list[str]]] = {}
+    for _, text in _bbc_files(folder):
+        title, _, body = text.partition("\n")
+        paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", body)]
+        articles.setdefault(" ".join(text.split()), (" ".join(title.split()), [p for p in paragraphs if p]))
+    return articles
+
+
+def _opening(paragraphs: Sequence[str], words: int) -> str:
+    """Whole paragraphs from the first while they total at most `words` words (the first always)."""
+    kept, total = [], 0
+    for paragraph in paragraphs:
+        total += len(paragraph.split())
+        if kept and total > words:
+            break
+        kept.append(paragraph)
+    return "\n\n".join(kept)
+
+
+def _headline_rows(texts: Sequence[str], labels: Sequence[str], folder: Path) -> list[dict]:
+    articles = _bbc_articles(folder)
+    rows = []
+    for text in texts:
+        title, paragraphs = articles[text]
+        lead = _opening(paragraphs, HEADLINE_LEAD_WORDS)
+        rows.append({"prompt": f"Write the headline of this BBC News article.\n\n{lead}\n\nHeadline:",
+                     "completion": f" {title}"})
+    return rows
+
+
+def _sentiment_rows(texts: Sequence[str], labels: Sequence[str], path: Path) -> list[dict]:
+    answer = {"rotten": "negative", "fresh": "positive"}
+    return [
+        {"messages": [{"role": "user", "content": f"Is this movie review positive or negative?\n\n{text}"}],
+         "choices": list(SENTIMENT_CHOICES), "answer": answer[label]}
+        for text, label in zip(texts, labels, strict=True)
+    ]
+
+
+INSTRUCTION_TASKS: dict[str, InstructionTask] = {
+    "bbc-headlines": InstructionTask(
+        twin="bbc-news",
+        description="BBC News headlines (the bbc-news articles and split): an article's opening paragraphs "
+        "(whole, up to 100 words) as the prompt, its headline as the completion: 2,068 articles, 1,654 train "
+        "and 414 validation; headlines of 7 SmolLM2 tokens (median), rows of 63 (at most 302)",
+        rows=_headline_rows,
+    ),
+    "rotten-tomatoes-sentiment": InstructionTask(
+        twin="rotten-tomatoes",
+        description="Rotten Tomatoes snippets (the rotten-tomatoes snippets and split) as a chat question, "
+        "answered negative or positive, scored by the likelihood of each answer: 12,748 snippets, 10,748 "
+        "train and 2,000 validation, 57.8 % positive",
+        rows=_sentiment_rows,
+    ),
+}

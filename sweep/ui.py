@@ -148,8 +148,27 @@ def print_result(r: TrialResult) -> None:
     out.print(table)
 
 
-def print_report(tables: dict[str, pd.DataFrame]) -> None:
-    """The tables of sweep.report.tables, on stdout."""
+def print_report(tables: dict[str, pd.DataFrame], fmt: str = "rich") -> None:
+    """The tables of sweep.report.tables (and "confirm"), on stdout: rich tables, all of them as one
+    JSON object or as markdown sections, or the summary as CSV."""
+    from sweep.report import to_format
+
+    if fmt == "json":
+        print(json.dumps({name: json.loads(to_format(t, "json")) for name, t in tables.items()}))
+        return
+    if fmt == "csv":
+        print(to_format(tables["summary"], "csv"), end="")
+        return
+    if fmt == "markdown":
+        for name, t in tables.items():
+            print(f"## {name}\n\n{to_format(t, 'markdown')}")
+        return
+    _print_search_tables(tables)
+    if "confirm" in tables:
+        print_confirm(tables["confirm"])
+
+
+def _print_search_tables(tables: dict[str, pd.DataFrame]) -> None:
     out = _stdout()
     s = tables["summary"].to_dict("records")
     t = Table("model", "task", "metric", "best", "eta_A", "lambda", "rank", "λ=1 best", "at eta_A", "gain",
@@ -274,3 +293,50 @@ def _stdout() -> Console:
     """A terminal's own width; 160 columns when piped, so that tables stay whole in files and logs."""
     console = Console()
     return console if console.is_terminal else Console(width=160)
+
+
+def sweep_live(spec: Any, store: Any) -> None:
+    """Run a study (sweep.workers.run_study) with live progress, then its summary and any grid points
+    left without a result. Ctrl-C or SIGTERM raise KeyboardInterrupt once the running trials are
+    stored as failed."""
+    from sweep import report
+    from sweep.storage import mask_url
+    from sweep.workers import run_study
+
+    done = store.finished_count()
+    err.print(Text.assemble("study ", (spec.study_name, "bold"), f" in {mask_url(spec.storage)}: {done} of "
+                            f"{spec.n_trials} trials finished"), highlight=False, soft_wrap=True)
+    with SweepProgress(spec.study_name, done, spec.n_trials) as progress:
+        run_study(spec, progress.hooks(), store)
+    print_study_summary(store.name, report.summary(store.frame()))
+    missing = store.missing_grid_points(spec)
+    if missing:
+        err.print(f"{len(missing)} of {len(spec.grid)} grid points have no result (last failure: "
+                  f"{missing[-1] or 'no reason recorded'}); run the same command again to retry them",
+                  highlight=False, soft_wrap=True, markup=False)
+
+
+def trial_live(cfg: TrialConfig) -> TrialResult:
+    """One trial (sweep.train.run_trial) with a progress bar, after the checks that would fail it
+    (a one-class task, a missing device, too long inputs: one line, no training)."""
+    from sweep.checks import check_trial
+    from sweep.quiet import quiet_libraries
+    from sweep.train import run_trial
+
+    quiet_libraries()
+    task = check_trial(cfg)
+    with TrialProgress(f"{cfg.model} / {cfg.task}") as bar:
+        return run_trial(cfg, on_eval=bar.eval, on_step=bar.step, task=task)
+
+
+def confirm_live(study: Any, spec: Any, arms: Any, seeds: int) -> Any:
+    """Confirm a study's arms (sweep.confirm.run_confirm) with live progress; its summary."""
+    from sweep import confirm
+
+    for arm in arms:
+        err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
+                  highlight=False, markup=False)
+    done = confirm.runs_stored(study, spec, seeds)
+    with SweepProgress(study.name + confirm.SUFFIX, done, 2 * seeds) as progress:
+        result = confirm.run_confirm(study, spec, seeds, progress.hooks(), arms)
+    return confirm.summarise(result)

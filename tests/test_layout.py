@@ -13,15 +13,15 @@ LAYERS = [
     # foundation: no knowledge of trials
     {"errors", "schema", "quiet", "hub", "signals", "stats", "liveness", "metrics", "outfiles"},
     # what a trial and a study are
-    {"config", "spec", "embedded", "tasks", "batches", "result", "hooks"},
+    {"config", "spec", "embedded", "tasks", "batches", "lm_tasks", "lm_batches", "result", "hooks"},
     # the engine: one trial, from config to result
-    {"models", "optim", "train", "checks", "trial_process"},
+    {"models", "optim", "train", "checks", "trial_process", "lm_eval"},
     # reading results: frames to tables, plots, exported configs
     {"report", "plots", "outputs", "export"},
     # the study wing: stored studies, search, the workers' trial loop, confirm
-    {"storage", "search", "stored", "workers", "confirm"},
+    {"storage", "search", "stored", "workers", "confirm", "reporting"},
     # presentation
-    {"ui"},
+    {"ui", "commandline"},
 ]
 LEVEL = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 MODULES = sorted(p.stem for p in (ROOT / "sweep").glob("*.py") if p.stem != "__init__")

@@ -1,0 +1,117 @@
+"""What every command of the command line shares: the one error edge (every error one line on
+stderr, secrets masked), options generated from TrialConfig's fields, the end of an interrupted run."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import os
+import sys
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+import typer.core
+from rich.console import Console
+from rich.text import Text
+
+from sweep.config import GROUPS, TrialConfig, flag
+from sweep.errors import SweepError
+from sweep.storage import database_failure, mask_secrets
+
+DEBUG_ENV = "LORAPLUS_SWEEP_DEBUG"
+err = Console(stderr=True)
+
+
+class Edge(typer.core.TyperGroup):
+    """The one place where errors become output, for every command: one line on stderr, secrets
+    masked. SweepError: its message and exit code (2, or 1 when a sweep had to stop); a usage error:
+    click's message, exit 2; anything else is a bug or a damaged file, named in one line with exit
+    code 1, or raised with its traceback under --debug (or LORAPLUS_SWEEP_DEBUG=1)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        urls = [a for a in argv if "://" in a]
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except SweepError as e:
+            code = error(str(e), e.exit_code, urls)
+        except typer.TyperException as e:  # click's usage errors
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help of a bare group, as click shows it
+                typer.echo(e.format_message())
+                code = 2
+            else:
+                where = getattr(getattr(e, "ctx", None), "command_path", None)
+                hint = f" (see {where} --help)" if where else ""
+                code = error(e.format_message() + hint, getattr(e, "exit_code", 2), urls)
+        except typer.Abort:
+            code = error("aborted", 1, urls)
+        except Exception as e:
+            if _debug(argv):
+                raise
+            failure = database_failure(e)  # a damaged or read-only database: not a bug
+            if failure is not None:
+                code = error(str(failure), failure.exit_code, urls)
+            else:
+                first = str(e).splitlines()[0] if str(e) else ""
+                code = error(f"unexpected {type(e).__name__}: {first} (a bug, or a damaged file; run with "
+                              f"--debug or {DEBUG_ENV}=1 for the traceback)", 1, urls)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+def _debug(argv: list[str]) -> bool:
+    root_options = itertools.takewhile(lambda a: a.startswith("-"), argv)
+    return "--debug" in root_options or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def error(message: str, code: int, urls: list[str] | tuple[str, ...] = ()) -> int:
+    """Print one error line (user text as plain text, never markup) and return the exit code."""
+    line = " ".join(mask_secrets(message, urls).split())
+    err.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+    return code
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+
+
+def setting(name: str, help: str | None = None, extra: str = "", decls: str | None = None) -> Any:
+    """The option of a TrialConfig field: its flag, its help (unless a command means something else by
+    it) and its group as the help panel, all from the field."""
+    meta = SETTINGS[name].metadata
+    return typer.Option(decls or flag(name), help=(help or meta["help"]) + extra,
+                        rich_help_panel=meta["group"])
+
+
+def with_trial_settings(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `command` (which takes **settings) one option per TrialConfig field, typed, documented and
+    defaulted by the field, so that the dataclass is the one source of the trial's flags."""
+    hints = typing.get_type_hints(TrialConfig)
+    settings = []
+    for f in sorted(SETTINGS.values(), key=lambda f: GROUPS.index(f.metadata["group"])):
+        kind = str | None if f.name == "target_modules" else hints[f.name]  # comma-separated on the line
+        decls = f"{flag(f.name)}/--no-{flag(f.name)[2:]}" if kind is bool else None
+        settings.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                          annotation=Annotated[kind, setting(f.name, decls=decls)]))
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = inspect.Signature([*own, *settings])
+    return command
+
+
+def interrupted(e: KeyboardInterrupt, stored: str) -> typer.Exit:
+    """The line a sweep or confirm stopped by a signal ends with, and its exit code (130 for Ctrl-C,
+    143 for SIGTERM). Later signals are ignored: this process is exiting, they would only make a
+    traceback of it."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    err.print(f"{str(e) or 'interrupted'}: the running trials are stored as failed, {stored}; "
+              "run the same command again to continue", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(getattr(e, "exit_code", 130))
