@@ -47,10 +47,20 @@ def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
     return BestTrial(study, number, float(row["value"]), None if pd.isna(metric) else str(metric), cfg)
 
 
+def default_targets(cfg: TrialConfig) -> list[str] | None:
+    """The modules a trial without target_modules put LoRA on (its architecture's default); None
+    (PEFT's own default for the architecture) where the model's config cannot be read here."""
+    from sweep.models import default_target_modules, load_config
+
+    try:
+        return list(default_target_modules(load_config(cfg).model_type))
+    except SweepError:
+        return None
+
+
 def peft_snippet(cfg: TrialConfig) -> str:
     """Python that builds the same LoRA and LoRA+ optimizer with PEFT, for a `model` already loaded."""
-    targets = (list(cfg.target_modules) if cfg.target_modules
-               else "<the architecture's default, e.g. ['query', 'value']>")
+    targets = list(cfg.target_modules) if cfg.target_modules else default_targets(cfg)
     return f"""from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 import torch

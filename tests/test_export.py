@@ -66,3 +66,14 @@ def test_peft_snippet_builds_the_lora_plus_optimizer_of_the_config(tiny_model):
     assert a and a == pytest.approx([2e-4] * len(a)) and b and b == pytest.approx([1.6e-3] * len(b))
     module = scope["model"].base_model.model.bert.encoder.layer[0].attention.self.query
     assert module.r["default"] == 4 and module.scaling["default"] == 2.0
+
+
+def test_peft_snippet_names_the_modules_a_trial_without_target_modules_trained(tiny_model):
+    """The architecture's default (query, value for BERT) as a list PEFT takes, never a placeholder."""
+    cfg = TrialConfig(model=tiny_model, rank=4)
+    scope = {"model": AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)}
+    exec(peft_snippet(cfg), scope)
+    lora = {n.split(".")[-4] for n, _ in scope["model"].named_parameters() if "lora_A" in n}
+    assert lora == {"query", "value"}
+    assert "target_modules=['query', 'value']" in peft_snippet(cfg)
+    assert "target_modules=None" in peft_snippet(cfg.replace(model="/nonexistent/model"))
