@@ -73,7 +73,7 @@ rank = [2]
 """)
     spec = load_spec(grid, {
         "model": tiny_model, "task": toy_csv, "epochs": 1.0, "max_length": 32, "batch_size": 64,
-        "device": "cpu", "storage": f"sqlite:///{tmp_path}/faults.db", "trial_timeout": 15,
+        "device": "cpu", "storage": f"sqlite:///{tmp_path}/faults.db", "trial_timeout": 15, "name": "faults",
     })
     run_study(spec)
     study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
