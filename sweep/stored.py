@@ -408,12 +408,17 @@ def list_studies(url: str) -> list[dict[str, Any]]:
     return rows
 
 
-def trials_frame(url: str, study_names_: list[str] | None = None) -> pd.DataFrame:
+def trials_frame(url: str, names: list[str] | None = None) -> pd.DataFrame:
     """One row per trial of every (or the named) loraplus-sweep studies: what sweep.report works on.
     Another tool's study in the same database is left out: nothing here describes it."""
-    names = study_names(url) if study_names_ is None else study_names_
-    stores = [s for s in (StoredStudy.find(url, n) for n in names) if s is not None and s.is_ours]
-    return _frame(stores)
+    storage = _open(url, create=False)  # once: opening a storage costs more than reading a study
+    if names is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    stores = []
+    for name in names:
+        with contextlib.suppress(KeyError):  # deleted meanwhile
+            stores.append(StoredStudy(optuna.load_study(study_name=name, storage=storage), storage, url))
+    return _frame([s for s in stores if s.is_ours])
 
 
 def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
