@@ -131,14 +131,50 @@ def run_trial(
     train_time = 0.0
     first_loss = ema = None
     stop, stop_reason = StopReason.COMPLETED, "completed"
+    # On a GPU a step's loss is read one step late: reading it at once would make the host wait for
+    # the device every step, instead of queueing the next step while the device runs this one. The
+    # batches are pinned for the same reason (a copy from pageable memory waits too). On the CPU
+    # every step is read at once, and every evaluation step on either.
+    on_gpu = device.type == "cuda"
+    unread: tuple[int, int, torch.Tensor] | None = None  # (step, examples, loss)
+
+    def read(at: int, seen: int, loss: torch.Tensor) -> bool:
+        """The checks and callbacks after step `at`; True to stop training. The time of callbacks and
+        evaluations goes to `outside`: it is not training time."""
+        nonlocal first_loss, ema, stop, stop_reason, outside
+        value = loss.item()
+        if not math.isfinite(value):
+            stop, stop_reason = StopReason.DIVERGED, f"diverged: non-finite loss at step {at}"
+            return True
+        first_loss = value if first_loss is None else first_loss
+        ema = value if ema is None else LOSS_EMA * ema + (1 - LOSS_EMA) * value
+        if ema > EXPLODE_CEILING or ema > EXPLODE_FACTOR * max(first_loss, 1e-3):
+            stop, stop_reason = StopReason.DIVERGED, f"diverged: loss exploded to {ema:.3g} at step {at}"
+            return True
+        t = time.perf_counter()
+        try:
+            if on_step is not None:
+                on_step(at, total, ema)
+            if at % eval_every == 0 or at == total:
+                metrics = evaluate(model, val_enc, task, cfg, device, pad_id)
+                point = EvalPoint(at, seen, metrics[task.main_metric], metrics, ema)
+                history.append(point)
+                if on_eval is not None and on_eval(point) and at < total:
+                    stop, stop_reason = StopReason.STOPPED, f"stopped: by callback at step {at}"
+                    return True
+            return False
+        finally:
+            outside += time.perf_counter() - t
+
     epoch: list[np.ndarray] = []
     model.train()
     while step < total:
         if not epoch:
             epoch = train_batches(train_enc.lengths, cfg.batch_size, rng)
         t0 = time.perf_counter()  # the batch's assembly counts as training time too
+        outside = 0.0
         idx = epoch.pop()
-        batch = {k: v.to(device, non_blocking=True)
+        batch = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True)
                  for k, v in collate(train_enc, idx, pad_id, task.is_regression).items()}
         with autocast(cfg, device):
             loss = model(**batch).loss
@@ -148,29 +184,18 @@ def run_trial(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()  # also waits for the GPU, so the step is timed in full
-        train_time += time.perf_counter() - t0
         step += 1
         examples += len(idx)
         tokens += int(train_enc.lengths[idx].sum())
-
-        if not math.isfinite(value):
-            stop, stop_reason = StopReason.DIVERGED, f"diverged: non-finite loss at step {step}"
+        done = unread is not None and read(*unread)
+        unread = (step, examples, loss.detach())
+        if not done and (not on_gpu or step % eval_every == 0 or step == total):
+            done, unread = read(*unread), None
+        train_time += time.perf_counter() - t0 - outside
+        if done:
             break
-        first_loss = value if first_loss is None else first_loss
-        ema = value if ema is None else LOSS_EMA * ema + (1 - LOSS_EMA) * value
-        if ema > EXPLODE_CEILING or ema > EXPLODE_FACTOR * max(first_loss, 1e-3):
-            stop, stop_reason = StopReason.DIVERGED, f"diverged: loss exploded to {ema:.3g} at step {step}"
-            break
-        if on_step is not None:
-            on_step(step, total, ema)
-        if step % eval_every == 0 or step == total:
-            metrics = evaluate(model, val_enc, task, cfg, device, pad_id)
-            point = EvalPoint(step, examples, metrics[task.main_metric], metrics, ema)
-            history.append(point)
-            if on_eval is not None and on_eval(point) and step < total:
-                stop, stop_reason = StopReason.STOPPED, f"stopped: by callback at step {step}"
-                break
+    if unread is not None and stop is StopReason.COMPLETED:
+        read(*unread)  # (a loop that ends with an evaluation step has read it already)
 
     if stop is StopReason.DIVERGED:
         # The weights are no longer meaningful; score the run at its worst, not at random.

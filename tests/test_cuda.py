@@ -115,3 +115,16 @@ def test_a_trial_in_its_own_process_runs_on_the_gpu_of_its_slot(tiny_cfg):
     assert r.device == torch.cuda.get_device_name(0)
     assert steps == [1, 2, 3, 4, 5, 6] and [p.step for p in r.history] == [3, 6]
     assert math.isfinite(r.metric) and r.peak_memory_mb > 0
+
+
+def test_on_the_gpu_losses_are_read_a_step_late_yet_every_check_and_callback_still_runs(tiny_cfg):
+    """Divergence still ends the trial (at most one step later than on the CPU), and every step and
+    every evaluation reaches its callback, in order."""
+    diverged = run_trial(tiny_cfg.replace(device="cuda", eta_a=50.0, lam=64.0, max_grad_norm=None,
+                                          warmup_ratio=0.0))
+    assert diverged.diverged and diverged.stop_reason.startswith("diverged: ") and diverged.metric == 0.0
+    steps, evals = [], []
+    r = run_trial(tiny_cfg.replace(device="cuda", max_steps=8, eval_every=4),
+                  on_step=lambda s, total, loss: steps.append(s), on_eval=lambda p: evals.append(p.step))
+    assert steps == list(range(1, 9)) and evals == [4, 8] and r.steps == 8
+    assert math.isfinite(r.history[-1].train_loss)
