@@ -145,7 +145,8 @@ def run_trainer(cfg: TrialConfig, task, train_enc, val_enc, tokenizer, pad_to_ma
         train_s = clock.seconds
         pred = trainer.predict(_Rows(val_rows))
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    metric = compute(task.metrics, np.argmax(logits, -1), val_enc.labels)[task.main_metric]
+    # The labels as predict returns them: with length grouping it orders the evaluation set too.
+    metric = compute(task.metrics, np.argmax(logits, -1), pred.label_ids)[task.main_metric]
     tokens = int(sum(sum(r["attention_mask"]) for r in train_rows) * cfg.epochs)
     return tokens / train_s, metric, train_s
 
