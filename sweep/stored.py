@@ -54,10 +54,6 @@ class RunningTrial:
         """The trial's config: drawn now by the study's sampler, or read back for a queued point."""
         return search.trial_config(self._trial, spec)
 
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return self._trial.user_attrs
-
     def note(self, key: str, value: Any) -> None:
         self._trial.set_user_attr(key, value)
 
