@@ -26,8 +26,10 @@ from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import load_spec
 from sweep.workers import run_study
 
-# About two seconds of training after the first evaluation: a signal sent then lands mid-trial.
-LONG = ["--max-steps", "300", "--eval-every", "20"]
+# Ten seconds and more of training after the first evaluation (two trials sharing two cores take
+# longer): a signal sent once the test sees the trials running lands mid-trial, however slowly the
+# test's own polling runs. With 300 steps a trial could finish first.
+LONG = ["--max-steps", "1500", "--eval-every", "20"]
 KILLED = "trial process killed by SIGKILL (out of host memory?)"
 
 
