@@ -27,6 +27,7 @@ from sweep.tasks import Columns, TaskData, load_task
 
 OnEval = Callable[[EvalPoint], bool]
 OnStep = Callable[[int, int, float], None]
+OnEnd = Callable[[torch.nn.Module, object], None]
 
 # A loss this many times its starting value, or above a hard ceiling, means the run has blown up.
 EXPLODE_FACTOR = 10.0
@@ -99,11 +100,13 @@ def run_trial(
     on_eval: OnEval | None = None,
     on_step: OnStep | None = None,
     task: TaskData | None = None,
+    on_end: OnEnd | None = None,
 ) -> TrialResult:
     """Fine-tune `cfg.model` on `cfg.task` with LoRA+ and return the validation result.
 
     A diverging run (non-finite or exploding loss) stops early with StopReason.DIVERGED;
-    it is a result, not an error.
+    it is a result, not an error. `on_end(model, tokenizer)` gets the trained PEFT model of a run
+    that did not diverge (e.g. to save its adapter).
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -203,6 +206,8 @@ def run_trial(
         final = compute_splits(task.metrics, nan, {name: enc.labels for name, enc in val_enc.items()})
     else:
         final = history[-1].metrics
+        if on_end is not None:
+            on_end(model, tokenizer)
     main = final[task.main_metric]
     best = max(history, key=lambda p: p.metric, default=None)
     return TrialResult(
