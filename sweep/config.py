@@ -16,6 +16,10 @@ from sweep.schema import RENAMES, conform_fields, display_name, short
 INIT_SCHEMES = ("standard", "reversed")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+KINDS = ("auto", "classification", "causal-lm")
+# Settings added after studies were first stored: a study's identity (StudySpec.definition_hash)
+# leaves them out while at their defaults, so an existing study keeps its name.
+LATER_DEFAULTS = {"kind": "auto", "metric": None, "micro_batch_size": None, "gradient_checkpointing": False}
 
 # The offline default: a pretrained MiniLM-L6 encoder and a real labelled task shipped by packages.
 DEFAULT_MODEL = "minilm-l6"
@@ -53,6 +57,13 @@ class TrialConfig:
     model: str = setting(DEFAULT_MODEL, "Hub id, local model directory, or 'minilm-l6' (embedded).", "run")
     task: str = setting(DEFAULT_TASK, "GLUE task (sst2, mrpc, qqp, qnli, rte, mnli, cola, stsb), embedded "
                                       "task, or a .csv/.tsv/.jsonl file.", "data")
+    kind: str = setting("auto", "What the model learns: classification (a head on the model) or causal-lm "
+                                "(the completions of a chat, prompt/completion or text JSONL, or of an "
+                                "embedded instruction task); auto: from the task.", "data")
+    metric: str | None = setting(None, "The metric a trial is judged by; unset: the task's first (accuracy, "
+                                       "F1, MCC, Pearson; for a causal LM the validation loss per trained "
+                                       "token, minimised). Causal-LM tasks with candidate answers also offer "
+                                       "accuracy.", "run")
     eta_a: float = setting(5e-4, "Learning rate eta_A of the A matrices.", "optimizer")
     lam: float = setting(16.0, "lambda = eta_B / eta_A, the learning rate of B over that of A; 1 is plain "
                                "LoRA.", "optimizer")
@@ -76,6 +87,10 @@ class TrialConfig:
     max_grad_norm: float | None = setting(1.0, "Clip the gradient norm to this; unset (in a config file): "
                                                "no clipping.", "optimizer")
     batch_size: int = setting(32, "Examples per step.", "optimizer")
+    micro_batch_size: int | None = setting(None, "Examples per forward pass: a step adds up the gradients of "
+                                                 "its batch in pieces this size, so the batch stays the same "
+                                                 "when memory is short; unset: the whole batch at once.",
+                                           "optimizer")
     max_length: int = setting(128, "Tokens per example; longer ones are truncated.", "data")
     epochs: float = setting(3.0, "Passes over the training set.", "run")
     max_steps: int | None = setting(None, "Step budget; overrides epochs.", "run")
@@ -86,6 +101,8 @@ class TrialConfig:
                                  "end.", "run")
     precision: str = setting("auto", "auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16.", "run")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", "run")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: less memory "
+                                                  "for about a third more compute.", "run")
     train_limit: int | None = setting(None, "Train on a fixed (seed 0), stratified sample of N examples, the "
                                             "same for every trial; unset: all.", "data")
     eval_limit: int | None = setting(None, "Evaluate on a fixed (seed 0), stratified sample of N examples, "
@@ -173,6 +190,20 @@ class TrialConfig:
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)
 
+    def identity(self) -> dict[str, Any]:
+        """to_dict without the LATER_DEFAULTS settings that are at their defaults: what a study's
+        identity hashes."""
+        out = self.to_dict()
+        for name, default in LATER_DEFAULTS.items():
+            if getattr(self, name) == default:
+                out.pop(display_name(name))
+        return out
+
+    @property
+    def micro_batches(self) -> int:
+        """Forward passes per step."""
+        return -(-self.batch_size // min(self.micro_batch_size or self.batch_size, self.batch_size))
+
 
 def flag(name: str) -> str:
     """The command-line option of a TrialConfig field: `lam` is --lambda, `eta_a` --eta-a."""
@@ -220,7 +251,7 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
     for name in typed("rank", "batch_size", "max_length"):
         if getattr(c, name) < 1:
             problems.append(f"{name} must be an integer >= 1, got {getattr(c, name)!r}")
-    for name in typed("max_steps", "train_limit", "eval_limit"):
+    for name in typed("max_steps", "train_limit", "eval_limit", "micro_batch_size"):
         value = getattr(c, name)
         if value is not None and value < 1:
             problems.append(f"{name} must be an integer >= 1 (or unset), got {value!r}")
@@ -236,7 +267,8 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
         problems.append(f"weight_decay must be a finite number >= 0, got {c.weight_decay!r}")
     if "betas" in names and not all(0 <= b < 1 for b in c.betas):
         problems.append(f"betas must be two numbers in [0, 1), got {list(c.betas)!r}")
-    for name, allowed in (("init", INIT_SCHEMES), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+    for name, allowed in (("init", INIT_SCHEMES), ("schedule", SCHEDULES), ("precision", PRECISIONS),
+                          ("kind", KINDS)):
         if name in names and getattr(c, name) not in allowed:
             problems.append(f"{name} must be one of {', '.join(allowed)}; got {short(getattr(c, name))}")
     if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device):
@@ -250,6 +282,8 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
         problems.append("model must be a hub name or a local directory")
     if "task" in names and not c.task.strip():
         problems.append("task must be a task name or a CSV/JSONL file")
+    if "metric" in names and c.metric is not None and not re.fullmatch(r"[a-z0-9_]{1,40}", c.metric):
+        problems.append(f"metric must be a metric's name (letters, digits, _), got {short(c.metric)}")
     for name in ("model", "task", "text_column", "text_pair_column", "label_column"):
         value = getattr(c, name)
         if name in names and value is not None and any(ch in value for ch in "\0\n\r"):

@@ -84,7 +84,13 @@ def example_nll(model, enc: LMEncoded, pad_id: int, batch_size: int,
 
 @torch.inference_mode()
 def batch_nll_per_example(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed NLL, trained tokens) of each example of a collated batch.
+    """(summed NLL, trained tokens) of each example of a collated batch, without gradients."""
+    return nll_per_example(model, batch)
+
+
+def nll_per_example(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL, trained tokens) of each example of a collated batch; training backpropagates
+    through the NLL.
 
     Logits are computed only at the positions that predict a trained token in some example
     (`logits_to_keep`): a prompt's positions never meet the vocabulary-wide output layer.
@@ -99,4 +105,4 @@ def batch_nll_per_example(model, batch: dict[str, torch.Tensor]) -> tuple[torch.
                    logits_to_keep=keep).logits.float()
     target = target[:, keep]
     nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
-    return nll.sum(1).double(), (target != IGNORE).sum(1)
+    return nll.sum(1), (target != IGNORE).sum(1)

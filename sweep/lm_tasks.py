@@ -97,6 +97,30 @@ class LMTask:
         return h.hexdigest()[:16]
 
 
+def task_kind(task: str, kind: str = "auto", label_column: str | None = None) -> str:
+    """classification or causal-lm: `kind` where it says, else from the task. An embedded instruction
+    task is causal-lm; so is a JSONL file whose first row is a causal-LM row (messages, or prompt, or
+    text with nothing but the optional fields beside it), unless a label column is named."""
+    if kind != "auto":
+        return kind
+    if task in embedded.INSTRUCTION_TASKS:
+        return "causal-lm"
+    path = Path(task)
+    if path.suffix.lower() != ".jsonl" or label_column is not None or not path.is_file():
+        return "classification"
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            first = next((line for line in f if line.strip()), "")
+        record = json.loads(first)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "classification"  # its loader says what is wrong with it
+    if not isinstance(record, dict):
+        return "classification"
+    if "messages" in record or "prompt" in record:
+        return "causal-lm"
+    return "causal-lm" if "text" in record and set(record) <= {"text"} | OPTIONAL else "classification"
+
+
 def load_lm_task(task: str) -> LMTask:
     """An embedded instruction task by name, or a JSONL file of rows."""
     if task in embedded.INSTRUCTION_TASKS:

@@ -1,4 +1,5 @@
-"""Validation metrics, as pure functions of predictions and labels (higher is better for all)."""
+"""Validation metrics, as pure functions of predictions and labels, and which way each is better:
+higher for every classification metric, lower for a causal LM's loss and perplexity."""
 
 from __future__ import annotations
 
@@ -9,6 +10,22 @@ import numpy as np
 import pandas as pd
 
 MAIN_SPLIT = "validation"  # its metrics keep their own names; other splits' get the split's as suffix
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def lower_is_better(name: str) -> bool:
+    """A metric (or one of another split, `loss_mismatched`) that is better when lower."""
+    return any(name == m or name.startswith(m + "_") for m in LOWER_IS_BETTER)
+
+
+def direction(name: str) -> str:
+    """The Optuna study direction of a metric."""
+    return "minimize" if lower_is_better(name) else "maximize"
+
+
+def sign(name: str) -> float:
+    """+1 where higher is better, -1 where lower is: `sign * value` is always higher-is-better."""
+    return -1.0 if lower_is_better(name) else 1.0
 
 
 def accuracy(pred: Sequence[float], gold: Sequence[float]) -> float:

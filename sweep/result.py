@@ -52,6 +52,8 @@ class TrialResult:
     # How far each optimizer group moved: the L2 norm of (final - initial) over its parameters. A
     # group at 0 did not train (a frozen head would show here).
     update_norms: dict[str, float] = dataclasses.field(default_factory=dict)
+    kind: str = "classification"  # or causal-lm (sweep.kinds)
+    precision: str = "fp32"  # what the forward passes ran in: fp32, or bf16 autocast
 
     @property
     def diverged(self) -> bool:

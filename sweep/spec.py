@@ -88,7 +88,7 @@ class StudySpec:
         sampler continues the same study.
         """
         definition = {
-            "base": self.base.to_dict(),
+            "base": self.base.identity(),
             "eta_a": self.eta_a,
             "lambda": self.lam,
             "ranks": self.ranks,

@@ -16,14 +16,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from sweep.batches import Encoded, collate, encode_task, eval_batches, train_batches
+from sweep.batches import train_batches
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
-from sweep.metrics import compute_splits
-from sweep.models import load_model, load_tokenizer, pad_token_id
+from sweep.kinds import prepare
+from sweep.metrics import sign
 from sweep.optim import build_optimizer
 from sweep.result import EvalPoint, StopReason, TrialResult, library_versions
-from sweep.tasks import Columns, TaskData, load_task
+from sweep.tasks import TaskData
 
 OnEval = Callable[[EvalPoint], bool]
 OnStep = Callable[[int, int, float], None]
@@ -43,9 +43,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def precision(cfg: TrialConfig, device: torch.device) -> str:
+    """bf16 (autocast) on CUDA unless fp32 is asked, fp32 on the CPU unless bf16 is asked."""
+    auto_bf16 = cfg.precision == "auto" and device.type == "cuda"
+    return "bf16" if cfg.precision == "bf16" or auto_bf16 else "fp32"
+
+
 def autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (unless fp32 is asked), fp32 on the CPU (unless bf16 is asked)."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+    if precision(cfg, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -75,26 +80,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-@torch.inference_mode()
-def evaluate(
-    model, splits: dict[str, Encoded], task: TaskData, cfg: TrialConfig, device, pad_id: int
-) -> dict[str, float]:
-    """The task's metrics on every evaluation split (see `compute_splits`), the main metric first."""
-    model.eval()
-    preds = {}
-    for name, enc in splits.items():
-        preds[name] = np.empty(len(enc), dtype=np.float64)
-        for idx in eval_batches(enc.lengths, cfg.batch_size * 2):
-            batch = {k: v.to(device) for k, v in collate(enc, idx, pad_id, task.is_regression).items()}
-            batch.pop("labels")
-            with autocast(cfg, device):
-                logits = model(**batch).logits.float()
-            out = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-            preds[name][idx] = out.cpu().numpy()
-    model.train()
-    return compute_splits(task.metrics, preds, {name: enc.labels for name, enc in splits.items()})
-
-
 def run_trial(
     cfg: TrialConfig,
     on_eval: OnEval | None = None,
@@ -110,18 +95,15 @@ def run_trial(
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
-    if task is None:
-        task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
-    tokenizer = load_tokenizer(cfg)
-    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)  # val_enc: every evaluation split
-    train_enc = train_enc.sample(cfg.train_limit, stratified=not task.is_regression)
-    val_enc = {s: e.sample(cfg.eval_limit, stratified=not task.is_regression) for s, e in val_enc.items()}
-    pad_id = pad_token_id(tokenizer)
-
-    model = load_model(cfg, task.num_labels, task.label_names, pad_id).to(device)
+    work = prepare(cfg, device, task)
+    model = work.model
+    if cfg.gradient_checkpointing:
+        # Not the reentrant kind: it needs inputs that require grads, which frozen embeddings never give.
+        base = model.get_base_model()
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, cfg, device)
     start = {g["name"]: [p.detach().clone() for p in g["params"]] for g in optimizer.param_groups}
-    batches_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+    batches_per_epoch = math.ceil(len(work.lengths) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total))
     eval_every = cfg.eval_every or batches_per_epoch
@@ -159,8 +141,8 @@ def run_trial(
             if on_step is not None:
                 on_step(at, total, ema)
             if at % eval_every == 0 or at == total:
-                metrics = evaluate(model, val_enc, task, cfg, device, pad_id)
-                point = EvalPoint(at, seen, metrics[task.main_metric], metrics, ema)
+                metrics = work.evaluate(lambda: autocast(cfg, device))
+                point = EvalPoint(at, seen, metrics[work.metric], metrics, ema)
                 history.append(point)
                 if on_eval is not None and on_eval(point) and at < total:
                     stop, stop_reason = StopReason.STOPPED, f"stopped: by callback at step {at}"
@@ -173,15 +155,22 @@ def run_trial(
     model.train()
     while step < total:
         if not epoch:
-            epoch = train_batches(train_enc.lengths, cfg.batch_size, rng)
+            epoch = train_batches(work.lengths, cfg.batch_size, rng)
         t0 = time.perf_counter()  # the batch's assembly counts as training time too
         outside = 0.0
         idx = epoch.pop()
-        batch = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True)
-                 for k, v in collate(train_enc, idx, pad_id, task.is_regression).items()}
-        with autocast(cfg, device):
-            loss = model(**batch).loss
-        loss.backward()
+        # The step's loss is the mean over its examples (a causal LM: its trained tokens), whatever
+        # micro-batches it is computed in.
+        pieces = [work.collate(part) for part in np.array_split(idx, cfg.micro_batches)]
+        count = sum(work.count(piece) for piece in pieces)
+        loss = torch.zeros((), device=device)
+        for piece in pieces:
+            piece = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True)
+                     for k, v in piece.items()}
+            with autocast(cfg, device):
+                part = work.loss_sum(piece) / max(count, 1)
+            part.backward()
+            loss += part.detach()
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -189,7 +178,7 @@ def run_trial(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         examples += len(idx)
-        tokens += int(train_enc.lengths[idx].sum())
+        tokens += int(work.lengths[idx].sum())
         done = unread is not None and read(*unread)
         unread = (step, examples, loss.detach())
         if not done and (not on_gpu or step % eval_every == 0 or step == total):
@@ -201,18 +190,17 @@ def run_trial(
         read(*unread)  # (a loop that ends with an evaluation step has read it already)
 
     if stop is StopReason.DIVERGED:
-        # The weights are no longer meaningful; score the run at its worst, not at random.
-        nan = {name: np.full(len(enc), np.nan) for name, enc in val_enc.items()}
-        final = compute_splits(task.metrics, nan, {name: enc.labels for name, enc in val_enc.items()})
+        final = work.worst  # the weights are no longer meaningful: score the run at its worst, not at random
     else:
         final = history[-1].metrics
         if on_end is not None:
-            on_end(model, tokenizer)
-    main = final[task.main_metric]
-    best = max(history, key=lambda p: p.metric, default=None)
+            on_end(model, work.tokenizer)
+    main = final[work.metric]
+    best = max(history, key=lambda p: sign(work.metric) * p.metric, default=None)
     return TrialResult(
         config=cfg,
-        metric_name=task.main_metric,
+        kind=work.kind,
+        metric_name=work.metric,
         metric=main,
         best_metric=best.metric if best else main,
         best_step=best.step if best else step,
@@ -230,6 +218,7 @@ def run_trial(
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         versions=library_versions(),
         update_norms=_update_norms(optimizer, start),
+        precision=precision(cfg, device),
     )
 
 

@@ -1,0 +1,156 @@
+"""What differs between the kinds of trial: the data, the model, a batch's loss and the evaluation.
+
+sweep.train runs one loop over either kind:
+- classification: a task of labelled texts (sweep.tasks), a fresh head on the model; metrics from the
+  task (accuracy, F1, MCC, Pearson...), higher is better;
+- causal-lm: rows of chat, prompt/completion or text (sweep.lm_tasks), the model's own LM head, the
+  loss on completion and assistant tokens only; metrics loss and perplexity per trained token (lower
+  is better), and accuracy by candidate likelihood where the rows have choices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sweep.batches import collate, encode_task, eval_batches, sample_indices
+from sweep.config import TrialConfig
+from sweep.errors import SweepError
+from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm
+from sweep.lm_eval import nll_per_example, score_choices, token_loss
+from sweep.lm_tasks import load_lm_task, task_kind
+from sweep.metrics import compute_splits
+from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id
+from sweep.tasks import Columns, TaskData, load_task
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A trial's model and data, ready for the loop."""
+
+    kind: str
+    model: torch.nn.Module
+    tokenizer: object
+    lengths: np.ndarray  # tokens of each training example
+    collate: Callable[[np.ndarray], Batch]  # a batch of training examples, on the CPU
+    count: Callable[[Batch], int]  # what a batch's loss is averaged over: examples, or trained tokens
+    loss_sum: Callable[[Batch], torch.Tensor]  # the batch's loss summed over what `count` counts
+    evaluate: Callable[[Callable[[], contextlib.AbstractContextManager]], dict[str, float]]
+    metrics: tuple[str, ...]  # every metric `evaluate` returns
+    metric: str  # the one a trial is judged by
+    worst: dict[str, float]  # the metrics of a run that diverged
+
+
+def main_metric(available: tuple[str, ...], wanted: str | None, where: str) -> str:
+    """`wanted` if the task has it, else the task's first metric."""
+    if wanted is None:
+        return available[0]
+    if wanted not in available:
+        raise SweepError(f"metric {wanted!r} is not one of {where}'s: {', '.join(available)}")
+    return wanted
+
+
+def lm_metrics(has_choices: bool) -> tuple[str, ...]:
+    return ("loss", "perplexity", "accuracy") if has_choices else ("loss", "perplexity")
+
+
+def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | None = None) -> Prepared:
+    """Load the task and the model for `cfg`'s kind; the model is on `device`."""
+    kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
+    if kind == "causal-lm":
+        return _causal_lm(cfg, device)
+    return _classification(cfg, device, task)
+
+
+def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | None) -> Prepared:
+    if task is None:
+        task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
+    tokenizer = load_tokenizer(cfg)
+    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)  # val_enc: every evaluation split
+    train_enc = train_enc.sample(cfg.train_limit, stratified=not task.is_regression)
+    val_enc = {s: e.sample(cfg.eval_limit, stratified=not task.is_regression) for s, e in val_enc.items()}
+    pad_id = pad_token_id(tokenizer)
+    model = load_model(cfg, task.num_labels, task.label_names, pad_id).to(device)
+    golds = {name: enc.labels for name, enc in val_enc.items()}
+
+    def batch(idx: np.ndarray) -> Batch:
+        return collate(train_enc, idx, pad_id, task.is_regression)
+
+    def loss_sum(b: Batch) -> torch.Tensor:
+        return model(**b).loss * len(b["labels"])  # the mean over the batch, times its examples
+
+    @torch.inference_mode()
+    def evaluate(autocast) -> dict[str, float]:
+        model.eval()
+        preds = {}
+        for name, enc in val_enc.items():
+            preds[name] = np.empty(len(enc), dtype=np.float64)
+            for idx in eval_batches(enc.lengths, cfg.batch_size * 2):
+                b = {k: v.to(device) for k, v in collate(enc, idx, pad_id, task.is_regression).items()}
+                b.pop("labels")
+                with autocast():
+                    logits = model(**b).logits.float()
+                out = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
+                preds[name][idx] = out.cpu().numpy()
+        model.train()
+        return compute_splits(task.metrics, preds, golds)
+
+    nan = {name: np.full(len(enc), np.nan) for name, enc in val_enc.items()}
+    worst = compute_splits(task.metrics, nan, golds)
+    return Prepared("classification", model, tokenizer, train_enc.lengths, batch,
+                    lambda b: len(b["labels"]), loss_sum, evaluate, tuple(worst),
+                    main_metric(task.metrics, cfg.metric, f"task {task.name}"), worst)
+
+
+def _causal_lm(cfg: TrialConfig, device: torch.device) -> Prepared:
+    task = load_lm_task(cfg.task)
+    tokenizer = load_tokenizer(cfg)
+    pad_id = pad_token_id(tokenizer)  # the EOS where the tokenizer has no pad token
+    train_rows = _sample(task.train, cfg.train_limit)
+    val_rows = _sample(task.validation, cfg.eval_limit)
+    train_enc = encode_lm(train_rows, tokenizer, cfg.max_length)
+    if train_enc.trained_tokens == 0:
+        raise SweepError(f"no token of {task.name}'s training rows is trained on at max_length "
+                         f"{cfg.max_length}; raise --max-length")
+    val_enc = encode_lm(val_rows, tokenizer, cfg.max_length)
+    choices = encode_choices(val_rows, tokenizer, cfg.max_length) if task.has_choices else None
+    model = load_causal_lm(cfg, pad_id).to(device)
+    batch_size = cfg.batch_size * 2
+
+    def batch(idx: np.ndarray) -> Batch:
+        return collate_lm(train_enc, idx, pad_id)
+
+    def count(b: Batch) -> int:
+        return int((b["labels"][:, 1:] != IGNORE).sum())
+
+    def loss_sum(b: Batch) -> torch.Tensor:
+        return nll_per_example(model, b)[0].sum()
+
+    def evaluate(autocast) -> dict[str, float]:
+        with autocast():
+            loss = token_loss(model, val_enc, pad_id, batch_size, device)
+            out = {"loss": loss.loss, "perplexity": loss.perplexity}
+            if choices is not None:
+                out["accuracy"] = score_choices(model, choices, pad_id, batch_size, device).accuracy
+        return out
+
+    metrics = lm_metrics(task.has_choices)
+    worst = {"loss": float("inf"), "perplexity": float("inf"), "accuracy": 0.0}
+    return Prepared("causal-lm", model, tokenizer, train_enc.lengths, batch, count, loss_sum, evaluate,
+                    metrics, main_metric(metrics, cfg.metric, f"causal-LM task {task.name}"),
+                    {m: worst[m] for m in metrics})
+
+
+def _sample(rows: tuple, n: int | None) -> tuple:
+    """A fixed (seed 0) sample of n rows, the same for every trial; stratified by answer where rows
+    have choices."""
+    if n is None or n >= len(rows):
+        return rows
+    answers = np.array([r.answer for r in rows])
+    return tuple(rows[i] for i in sample_indices(answers, n, stratified=bool(rows[0].choices)))
