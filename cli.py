@@ -274,18 +274,50 @@ def export(
     name: str,
     storage: StorageOpt = DEFAULT_STORAGE,
     out: Annotated[Path | None, typer.Option(help="Where to write the best config JSON (default results/NAME-best.json).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="What to print: peft (Python code), axolotl or llama-factory (a YAML config).")] = "peft",
+    adapter: Annotated[Path | None, typer.Option(help="Train the best trial again (its config and seed) and save its adapter to this new or empty directory, for PeftModel.from_pretrained.")] = None,
+    trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
-    """Write the study's best trial config as JSON and print the PEFT code that uses it."""
+    """Write the study's best trial config as JSON and print it for PEFT, axolotl or LLaMA-Factory;
+    with --adapter, train it again and save the adapter."""
     from sweep import export as exp
     from sweep.outfiles import prepare_file, safe_name, write_text
 
+    if fmt not in exp.FORMATS:
+        raise SweepError(f"--format must be one of {', '.join(exp.FORMATS)}; got {short(fmt)}")
     study = StoredStudy.load(storage, name)
     # The default file is named after the stored name made safe: it stays inside results/.
     path = prepare_file(out if out is not None else Path("results") / f"{safe_name(name)}-best.json")
+    if adapter is not None:
+        from sweep.adapters import check_destination
+
+        check_destination(adapter)  # before any work: nothing is overwritten
     best = exp.best_trial(study.frame(), name)
     write_text(path, best.to_json())
     err.print(f"wrote {path}", highlight=False, markup=False)
-    typer.echo(exp.peft_snippet(best.config))
+    typer.echo(exp.render(best, fmt), nl=False)
+    if adapter is not None:
+        _export_adapter(best, adapter, trust_remote_code)
+
+
+def _export_adapter(best: Any, dest: Path, trust_remote_code: bool) -> None:
+    from sweep.adapters import save_adapter
+    from sweep.result import StopReason
+
+    cfg = best.config.replace(trust_remote_code=trust_remote_code)
+    err.print(f"training trial #{best.trial} of study {short(best.study)} again (seed {cfg.seed})",
+              highlight=False, markup=False, soft_wrap=True)
+    about = (f"Trained by `loraplus-sweep export --adapter`: {best.describe()}; {cfg.model} on {cfg.task}, "
+             f"eta_A {cfg.eta_a:.4g}, lambda {cfg.lam:.4g}, rank {cfg.rank}, seed {cfg.seed}.")
+    try:
+        result = trial_live(cfg, on_end=lambda model, tokenizer: save_adapter(model, tokenizer, dest, about))
+    except KeyboardInterrupt:
+        error("interrupted: no adapter was written", 130)
+        raise typer.Exit(130) from None
+    if result.stop is StopReason.DIVERGED:
+        raise SweepError(f"trial #{best.trial} diverged when trained again ({result.stop_reason}); no adapter was written")
+    err.print(f"wrote the adapter to {dest}: validation {result.metric_name} {result.metric:.4g} "
+              f"(stored: {best.value:.4g})", highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

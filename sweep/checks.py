@@ -8,26 +8,48 @@ trials, or of trials that "learn" a one-class training set to accuracy 1.0.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
+from sweep.lm_tasks import load_lm_task, task_kind
+from sweep.metrics import main_metric
 from sweep.schema import short
 from sweep.spec import StudySpec
 from sweep.tasks import Columns, TaskData, load_task
 
 
-def check_trial(cfg: TrialConfig) -> TaskData:
-    """Load the task and the model's tokenizer and config, and check that a trial can run; returns
-    the task (its fingerprint is part of a study's identity)."""
+@dataclass(frozen=True)
+class Checked:
+    """What the checks of a trial found out."""
+
+    kind: str  # classification or causal-lm
+    metric: str  # what the trial is judged by (sweep.metrics.direction says which way)
+    fingerprint: str  # of the task's data: part of a study's identity
+    task: TaskData | None  # a classification task, loaded (a trial need not load it again)
+
+
+def check_trial(cfg: TrialConfig) -> Checked:
+    """Load the task and the model's tokenizer and config, and check that a trial can run."""
     from sweep.models import default_target_modules, load_config, load_tokenizer
 
+    kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
+    task = None
     try:
-        task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
+        if kind == "causal-lm":
+            lm_task = load_lm_task(cfg.task)
+            where = f"causal-LM task {lm_task.name}"
+            metric = main_metric(lm_task.metrics, cfg.metric, where)
+            fingerprint = lm_task.fingerprint()
+        else:
+            task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
+            check_classes(task, cfg.task)
+            metric = main_metric(task.metrics, cfg.metric, f"task {task.name}")
+            fingerprint = task.fingerprint()
     except OSError as e:  # e.g. a name too long for the file system
         raise SweepError(f"cannot read task {short(cfg.task)}: {e.strerror or e}") from e
-    check_classes(task, cfg.task)
     check_device(cfg.device)
     try:
         tokenizer = load_tokenizer(cfg)
@@ -44,10 +66,11 @@ def check_trial(cfg: TrialConfig) -> TaskData:
         raise SweepError(f"max_length {cfg.max_length} is more than the {positions} positions of "
                          f"{short(cfg.model)}; use --max-length {positions} or less")
     if cfg.target_modules is None:
-        default_target_modules(config.model_type)  # an architecture without defaults says so
+        if kind == "classification":  # (a causal LM's default, every linear layer, fits every decoder)
+            default_target_modules(config.model_type)  # an architecture without defaults says so
     else:
-        _check_modules(cfg, config)
-    return task
+        _check_modules(cfg, config, kind)
+    return Checked(kind, metric, fingerprint, task)
 
 
 def check_classes(task: TaskData, where: str) -> None:
@@ -96,19 +119,18 @@ def _positions(config, tokenizer) -> int | None:
     return min(limits) if limits else None
 
 
-def _check_modules(cfg: TrialConfig, config) -> None:
+def _check_modules(cfg: TrialConfig, config, kind: str) -> None:
     """Every target module name matches a module of the model, as PEFT matches them (the name, or
     its last dotted parts). The model is built on the meta device: no weights, no memory."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    auto, what = ((AutoModelForCausalLM, "causal LM") if kind == "causal-lm"
+                  else (AutoModelForSequenceClassification, "sequence classification"))
     try:
         with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(
-                config, trust_remote_code=cfg.trust_remote_code
-            )
+            model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
     except ValueError as e:  # e.g. an architecture without a sequence-classification head
-        raise SweepError(f"cannot build {short(cfg.model)} for sequence classification: "
-                         f"{str(e).splitlines()[0]}") from e
+        raise SweepError(f"cannot build {short(cfg.model)} for {what}: {str(e).splitlines()[0]}") from e
     names = [n for n, _ in model.named_modules()]
     missing = [t for t in cfg.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
@@ -122,11 +144,12 @@ def preflight(spec: StudySpec) -> StudySpec:
     device, jobs) before the first one, not in the middle of a sweep. Returns the spec with the
     task's data fingerprint, which is part of the study's identity; a spec that already holds one (a
     study joined from its stored definition) must find the same data here."""
-    fingerprint = check_trial(spec.base).fingerprint()
+    checked = check_trial(spec.base)
+    fingerprint = checked.fingerprint
     check_slots(spec.devices, spec.jobs)
     if spec.data_fingerprint is not None and spec.data_fingerprint != fingerprint:
         raise SweepError(
             f"task {spec.base.task!r} holds other data here than when study {spec.study_name} was created "
             f"(data fingerprint {fingerprint}, the study's {spec.data_fingerprint}); use the same data"
         )
-    return spec.replace(data_fingerprint=fingerprint)
+    return spec.replace(data_fingerprint=fingerprint, objective=checked.metric)

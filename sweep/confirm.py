@@ -14,6 +14,7 @@ import pandas as pd
 from sweep import report, stats
 from sweep.errors import SweepError
 from sweep.hooks import Hooks
+from sweep.metrics import sign
 from sweep.schema import short
 from sweep.spec import StudySpec
 from sweep.stored import StoredStudy
@@ -152,18 +153,20 @@ def summarise(confirm: StoredStudy) -> Confirmation:
     per_arm = {a: {int(r["seed"]): r for r in done[done["arm"] == a].to_dict("records")} for a in ARMS}
     seeds = sorted(set(per_arm["lora+"]) & set(per_arm["lora"]))
     values = {a: [per_arm[a][s]["value"] for s in seeds] for a in ARMS}
-    comparison = stats.paired(values["lora+"], values["lora"]) if len(seeds) >= 2 else None
+    metric_name = str(done["metric_name"].iloc[0]) if len(done) else "metric"
+    better = sign(metric_name)
+    comparison = stats.paired(values["lora+"], values["lora"], sign=better) if len(seeds) >= 2 else None
     curves = {a: stats.mean_curve([per_arm[a][s]["history"] or [] for s in seeds]) for a in ARMS}
     steps_plain = steps_plus = None
     if curves["lora"]:
         final = curves["lora"][-1][1]
-        steps_plain = stats.steps_to_reach(curves["lora"], final)
-        steps_plus = stats.steps_to_reach(curves["lora+"], final)
+        steps_plain = stats.steps_to_reach(curves["lora"], final, better)
+        steps_plus = stats.steps_to_reach(curves["lora+"], final, better)
     return Confirmation(
         study=confirm.attrs.get("confirm_of", confirm.name),
         model=confirm.attrs.get("model", ""),
         task=confirm.attrs.get("task", ""),
-        metric_name=str(done["metric_name"].iloc[0]) if len(done) else "metric",
+        metric_name=metric_name,
         arms=confirm.attrs.get("arms", {}),
         comparison=comparison,
         curves=curves,

@@ -1,16 +1,54 @@
-"""A study's best trial as a config to reuse: the JSON that `export` writes and the PEFT code for it."""
+"""A study's best trial as a config to reuse: the JSON that `export` writes, the PEFT code for it, and
+the same settings as an axolotl or a LLaMA-Factory YAML config.
+
+Both tools build LoRA+ as PEFT's create_loraplus_optimizer does: eta_B = learning_rate *
+loraplus_lr_ratio, so learning_rate is eta_A and loraplus_lr_ratio is lambda. Every key written was
+checked against the tools' own sources (their documented config schemas):
+
+- axolotl v0.18.0 (commit 067b021): src/axolotl/utils/schemas/{model,peft,training,config}.py, the
+  schema its config reference (docs/config-reference) is generated from; docs/lora.qmd; LoRA+ in
+  src/axolotl/core/trainers/mixins/optimizer.py (create_loraplus_optimizer with learning_rate).
+  base_model, adapter, lora_r, lora_alpha (an integer), lora_dropout, lora_target_modules or
+  lora_target_linear, peft_use_dora, peft_use_rslora, learning_rate, loraplus_lr_ratio,
+  loraplus_lr_embedding, optimizer, adam_beta1, adam_beta2, weight_decay, max_grad_norm,
+  lr_scheduler (a transformers scheduler name), warmup_ratio, micro_batch_size,
+  gradient_accumulation_steps, num_epochs or max_steps, sequence_len, seed, bf16 (default "auto",
+  so fp32 is written as false).
+- LLaMA-Factory v0.9.5 (commit ff6d4d1): examples/extras/loraplus/llama3_lora_sft.yaml;
+  src/llamafactory/hparams/finetuning_args.py (finetuning_type, lora_rank, lora_alpha: an integer
+  whose default is 2 * rank, so it is always written, lora_dropout, lora_target: "all" or a comma
+  list, use_dora, use_rslora, loraplus_lr_ratio, loraplus_lr_embedding), data_args.py (cutoff_len,
+  dataset, template), model_args.py (model_name_or_path); LoRA+ in train/trainer_utils.py
+  (_create_loraplus_optimizer: learning_rate * loraplus_lr_ratio). The training keys are
+  transformers' Seq2SeqTrainingArguments, which its TrainingArguments extends:
+  per_device_train_batch_size, gradient_accumulation_steps, learning_rate, num_train_epochs or
+  max_steps, lr_scheduler_type, warmup_ratio, weight_decay, adam_beta1, adam_beta2, max_grad_norm
+  (0: no clipping), seed, bf16.
+
+What a tool cannot express (the reversed init, a head learning rate, a classifier) is said in a
+comment where the setting would go. No data set is ever named: the user's data goes where a comment
+says.
+"""
 
 from __future__ import annotations
 
 import json
+import textwrap
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
+import yaml
 
 from sweep import report
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.schema import short
+
+FORMATS = ("peft", "axolotl", "llama-factory")
+# Our schedules as transformers scheduler names: ours warm up before a constant rate too.
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +63,11 @@ class BestTrial:
         """The exported file: `trial --config FILE` reads it back."""
         return json.dumps({"study": self.study, "trial": self.trial, "value": self.value,
                            "metric_name": self.metric_name, "config": self.config.to_dict()}, indent=2) + "\n"
+
+    def describe(self) -> str:
+        metric = self.metric_name or "metric"
+        return (f"the best trial (#{self.trial}) of study {short(self.study)}: validation {metric} "
+                f"{self.value:.4g}")
 
 
 def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
@@ -47,9 +90,16 @@ def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
     return BestTrial(study, number, float(row["value"]), None if pd.isna(metric) else str(metric), cfg)
 
 
+def trial_kind(cfg: TrialConfig) -> str:
+    """classification or causal-lm, as the trial ran."""
+    from sweep.lm_tasks import task_kind
+
+    return task_kind(cfg.task, cfg.kind, cfg.label_column)
+
+
 def default_targets(cfg: TrialConfig) -> list[str] | None:
-    """The modules a trial without target_modules put LoRA on (its architecture's default); None
-    (PEFT's own default for the architecture) where the model's config cannot be read here."""
+    """The modules a classification trial without target_modules put LoRA on (its architecture's
+    default); None (PEFT's own default for the architecture) where the model's config cannot be read."""
     from sweep.models import default_target_modules, load_config
 
     try:
@@ -58,20 +108,274 @@ def default_targets(cfg: TrialConfig) -> list[str] | None:
         return None
 
 
+def targets(cfg: TrialConfig, kind: str) -> list[str] | str | None:
+    """The trial's LoRA targets: module names, "all-linear" (a causal LM's default: every linear
+    layer of the blocks), or None where a classifier's default cannot be read here."""
+    from sweep.models import CAUSAL_LM_TARGETS
+
+    if cfg.target_modules:
+        return list(cfg.target_modules)
+    return CAUSAL_LM_TARGETS if kind == "causal-lm" else default_targets(cfg)
+
+
 def peft_snippet(cfg: TrialConfig) -> str:
     """Python that builds the same LoRA and LoRA+ optimizer with PEFT, for a `model` already loaded."""
-    targets = list(cfg.target_modules) if cfg.target_modules else default_targets(cfg)
-    return f"""from peft import LoraConfig, get_peft_model
-from peft.optimizers import create_loraplus_optimizer
-import torch
+    kind = trial_kind(cfg)
+    task_type = "CAUSAL_LM" if kind == "causal-lm" else "SEQ_CLS"
+    notes = _wrapped(_not_expressed(cfg, kind, "PEFT"))
+    one_d = "DoRA's magnitude" if kind == "causal-lm" else "the classifier bias, DoRA's magnitude"
+    return "\n".join([
+        "from peft import LoraConfig, get_peft_model",
+        "from peft.optimizers import create_loraplus_optimizer",
+        "import torch",
+        "",
+        *notes,
+        "model = get_peft_model(model, LoraConfig(",
+        f"    r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.dropout:g},",
+        f"    target_modules={targets(cfg, kind)!r}, use_dora={cfg.use_dora}, use_rslora={cfg.use_rslora}, "
+        f'task_type="{task_type}",',
+        "))",
+        "optimizer = create_loraplus_optimizer(",
+        f"    model, torch.optim.AdamW, lr={cfg.eta_a:.4g}, loraplus_lr_ratio={cfg.lam:.4g},",
+        f"    loraplus_lr_embedding={cfg.embedding_lr:g}, loraplus_weight_decay={cfg.weight_decay:g}, "
+        f"betas={tuple(cfg.betas)!r},",
+        ")",
+        f"# Note: PEFT also gives 1-D trainable parameters ({one_d})",
+        "# lr * loraplus_lr_ratio.",
+    ])
 
-model = get_peft_model(model, LoraConfig(
-    r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.dropout:g},
-    target_modules={targets!r}, use_dora={cfg.use_dora}, use_rslora={cfg.use_rslora}, task_type="SEQ_CLS",
-))
-optimizer = create_loraplus_optimizer(
-    model, torch.optim.AdamW, lr={cfg.eta_a:.4g}, loraplus_lr_ratio={cfg.lam:.4g},
-    loraplus_weight_decay={cfg.weight_decay:g}, betas={tuple(cfg.betas)!r},
-)
-# Note: PEFT also gives 1-D trainable parameters (the classifier bias, DoRA's magnitude)
-# lr * loraplus_lr_ratio."""
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a YAML config with the comment lines above it; `key` None: the comment alone."""
+
+    key: str | None
+    value: Any = None
+    notes: tuple[str, ...] = ()
+
+
+ALL_LINEAR = "every linear layer but the output layer, as the trial's PEFT all-linear"
+UNREAD_TARGETS = "the architecture's default query and value projections (their names could not be read here)"
+
+
+def axolotl_yaml(best: BestTrial) -> str:
+    """The best trial's settings as an axolotl config (`axolotl train FILE` once the data is named)."""
+    cfg, kind = best.config, trial_kind(best.config)
+    micro, accum, batch_note = _batches(cfg, "micro_batch_size * gradient_accumulation_steps")
+    target = targets(cfg, kind)
+    if target == "all-linear":
+        lora_target = Key("lora_target_linear", True, (ALL_LINEAR,))
+    else:
+        lora_target = Key("lora_target_modules", target) if target else Key(None, notes=(
+            f"lora_target_modules: {UNREAD_TARGETS}",))
+    sections = {
+        "model": [_base(cfg, "base_model")],
+        "LoRA": [
+            Key("adapter", "lora"),
+            Key("lora_r", cfg.rank),
+            _alpha(cfg, "lora_alpha", "axolotl"),
+            Key("lora_dropout", cfg.dropout),
+            lora_target,
+            Key("peft_use_dora", cfg.use_dora),
+            Key("peft_use_rslora", cfg.use_rslora),
+        ],
+        "LoRA+ (eta_B = learning_rate * loraplus_lr_ratio)": [
+            Key("learning_rate", cfg.eta_a, ("eta_A",)),
+            Key("loraplus_lr_ratio", cfg.lam, ("lambda",)),
+            Key("loraplus_lr_embedding", cfg.embedding_lr),
+        ],
+        "optimizer": [
+            Key("optimizer", "adamw_torch"),
+            Key("adam_beta1", cfg.betas[0]),
+            Key("adam_beta2", cfg.betas[1]),
+            Key("weight_decay", cfg.weight_decay),
+            _clip(cfg),
+            Key("lr_scheduler", SCHEDULERS[cfg.schedule]),
+            Key("warmup_ratio", cfg.warmup_ratio),
+        ],
+        "batches (per GPU)": [
+            Key("micro_batch_size", micro, batch_note),
+            Key("gradient_accumulation_steps", accum),
+            _length(cfg, "num_epochs"),
+        ],
+        "data": [
+            Key("sequence_len", cfg.max_length),
+            _data(cfg, kind, ("datasets:",
+                              "  - path: <your data>",
+                              "    type: <its format: chat_template, completion, ...; see axolotl's dataset "
+                              "formats>")),
+        ],
+        "run": [Key("seed", cfg.seed), _bf16(cfg)],
+    }
+    return _yaml("axolotl", best, kind, sections)
+
+
+def llama_factory_yaml(best: BestTrial) -> str:
+    """The best trial's settings as a LLaMA-Factory config (`llamafactory-cli train FILE` once the data
+    is named)."""
+    cfg, kind = best.config, trial_kind(best.config)
+    micro, accum, batch_note = _batches(cfg, "per_device_train_batch_size * gradient_accumulation_steps")
+    target = targets(cfg, kind)
+    if target == "all-linear":
+        lora_target = Key("lora_target", "all", (ALL_LINEAR,))
+    else:
+        lora_target = Key("lora_target", ",".join(target)) if target else Key(None, notes=(
+            f"lora_target: {UNREAD_TARGETS}",))
+    sections = {
+        "model": [_base(cfg, "model_name_or_path")],
+        "method": [
+            Key("stage", "sft", ("sft: the loss on completions and assistant turns; pt for plain text",)),
+            Key("do_train", True),
+            Key("finetuning_type", "lora"),
+            Key("lora_rank", cfg.rank),
+            _alpha(cfg, "lora_alpha", "LLaMA-Factory"),
+            Key("lora_dropout", cfg.dropout),
+            lora_target,
+            Key("use_dora", cfg.use_dora),
+            Key("use_rslora", cfg.use_rslora),
+            Key("loraplus_lr_ratio", cfg.lam, ("lambda; eta_B = learning_rate * loraplus_lr_ratio",)),
+            Key("loraplus_lr_embedding", cfg.embedding_lr),
+        ],
+        "dataset": [
+            _data(cfg, kind, ("dataset: <your data, as named in data/dataset_info.json>",
+                              "template: <the chat template of the model>")),
+            Key("cutoff_len", cfg.max_length),
+        ],
+        "train": [
+            Key("per_device_train_batch_size", micro, batch_note),
+            Key("gradient_accumulation_steps", accum),
+            Key("learning_rate", cfg.eta_a, ("eta_A",)),
+            _length(cfg, "num_train_epochs"),
+            Key("lr_scheduler_type", SCHEDULERS[cfg.schedule]),
+            Key("warmup_ratio", cfg.warmup_ratio),
+            Key("weight_decay", cfg.weight_decay),
+            Key("adam_beta1", cfg.betas[0]),
+            Key("adam_beta2", cfg.betas[1]),
+            _clip(cfg),
+            Key("seed", cfg.seed),
+            _bf16(cfg),
+        ],
+    }
+    return _yaml("LLaMA-Factory", best, kind, sections)
+
+
+RENDERERS: dict[str, Callable[[BestTrial], str]] = {
+    "peft": lambda best: peft_snippet(best.config) + "\n",
+    "axolotl": axolotl_yaml,
+    "llama-factory": llama_factory_yaml,
+}
+
+
+def render(best: BestTrial, fmt: str) -> str:
+    """The best trial in one of FORMATS."""
+    if fmt not in RENDERERS:
+        raise SweepError(f"--format must be one of {', '.join(FORMATS)}; got {short(fmt)}")
+    return RENDERERS[fmt](best)
+
+
+def _yaml(tool: str, best: BestTrial, kind: str, sections: dict[str, list[Key]]) -> str:
+    cfg = best.config
+    lines = [f"# {_comment(tool + ' config of ' + best.describe())}",
+             f"# {_comment(f'written by loraplus-sweep export: {cfg.model} on {cfg.task}')}"]
+    if kind == "classification":
+        lines += [f"# This trial trained a sequence classifier (LoRA and a new head), which {tool} does not",
+                  "# fine-tune: the settings below are the trial's, the task is not. For the classifier",
+                  "# itself use `export --format peft` or `export --adapter DIR`."]
+    lines += _wrapped(_not_expressed(cfg, kind, tool))
+    for title, keys in sections.items():
+        lines += ["", f"### {title}"]
+        for k in keys:
+            lines += _wrapped(_comment(n) for n in k.notes)
+            if k.key is not None:
+                lines.append(yaml.safe_dump({k.key: k.value}, sort_keys=False, allow_unicode=True,
+                                            width=2**16).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def _wrapped(notes: Iterable[str]) -> list[str]:
+    """Notes as comment lines of at most about 100 characters (a wrapped line is indented)."""
+    wrap = textwrap.TextWrapper(98, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    return [f"# {line}" for n in notes for line in wrap.wrap(n)]
+
+
+def _comment(text: str) -> str:
+    """A comment that stays one comment: YAML ends a comment at \\r, \\n, \\x85, \\u2028 or \\u2029 and
+    refuses a file with control characters, and a model or task name may hold any of them."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _not_expressed(cfg: TrialConfig, kind: str, tool: str) -> list[str]:
+    """Comments on the trial's settings that `tool` has no setting for."""
+    notes = []
+    if cfg.init == "reversed":
+        notes.append(f"init: the trial started LoRA with B random and A zero (reversed); {tool} has no such "
+                     "init: it starts A random and B zero")
+    if kind == "classification" and cfg.head_lr is not None:
+        notes.append(f"head_lr: the trial trained the classifier head at {cfg.head_lr:g}; {tool} has no "
+                     "learning rate of its own for the head")
+    if cfg.use_dora and tool != "PEFT":  # (the snippet's last comment says it for PEFT)
+        notes.append(f"DoRA: {tool}'s LoRA+ gives the magnitude vectors learning_rate * loraplus_lr_ratio; "
+                     "the trial kept them at eta_A")
+    return [_comment(n) for n in notes]
+
+
+def _base(cfg: TrialConfig, key: str) -> Key:
+    from sweep.models import EMBEDDED_GGUF, EMBEDDED_MODELS, resolve_model_path
+
+    if cfg.model not in EMBEDDED_MODELS and cfg.model not in EMBEDDED_GGUF:
+        return Key(key, cfg.model)
+    try:
+        path = resolve_model_path(cfg.model)
+    except SweepError as e:
+        return Key(key, cfg.model, (f"{cfg.model!r} is a model embedded in loraplus-sweep: {e}",))
+    return Key(key, path, (f"the model {cfg.model!r} embedded in loraplus-sweep, where it is installed on "
+                           "this machine",))
+
+
+def _alpha(cfg: TrialConfig, key: str, tool: str) -> Key:
+    if cfg.lora_alpha.is_integer():
+        return Key(key, int(cfg.lora_alpha))
+    return Key(None, notes=(f"{key}: {cfg.lora_alpha:g}  (the trial's; {tool} takes an integer: pick one "
+                            f"and keep the scaling alpha / r = {cfg.lora_alpha / cfg.rank:g} in mind)",))
+
+
+def _batches(cfg: TrialConfig, product: str) -> tuple[int, int, tuple[str, ...]]:
+    """(examples per forward pass, passes per step, a note where they do not multiply to the batch)."""
+    micro = min(cfg.micro_batch_size or cfg.batch_size, cfg.batch_size)
+    accum = -(-cfg.batch_size // micro)
+    note = ()
+    if micro * accum != cfg.batch_size:
+        note = (f"the trial's step was {cfg.batch_size} examples in {accum} forward passes; here a step "
+                f"is {product} = {micro * accum}",)
+    return micro, accum, note
+
+
+def _length(cfg: TrialConfig, epochs_key: str) -> Key:
+    notes = [f"the trial trained on a fixed sample of {cfg.train_limit} examples"] if cfg.train_limit else []
+    if cfg.max_steps is not None:
+        notes.insert(0, f"the trial's step budget (it overrides {epochs_key})")
+        return Key("max_steps", cfg.max_steps, tuple(notes))
+    return Key(epochs_key, cfg.epochs, tuple(notes))
+
+
+def _clip(cfg: TrialConfig) -> Key:
+    if cfg.max_grad_norm is None:
+        return Key("max_grad_norm", 0.0, ("0: no clipping, as in the trial",))
+    return Key("max_grad_norm", cfg.max_grad_norm)
+
+
+def _bf16(cfg: TrialConfig) -> Key:
+    if cfg.precision == "fp32":
+        return Key("bf16", False, ("the trial ran in fp32",))
+    if cfg.precision == "bf16":
+        return Key("bf16", True)
+    return Key("bf16", True, ("precision auto: bf16 on a GPU, as a trial there runs (fp32 on a CPU)",))
+
+
+def _data(cfg: TrialConfig, kind: str, placeholder: tuple[str, ...]) -> Key:
+    """The comment where the user's data goes: never a data set of ours, or a guessed path."""
+    shape = "a causal-LM task" if kind == "causal-lm" else "a classification task"
+    evaluated = (f"; it was evaluated on a fixed sample of {cfg.eval_limit} validation examples"
+                 if cfg.eval_limit is not None else "")
+    return Key(None, notes=(f"your data goes here: the trial trained on {cfg.task} ({shape}){evaluated}",
+                            *placeholder))

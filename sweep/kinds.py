@@ -23,7 +23,7 @@ from sweep.errors import SweepError
 from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
 from sweep.lm_tasks import load_lm_task, task_kind
-from sweep.metrics import compute_splits
+from sweep.metrics import compute_splits, main_metric
 from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id
 from sweep.tasks import Columns, TaskData, load_task
 
@@ -45,19 +45,6 @@ class Prepared:
     metrics: tuple[str, ...]  # every metric `evaluate` returns
     metric: str  # the one a trial is judged by
     worst: dict[str, float]  # the metrics of a run that diverged
-
-
-def main_metric(available: tuple[str, ...], wanted: str | None, where: str) -> str:
-    """`wanted` if the task has it, else the task's first metric."""
-    if wanted is None:
-        return available[0]
-    if wanted not in available:
-        raise SweepError(f"metric {wanted!r} is not one of {where}'s: {', '.join(available)}")
-    return wanted
-
-
-def lm_metrics(has_choices: bool) -> tuple[str, ...]:
-    return ("loss", "perplexity", "accuracy") if has_choices else ("loss", "perplexity")
 
 
 def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | None = None) -> Prepared:
@@ -140,7 +127,7 @@ def _causal_lm(cfg: TrialConfig, device: torch.device) -> Prepared:
                 out["accuracy"] = score_choices(model, choices, pad_id, batch_size, device).accuracy
         return out
 
-    metrics = lm_metrics(task.has_choices)
+    metrics = task.metrics
     worst = {"loss": float("inf"), "perplexity": float("inf"), "accuracy": 0.0}
     return Prepared("causal-lm", model, tokenizer, train_enc.lengths, batch, count, loss_sum, evaluate,
                     metrics, main_metric(metrics, cfg.metric, f"causal-LM task {task.name}"),

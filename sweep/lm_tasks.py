@@ -89,6 +89,12 @@ class LMTask:
         """Rows carry candidate answers: evaluation can report accuracy."""
         return bool(self.train[0].choices)
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Per trained token of the validation rows, the loss (the default objective) and perplexity;
+        with candidate answers, the accuracy of the likeliest one too."""
+        return ("loss", "perplexity", "accuracy") if self.has_choices else ("loss", "perplexity")
+
     def fingerprint(self) -> str:
         """Hash of the content, so a cache of its tokens can never serve stale data."""
         h = hashlib.sha256()

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from sweep.errors import SweepError
+
 MAIN_SPLIT = "validation"  # its metrics keep their own names; other splits' get the split's as suffix
 LOWER_IS_BETTER = ("loss", "perplexity")
 
@@ -21,6 +23,15 @@ def lower_is_better(name: str) -> bool:
 def direction(name: str) -> str:
     """The Optuna study direction of a metric."""
     return "minimize" if lower_is_better(name) else "maximize"
+
+
+def main_metric(available: Sequence[str], wanted: str | None, where: str) -> str:
+    """`wanted` if the task has it (a SweepError if not), else the task's first metric."""
+    if wanted is None:
+        return available[0]
+    if wanted not in available:
+        raise SweepError(f"metric {wanted!r} is not one of {where}'s: {', '.join(available)}")
+    return wanted
 
 
 def sign(name: str) -> float:

@@ -2,7 +2,9 @@
 
 Every function takes the trials frame (one row per trial: study, model, task, metric_name, number,
 state, value, eta_a, lambda, rank, init, tokens, wall_time_s; other columns are ignored) and returns a
-new frame or value; nothing here reads or writes anything. Higher values are better for every metric.
+new frame or value; nothing here reads or writes anything. Which way a value is better follows its
+metric_name (sweep.metrics: higher for accuracy, F1, MCC, Pearson; lower for a causal LM's loss and
+perplexity): "best" and "gain" always mean better in the metric's own direction.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from sweep.metrics import sign
 
 KEYS = ["model", "task"]
 CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value", "metric_name"]
@@ -30,10 +34,17 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["state"].eq("COMPLETE") & np.isfinite(values)]
 
 
+def _signs(df: pd.DataFrame) -> pd.Series:
+    """+1 per row whose metric is better higher, -1 where it is better lower."""
+    return df["metric_name"].map(lambda m: sign(str(m)) if isinstance(m, str) else 1.0).astype(float)
+
+
 def _best_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     # Ties go to the earlier trial (lower number), then to the study name, so every run picks the same row.
-    ordered = df.sort_values(["value", "number", "study"], ascending=[False, True, True], kind="mergesort")
-    return ordered.drop_duplicates(keys).sort_values(keys).reset_index(drop=True)
+    scored = df.assign(_score=pd.to_numeric(df["value"], errors="coerce") * _signs(df))
+    ordered = scored.sort_values(["_score", "number", "study"], ascending=[False, True, True],
+                                 kind="mergesort")
+    return ordered.drop_duplicates(keys).sort_values(keys).drop(columns="_score").reset_index(drop=True)
 
 
 def best_configs(df: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +63,8 @@ def is_plain_value(lam: float) -> bool:
 
 
 def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task): best value with lambda = 1, best value overall, and gain = best - best_plain.
+    """Per (model, task): best value with lambda = 1, best value overall, and the gain: how much better
+    best is than best_plain in the metric's direction (best - best_plain; for a loss, best_plain - best).
 
     Columns: model, task, metric_name, best, best_lambda, best_plain, plain_eta_a, plain_rank (Int64),
     gain. The plain columns and gain are NaN/NA where the task has no completed lambda = 1 trial.
@@ -64,7 +76,7 @@ def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
     plain = plain.rename(columns={"value": "best_plain", "eta_a": "plain_eta_a", "rank": "plain_rank"})
     out = best.merge(plain, on=KEYS, how="left")
     out["plain_rank"] = out["plain_rank"].astype("Int64")
-    out["gain"] = out["best"] - out["best_plain"]
+    out["gain"] = (out["best"] - out["best_plain"]) * _signs(out)
     return out
 
 
@@ -91,8 +103,9 @@ def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
     Long format, sorted by model, task, lambda_bin. Columns: model, task, lambda_bin, lambda (= 2^bin),
     metric_name, value, eta_a, trial_lambda and rank of the best trial (bin 0 holds lambda up to 1.41,
     so trial_lambda says whether its best was plain LoRA), trials (completed trials in the bin), and
-    normalised (value / the task's best value over all bins; NaN when that best is <= 0, e.g. an MCC
-    that never left 0, because a ratio to it says nothing).
+    normalised: 1 at the task's best bin, less elsewhere (value / the best, or for a metric better
+    lower, the best / value); NaN when a ratio says nothing (a best <= 0, e.g. an MCC that never left 0;
+    a loss <= 0).
     """
     done = completed(df)
     done = done.assign(lambda_bin=lambda_bin(done["lambda"].astype(float)))
@@ -102,8 +115,12 @@ def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
     counts = done.groupby(keys).size().rename("trials").reset_index()
     out = best.merge(counts, on=keys)
     out.insert(3, "lambda", 2.0 ** out["lambda_bin"].astype(float))
-    top = out.groupby(KEYS)["value"].transform("max")
-    out["normalised"] = (out["value"] / top).where(top > 0)
+    signs = _signs(out)
+    higher = signs > 0
+    top = out.assign(_s=out["value"] * signs).groupby(KEYS)["_s"].transform("max") * signs  # the best value
+    up = (out["value"] / top).where(top > 0)
+    down = (top / out["value"]).where((out["value"] > 0) & (top > 0))
+    out["normalised"] = up.where(higher, down)
     return out
 
 

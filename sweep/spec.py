@@ -69,6 +69,9 @@ class StudySpec:
     # Hash of the task's content (sweep.tasks.TaskData.fingerprint), set by sweep.checks.preflight: a
     # task file changed between two runs makes another study instead of mixing two data sets.
     data_fingerprint: str | None = None
+    # The metric trials are judged by (the task's, or base.metric), set by sweep.checks.preflight: the
+    # study's direction follows it (sweep.metrics.direction).
+    objective: str | None = None
     source: str = field(default="<flags>", compare=False)  # where it came from, for messages
 
     def __post_init__(self) -> None:

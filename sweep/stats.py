@@ -13,7 +13,8 @@ from scipy import stats
 
 @dataclass(frozen=True)
 class Paired:
-    """Two configurations' metrics over the same seeds; differences are LoRA+ minus plain LoRA."""
+    """Two configurations' metrics over the same seeds; differences are how much better LoRA+ did than
+    plain LoRA (LoRA+ minus plain LoRA, or the reverse for a metric that is better lower)."""
 
     n: int
     mean_plus: float
@@ -33,12 +34,13 @@ class Paired:
         return bool(self.ci_low > 0 or self.ci_high < 0)
 
 
-def paired(plus: Sequence[float], plain: Sequence[float], level: float = 0.95) -> Paired:
-    """Paired comparison of per-seed metrics: `plus[i]` and `plain[i]` share seed i."""
+def paired(plus: Sequence[float], plain: Sequence[float], level: float = 0.95, sign: float = 1.0) -> Paired:
+    """Paired comparison of per-seed metrics: `plus[i]` and `plain[i]` share seed i. `sign` is -1 for a
+    metric that is better lower (sweep.metrics.sign)."""
     a, b = np.asarray(plus, float), np.asarray(plain, float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"need two equal-length lists of >= 2 paired values, got {len(a)} and {len(b)}")
-    d = a - b
+    d = (a - b) * sign
     n = len(d)
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if sd <= 1e-12:  # identical differences (up to float rounding): no spread to test against
@@ -61,6 +63,7 @@ def mean_curve(histories: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[i
     return [(s, float(np.mean([h[s] for h in by_step]))) for s in sorted(common)]
 
 
-def steps_to_reach(curve: Sequence[tuple[int, float]], target: float) -> int | None:
-    """The first evaluation step at which the curve reaches `target`; None if it never does."""
-    return next((int(s) for s, m in curve if m >= target), None)
+def steps_to_reach(curve: Sequence[tuple[int, float]], target: float, sign: float = 1.0) -> int | None:
+    """The first evaluation step at which the curve reaches `target` (at or above it; at or below for
+    `sign` -1, a metric better lower); None if it never does."""
+    return next((int(s) for s, m in curve if m * sign >= target * sign), None)

@@ -19,6 +19,7 @@ from sweep import liveness, search
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.hooks import Finished
+from sweep.metrics import direction
 from sweep.result import TrialResult
 from sweep.schema import short
 from sweep.spec import RUN_KEYS, StudySpec
@@ -69,6 +70,8 @@ class RunningTrial:
             "config": cfg.to_dict(),
             "model": cfg.model,
             "task": cfg.task,
+            "task_kind": result.kind,
+            "precision": result.precision,
             "metric_name": result.metric_name,
             "metric": result.metric,
             "best_metric": result.best_metric,
@@ -107,14 +110,16 @@ class StoredStudy:
         """The spec's study, created or loaded (same name: same definition), its definition stored
         for `worker`s that join it."""
         storage = _open(spec.storage)
-        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction="maximize",
+        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=_direction(spec),
                                     sampler=search.sampler(spec), pruner=search.pruner(spec),
                                     load_if_exists=True)
         store = cls(study, storage, spec.storage)
+        _same_direction(study, spec)
         stored = store.attrs.get("definition_hash")
         if stored is None:
+            metric = {"metric_name": spec.objective} if spec.objective else {}
             store.set_attrs(definition_hash=spec.definition_hash(), model=spec.base.model,
-                            task=spec.base.task)
+                            task=spec.base.task, **metric)
         elif stored != spec.definition_hash():
             raise SweepError(
                 f"study {spec.study_name!r} in {mask_url(spec.storage)} was created with another definition "
@@ -132,9 +137,10 @@ class StoredStudy:
     def create_or_load_named(cls, url: str, name: str, spec: StudySpec) -> StoredStudy:
         """A study of queued trials only (a confirm study): no search, never pruned."""
         storage = _open(url)
-        study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+        study = optuna.create_study(study_name=name, storage=storage, direction=_direction(spec),
                                     sampler=search.sampler(spec), pruner=optuna.pruners.NopPruner(),
                                     load_if_exists=True)
+        _same_direction(study, spec)
         return cls(study, storage, url)
 
     @classmethod
@@ -402,6 +408,19 @@ def list_studies(url: str) -> list[dict[str, Any]]:
         rows.append({"study": s.study_name, "model": s.user_attrs.get("model", "?"),
                      "task": s.user_attrs.get("task", "?"), "trials": s.n_trials, "best": best})
     return rows
+
+
+def _direction(spec: StudySpec) -> str:
+    """Which way the study's metric is better; a spec not preflighted (no objective) maximizes, as
+    every study did before metrics that are better when lower."""
+    return direction(spec.objective) if spec.objective else "maximize"
+
+
+def _same_direction(study: optuna.Study, spec: StudySpec) -> None:
+    wanted = _direction(spec)
+    if study.direction.name.lower() != wanted:
+        raise SweepError(f"study {short(study.study_name)} was created to {study.direction.name.lower()} its "
+                         f"metric, and this one is to {wanted} {spec.objective}; pick another --study-name")
 
 
 def trials_frame(url: str, names: list[str] | None = None) -> pd.DataFrame:

@@ -316,17 +316,18 @@ def sweep_live(spec: Any, store: Any) -> None:
                   highlight=False, soft_wrap=True, markup=False)
 
 
-def trial_live(cfg: TrialConfig) -> TrialResult:
+def trial_live(cfg: TrialConfig, on_end: Callable[[Any, Any], None] | None = None) -> TrialResult:
     """One trial (sweep.train.run_trial) with a progress bar, after the checks that would fail it
-    (a one-class task, a missing device, too long inputs: one line, no training)."""
+    (a one-class task, a missing device, too long inputs: one line, no training). `on_end` goes to
+    run_trial (it gets the trained model and tokenizer)."""
     from sweep.checks import check_trial
     from sweep.quiet import quiet_libraries
     from sweep.train import run_trial
 
     quiet_libraries()
-    task = check_trial(cfg)
+    task = check_trial(cfg).task
     with TrialProgress(f"{cfg.model} / {cfg.task}") as bar:
-        return run_trial(cfg, on_eval=bar.eval, on_step=bar.step, task=task)
+        return run_trial(cfg, on_eval=bar.eval, on_step=bar.step, task=task, on_end=on_end)
 
 
 def confirm_live(study: Any, spec: Any, arms: Any, seeds: int) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from decoders import CONFIGS, EOS, TEMPLATE, byte_tokenizer
 from peft.tuners.lora import LoraLayer
 from tokenizers import processors
 from transformers.pytorch_utils import Conv1D
@@ -30,36 +31,12 @@ from sweep.models import GgufModel, build_once, converted_gguf, load_causal_lm, 
 from sweep.optim import build_optimizer
 from sweep.tasks import load_task
 
-EOS = 256
-TEMPLATE = ("{% for m in messages %}{{ '<' + m['role'] + '>' + m['content'] + eos_token }}{% endfor %}"
-            "{% if add_generation_prompt %}{{ '<assistant>' }}{% endif %}")
 CPU = torch.device("cpu")
-_DEC = dict(vocab_size=EOS + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
-            bos_token_id=EOS, eos_token_id=EOS)
-CONFIGS = {
-    "llama": lambda: tf.LlamaConfig(**_DEC),
-    "qwen2": lambda: tf.Qwen2Config(**_DEC),
-    "gpt2": lambda: tf.GPT2Config(vocab_size=EOS + 1, n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                                  bos_token_id=EOS, eos_token_id=EOS),
-}
-
-
-def _byte_tokenizer(folder) -> tf.PreTrainedTokenizerBase:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    vocab["<|endoftext|>"] = EOS
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = tf.GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    tokenizer.chat_template = TEMPLATE
-    return tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> tf.PreTrainedTokenizerBase:
-    return _byte_tokenizer(tmp_path_factory.mktemp("bytes"))
+    return byte_tokenizer(tmp_path_factory.mktemp("bytes"))
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -68,7 +45,7 @@ def decoder(request, tmp_path_factory) -> tuple[str, str]:
     path = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)
     tf.AutoModelForCausalLM.from_config(CONFIGS[request.param]()).save_pretrained(path)
-    _byte_tokenizer(path).save_pretrained(path)
+    byte_tokenizer(path).save_pretrained(path)
     return request.param, str(path)
 
 
@@ -77,7 +54,7 @@ def llama(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("llama-lm")
     torch.manual_seed(0)
     tf.LlamaForCausalLM(CONFIGS["llama"]()).save_pretrained(path)
-    _byte_tokenizer(path).save_pretrained(path)
+    byte_tokenizer(path).save_pretrained(path)
     return str(path)
 
 
