@@ -120,6 +120,10 @@ def run(
     max_steps: Annotated[int | None, setting("max_steps")] = None,
     eval_every: Annotated[int | None, setting("eval_every", extra=" A pruner decides at each evaluation.")] = None,
     device: Annotated[str | None, setting("device")] = None,
+    kind: Annotated[str | None, setting("kind")] = None,
+    metric: Annotated[str | None, setting("metric")] = None,
+    micro_batch_size: Annotated[int | None, setting("micro_batch_size")] = None,
+    gradient_checkpointing: Annotated[bool | None, setting("gradient_checkpointing")] = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""

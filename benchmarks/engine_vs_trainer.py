@@ -18,6 +18,7 @@ Usage: python benchmarks/engine_vs_trainer.py [--train N] [--eval N] [--epochs E
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -25,6 +26,7 @@ import platform
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import peft
@@ -47,7 +49,7 @@ GROUP_BY_LENGTH = ({"train_sampling_strategy": "group_by_length"} if "train_samp
                    else {"group_by_length": True})
 
 
-class _Rows(torch.utils.data.Dataset):
+class Rows(torch.utils.data.Dataset):
     def __init__(self, rows):
         self.rows = rows
 
@@ -75,75 +77,112 @@ def _rows(enc, n: int, pad_to: int | None, pad_id: int):
     return rows
 
 
-class _TrainClock(TrainerCallback):
+class TrainClock(TrainerCallback):
     """The Trainer's own loop time: from on_train_begin (dataloader and optimizer ready) to the end."""
 
     def __init__(self) -> None:
         self.start = self.seconds = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        _sync()
+        sync()
         self.start = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
-        _sync()
+        sync()
         self.seconds = time.perf_counter() - self.start
 
 
-def _sync() -> None:
+def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def run_trainer(cfg: TrialConfig, task, train_enc, val_enc, tokenizer, pad_to_max: bool, group: bool = False):
-    model = load_model(cfg, task.num_labels, task.label_names)
+def quiet() -> None:
+    """No warnings, log lines or progress bars from the libraries: the output is the table."""
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux) and its bf16 instructions."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in (platform.processor(), platform.machine()):
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    bf16 = sorted(f for f in flags if "bf16" in f)
+    return f"{name} ({platform.machine()}; bf16 instructions: {', '.join(bf16) or 'none'})"
+
+
+def machine() -> str:
     cuda = torch.cuda.is_available()
-    optimizer = create_loraplus_optimizer(
+    gpu = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}" if cuda else "no GPU"
+    return (f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {gpu}; python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"transformers {transformers.__version__}, peft {peft.__version__}")
+
+
+def loraplus_optimizer(model, cfg: TrialConfig) -> torch.optim.Optimizer:
+    """PEFT's LoRA+ AdamW over `model`, which it moves to the GPU when there is one."""
+    cuda = torch.cuda.is_available()
+    return create_loraplus_optimizer(
         model.to("cuda" if cuda else "cpu"), torch.optim.AdamW, lr=cfg.eta_a, loraplus_lr_ratio=cfg.lam,
         loraplus_weight_decay=cfg.weight_decay, betas=cfg.betas, eps=1e-8,
         fused=True if cuda else None,  # as the engine (sweep.optim.build_optimizer)
     )
+
+
+def training_arguments(cfg: TrialConfig, out: str, n_train: int, group: bool) -> TrainingArguments:
+    """The Trainer's settings for `cfg` on `n_train` examples: no evaluation, saving or logging."""
+    return TrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.eta_a,
+        lr_scheduler_type=cfg.schedule,
+        # Integer steps, computed as the engine does (transformers 4 and 5 read ratios differently).
+        warmup_steps=math.ceil(cfg.warmup_ratio * math.ceil(n_train / cfg.batch_size) * cfg.epochs),
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.precision == "bf16",
+        **(GROUP_BY_LENGTH if group else {}),
+    )
+
+
+def train(model, args: TrainingArguments, rows: list, collator, optimizers) -> tuple[Trainer, float]:
+    """The trained Trainer and the seconds of its training loop."""
+    clock = TrainClock()
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(rows), data_collator=collator,
+                      optimizers=optimizers, callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)  # its end-of-training log line; the table says it all
+    trainer.train()
+    return trainer, clock.seconds
+
+
+def run_trainer(cfg: TrialConfig, task, train_enc, val_enc, tokenizer, pad_to_max: bool, group: bool = False):
+    model = load_model(cfg, task.num_labels, task.label_names)
+    optimizer = loraplus_optimizer(model, cfg)
     pad_to = cfg.max_length if pad_to_max else None
     pad_id = tokenizer.pad_token_id
     train_rows = _rows(train_enc, cfg.train_limit or len(train_enc), pad_to, pad_id)
     val_rows = _rows(val_enc, len(val_enc), pad_to, pad_id)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size * 2,
-            num_train_epochs=cfg.epochs,
-            learning_rate=cfg.eta_a,
-            lr_scheduler_type=cfg.schedule,
-            # Integer steps, computed as the engine does (transformers 4 and 5 read ratios differently).
-            warmup_steps=math.ceil(
-                cfg.warmup_ratio * math.ceil(len(train_rows) / cfg.batch_size) * cfg.epochs
-            ),
-            max_grad_norm=cfg.max_grad_norm,
-            seed=cfg.seed,
-            save_strategy="no",
-            eval_strategy="no",
-            logging_strategy="no",
-            report_to=[],
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            use_cpu=not cuda,
-            bf16=cfg.precision == "bf16",
-            **(GROUP_BY_LENGTH if group else {}),
-        )
-        clock = _TrainClock()
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=_Rows(train_rows),
-            data_collator=None if pad_to_max else DataCollatorWithPadding(tokenizer),
-            optimizers=(optimizer, None),
-            callbacks=[clock],
-        )
-        trainer.remove_callback(PrinterCallback)  # its end-of-training log line; the table says it all
-        trainer.train()
-        train_s = clock.seconds
-        pred = trainer.predict(_Rows(val_rows))
+        args = training_arguments(cfg, out, len(train_rows), group)
+        collator = None if pad_to_max else DataCollatorWithPadding(tokenizer)
+        trainer, train_s = train(model, args, train_rows, collator, (optimizer, None))
+        pred = trainer.predict(Rows(val_rows))
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     # The labels as predict returns them: with length grouping it orders the evaluation set too.
     metric = compute(task.metrics, np.argmax(logits, -1), pred.label_ids)[task.main_metric]
@@ -163,9 +202,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: autocast on both sides")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet()
 
     cfg = TrialConfig(model=args.model, task=args.task, eta_a=args.eta_a, lam=args.lam, rank=8, batch_size=32,
                       max_length=128, epochs=args.epochs, warmup_ratio=0.06, train_limit=args.train,
@@ -181,11 +218,7 @@ def main() -> None:
     n = len(train_enc)
     lengths = train_enc.lengths[:n]
     cuda = torch.cuda.is_available()
-    gpu = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}" if cuda else "no GPU"
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, {gpu}; "
-          f"python {platform.python_version()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"peft {peft.__version__}")
+    print(machine())
     print(f"task {task.name}: {n} training examples x {cfg.epochs:g} epochs, {len(val_enc)} validation; "
           f"tokens/example mean {lengths.mean():.1f}, max {lengths.max()} (max_length {cfg.max_length})")
     print(f"eta_A {cfg.eta_a:g}, lambda {cfg.lam:g}, rank {cfg.rank}, batch {cfg.batch_size}, "
