@@ -170,3 +170,24 @@ def test_a_study_of_a_causal_lm_minimises_the_loss_and_reports_and_exports_the_l
     trial = study.trials[0]
     assert trial.user_attrs["task_kind"] == "causal-lm" and trial.user_attrs["precision"] == "fp32"
     assert StoredStudy.load(spec.storage, "lm").attrs["metric_name"] == "loss"
+
+
+def test_a_users_chat_file_runs_from_the_command_line(llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    path = tmp_path / "my-chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": "Answer with one word."},
+        {"role": "user", "content": f"Colour of the {w}?"},
+        {"role": "assistant", "content": w[::-1]}]}) + "\n" for w in WORDS * 2))
+    out = CliRunner().invoke(app, ["trial", "--model", llama, "--task", str(path), "--max-steps", "4",
+                                   "--batch-size", "4", "--max-length", "64", "--device", "cpu", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert (result["kind"], result["metric_name"], result["steps"]) == ("causal-lm", "loss", 4)
+    assert math.isfinite(result["metric"]) and result["config"]["kind"] == "auto"
+    bad = CliRunner().invoke(app, ["trial", "--model", llama, "--task", str(path), "--metric", "accuracy"])
+    assert bad.exit_code == 2 and "metric 'accuracy' is not one of causal-LM task my-chats's: loss, " \
+                                  "perplexity" in bad.output
