@@ -124,6 +124,7 @@ def run(
     metric: Annotated[str | None, setting("metric")] = None,
     micro_batch_size: Annotated[int | None, setting("micro_batch_size")] = None,
     gradient_checkpointing: Annotated[bool | None, setting("gradient_checkpointing")] = None,
+    packing: Annotated[bool | None, setting("packing")] = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""

@@ -19,7 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 KINDS = ("auto", "classification", "causal-lm")
 # Settings added after studies were first stored: a study's identity (StudySpec.definition_hash)
 # leaves them out while at their defaults, so an existing study keeps its name.
-LATER_DEFAULTS = {"kind": "auto", "metric": None, "micro_batch_size": None, "gradient_checkpointing": False}
+LATER_DEFAULTS = {"kind": "auto", "metric": None, "micro_batch_size": None, "gradient_checkpointing": False,
+                  "packing": False}
 
 # The offline default: a pretrained MiniLM-L6 encoder and a real labelled task shipped by packages.
 DEFAULT_MODEL = "minilm-l6"
@@ -92,6 +93,8 @@ class TrialConfig:
                                                  "when memory is short; unset: the whole batch at once.",
                                            "optimizer")
     max_length: int = setting(128, "Tokens per example; longer ones are truncated.", "data")
+    packing: bool = setting(False, "Causal LM: pack a step's examples into rows of max_length tokens, each "
+                                   "example attending to itself only: less padding, the same loss.", "data")
     epochs: float = setting(3.0, "Passes over the training set.", "run")
     max_steps: int | None = setting(None, "Step budget; overrides epochs.", "run")
     warmup_ratio: float = setting(0.06, "Fraction of steps with linear warmup.", "optimizer")

@@ -20,7 +20,7 @@ import torch
 from sweep.batches import collate, encode_task, eval_batches, sample_indices
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
-from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm
+from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm, pack_lm
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
 from sweep.lm_tasks import load_lm_task, task_kind
 from sweep.metrics import compute_splits, main_metric
@@ -52,6 +52,8 @@ def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | None = None
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
     if kind == "causal-lm":
         return _causal_lm(cfg, device)
+    if cfg.packing:
+        raise SweepError("packing is for causal-LM tasks; a classifier reads one example per row")
     return _classification(cfg, device, task)
 
 
@@ -111,6 +113,8 @@ def _causal_lm(cfg: TrialConfig, device: torch.device) -> Prepared:
     batch_size = cfg.batch_size * 2
 
     def batch(idx: np.ndarray) -> Batch:
+        if cfg.packing:
+            return pack_lm(train_enc, idx, pad_id, cfg.max_length)
         return collate_lm(train_enc, idx, pad_id)
 
     def count(b: Batch) -> int:

@@ -177,3 +177,35 @@ def collate_lm(enc: LMEncoded, idx: np.ndarray, pad_id: int) -> dict[str, torch.
         mask[row, :n] = 1
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(labels)}
+
+
+def pack_lm(enc: LMEncoded, idx: np.ndarray, pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """The examples of `idx` packed into as few rows of `width` tokens as first-fit-decreasing finds,
+    each keeping its own positions (0, 1, ...). No attention mask: transformers then reads the packing
+    from the positions and lets each example attend to itself only (a causal mask per example). The
+    padding at a row's end is one more such example, with IGNORE labels: nothing attends to it."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(idx.tolist(), key=lambda i: -int(enc.lengths[i])):
+        n = int(enc.lengths[i])
+        fit = next((r for r, free in enumerate(room) if free >= n), None)
+        if fit is None:
+            rows.append([])
+            room.append(width)
+            fit = len(rows) - 1
+        rows[fit].append(i)
+        room[fit] -= n
+    span = width - min(room)
+    ids = np.full((len(rows), span), pad_id, dtype=np.int64)
+    labels = np.full((len(rows), span), IGNORE, dtype=np.int64)
+    positions = np.zeros((len(rows), span), dtype=np.int64)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            n = int(enc.lengths[i])
+            ids[r, at:at + n], labels[r, at:at + n] = enc.input_ids[i], enc.labels[i]
+            positions[r, at:at + n] = np.arange(n)
+            at += n
+        positions[r, at:] = np.arange(span - at)
+    return {"input_ids": torch.from_numpy(ids), "position_ids": torch.from_numpy(positions),
+            "labels": torch.from_numpy(labels)}

@@ -101,8 +101,8 @@ def nll_per_example(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     if len(keep) == 0:
         zeros = torch.zeros(len(target), device=target.device)
         return zeros, zeros.long()
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   logits_to_keep=keep).logits.float()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}  # a packed batch: positions, no mask
+    logits = model(**inputs, logits_to_keep=keep).logits.float()
     target = target[:, keep]
     nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
     return nll.sum(1), (target != IGNORE).sum(1)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -20,7 +21,8 @@ from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.export import best_trial
 from sweep.kinds import prepare
-from sweep.lm_tasks import task_kind
+from sweep.lm_batches import IGNORE, collate_lm, encode_lm, pack_lm
+from sweep.lm_tasks import load_lm_task, task_kind
 from sweep.optim import build_optimizer
 from sweep.spec import load_spec
 from sweep.stored import StoredStudy
@@ -191,3 +193,27 @@ def test_a_users_chat_file_runs_from_the_command_line(llama, tmp_path):
     bad = CliRunner().invoke(app, ["trial", "--model", llama, "--task", str(path), "--metric", "accuracy"])
     assert bad.exit_code == 2 and "metric 'accuracy' is not one of causal-LM task my-chats's: loss, " \
                                   "perplexity" in bad.output
+
+
+def test_packed_examples_attend_to_themselves_only(decoder, rows_file):
+    """The same examples packed into rows and padded one per row: the same loss to float rounding
+    (attention across two packed examples would change it), in fewer, fuller rows."""
+    work = prepare(_cfg(decoder, rows_file, max_length=32), CPU)
+    work.model.eval()
+    enc = encode_lm(load_lm_task(rows_file).train[:12], work.tokenizer, 32)
+    idx = np.arange(12)
+    padded, packed = collate_lm(enc, idx, 0), pack_lm(enc, idx, 0, 32)
+    assert len(packed["input_ids"]) < len(padded["input_ids"]) and packed["input_ids"].shape[1] <= 32
+    assert int((packed["labels"] != IGNORE).sum()) == int((padded["labels"] != IGNORE).sum())
+    with torch.no_grad():
+        assert float(work.loss_sum(packed)) == pytest.approx(float(work.loss_sum(padded)), rel=1e-5)
+    ids = packed["input_ids"]
+    shifted = {**packed, "position_ids": torch.arange(ids.shape[1]).expand_as(ids)}
+    with torch.no_grad():  # one sequence per row instead: examples read their neighbours, the loss moves
+        assert float(work.loss_sum(shifted)) != pytest.approx(float(work.loss_sum(padded)), rel=1e-5)
+
+
+def test_a_packed_trial_trains_like_a_padded_one(llama, rows_file):
+    padded = run_trial(_cfg(llama, rows_file, max_steps=6, eval_every=6))
+    packed = run_trial(_cfg(llama, rows_file, max_steps=6, eval_every=6, packing=True))
+    assert packed.metric == pytest.approx(padded.metric, rel=1e-4) and packed.tokens == padded.tokens
