@@ -76,7 +76,7 @@ def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
     plain = plain.rename(columns={"value": "best_plain", "eta_a": "plain_eta_a", "rank": "plain_rank"})
     out = best.merge(plain, on=KEYS, how="left")
     out["plain_rank"] = out["plain_rank"].astype("Int64")
-    out["gain"] = (out["best"] - out["best_plain"]) * _signs(out)
+    out["gain"] = (out["best"] - out["best_plain"]) * _signs(out) + 0.0  # + 0.0: no "-0" for a tie
     return out
 
 
