@@ -162,7 +162,12 @@ def worker(
 @app.command()
 def confirm(
     name: Annotated[str, typer.Argument(help="The study whose best configurations to confirm.")],
-    seeds: Annotated[int, typer.Option(min=2, help="Seeds per configuration (the study's seed, +1, ...).")] = 5,
+    seeds: Annotated[int, typer.Option(min=2, help="Seeds per configuration: the study's seed + 1, + 2, ... "
+                                       "(no search trial used them); a significance claim needs 3 pairs.")] = 5,
+    rank: Annotated[int | None, typer.Option(min=1, help="Compare at this rank: its best plain-LoRA trial and "
+                                             "its best LoRA+ trial (default: the best plain trial's rank).")] = None,
+    per_bin: Annotated[bool, typer.Option("--per-bin", help="Confirm the best trial of every lambda bin "
+                                          "(lambda >= 1.41) against plain LoRA, one row per bin.")] = False,
     storage: StorageOpt = DEFAULT_STORAGE,
     trial_timeout: TrialTimeoutOpt = None,
     jobs: JobsOpt = None,
@@ -170,8 +175,9 @@ def confirm(
     out: Annotated[Path | None, typer.Option(help="Also write the table (csv, markdown, json) and the convergence plot here.")] = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
-    """Re-train the study's best LoRA+ and best plain-LoRA configurations over several seeds, paired
-    by seed: means, the gain with its 95% interval, and the steps each needs to converge."""
+    """Re-train the study's best LoRA+ and best plain-LoRA configurations, at one rank, over fresh seeds
+    paired by seed: means, the gain with its 95% interval and the smallest gain the pairs could detect,
+    diverged and failed runs, and the steps each needs to converge."""
     from sweep import confirm as confirm_mod
     from sweep import outputs
     from sweep.outfiles import prepare_dir, safe_name
@@ -181,16 +187,17 @@ def confirm(
     study = StoredStudy.load(storage, name)
     run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices}
     try:
-        summary = confirm_live(study, *confirm_mod.prepare(study, run, trust_remote_code), seeds)
+        summaries = confirm_live(study, *confirm_mod.prepare(study, run, trust_remote_code, seeds, rank, per_bin))
     except KeyboardInterrupt as e:
         raise interrupted(e, "finished runs are stored") from None
-    frame = confirm_mod.table([summary])
+    frame = confirm_mod.table(summaries)
     if out is not None:
-        written = outputs.write(None, {f"confirm-{safe_name(name)}": frame}, out, [summary])
+        table_name = f"confirm-{safe_name(name)}" + ("" if rank is None else f"-r{rank}")
+        written = outputs.write(None, {table_name: frame}, out, summaries)
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
     print_confirm(frame)
-    if summary.comparison is None:
-        raise SweepError("fewer than 2 seeds completed on both sides; nothing to compare")
+    if all(s.comparison is None for s in summaries):
+        raise SweepError("fewer than 2 seeds have a result on both sides; nothing to compare")
 
 
 def _sweep(spec, store) -> None:

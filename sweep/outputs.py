@@ -36,7 +36,7 @@ def write(df: pd.DataFrame | None, frames: dict[str, pd.DataFrame], out_dir: Pat
             written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
         for c in confirmations:
             if c.curves.get("lora"):
-                written.append(plots.plot_convergence(c, out_dir / f"convergence-{safe_name(c.study)}.png"))
+                written.append(plots.plot_convergence(c, out_dir / f"convergence-{safe_name(c.label)}.png"))
     return written
 
 

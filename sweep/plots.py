@@ -96,7 +96,9 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def plot_lambda_curves(curve: pd.DataFrame, path: str | Path) -> Path:
-    """One line per (model, task) of the normalised best value over lambda, each model's default marked.
+    """One line per (model, task, definition) of the normalised best value over lambda, labelled with
+    the definition's setup where a task has several, each bin's standard error as an error bar where it
+    is known, and each model's default marked (with the bins tied with it).
 
     `curve` is a report.lambda_curve frame; tasks whose best value is <= 0 have no normalised curve.
     """
@@ -107,10 +109,13 @@ def plot_lambda_curves(curve: pd.DataFrame, path: str | Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
-        for (model, task), rows in shown.groupby(report.KEYS, sort=True):
-            ax.plot(rows["lambda"], rows["normalised"], marker="o", label=f"{model} / {task}")
+        for (model, task, _), rows in shown.groupby(report.KEYS, sort=True):
+            label = f"{model} / {report.curve_label(task, rows['setup'].iloc[0])}"
+            ax.errorbar(rows["lambda"], rows["normalised"], yerr=rows["normalised_se"], marker="o", capsize=3,
+                        label=label)
         for style, d in zip(itertools.cycle(["--", ":", "-."]), defaults.values()):
-            label = f"default {d.model}: {d.lam:g}"
+            ties = ", ".join(f"{2.0**b:g}" for b in d.within_noise)
+            label = f"default {d.model}: {d.lam:g}" + (f" (tied within noise: {ties})" if d.tied else "")
             ax.axvline(d.lam, color="black", linestyle=style, linewidth=1.2, label=label)
         _lambda_axis(ax, "x", shown["lambda"])
         ax.set_ylabel("best value / task's best")

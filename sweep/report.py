@@ -1,10 +1,16 @@
 """Report aggregation over a sweep's trials: best configs, the gain over plain LoRA, the lambda curve.
 
-Every function takes the trials frame (one row per trial: study, model, task, metric_name, number,
-state, value, eta_a, lambda, rank, init, tokens, wall_time_s; other columns are ignored) and returns a
-new frame or value; nothing here reads or writes anything. Which way a value is better follows its
-metric_name (sweep.metrics: higher for accuracy, F1, MCC, Pearson; lower for a causal LM's loss and
-perplexity): "best" and "gain" always mean better in the metric's own direction.
+Every function takes the trials frame (one row per trial: study, model, task, definition, metric_name,
+number, state, value, eta_a, lambda, rank, init, tokens, wall_time_s, and config, the trial's stored
+settings; other columns are ignored) and returns a new frame or value; nothing here reads or writes
+anything. Which way a value is better follows its metric_name (sweep.metrics: higher for accuracy, F1,
+MCC, Pearson; lower for a causal LM's loss and perplexity): "best" and "gain" always mean better in the
+metric's own direction.
+
+Trials are grouped by (model, task, definition): `definition` is the hash of what a study's trials
+measure (sweep.spec.StudySpec.definition_hash), so two studies of one task with other epochs, data or
+search ranges are never pooled. A frame without the column, or a study stored without a hash, counts
+as one definition per (model, task). `setup` labels a definition where its (model, task) has several.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import pandas as pd
 
 from sweep.metrics import sign
 
-KEYS = ["model", "task"]
+KEYS = ["model", "task", "definition"]
 CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value", "metric_name"]
 # "lambda == 1" within this relative tolerance: a 1.0 that went through float round trips is still plain LoRA.
 PLAIN_RTOL = 1e-6
@@ -39,6 +45,70 @@ def _signs(df: pd.DataFrame) -> pd.Series:
     return df["metric_name"].map(lambda m: sign(str(m)) if isinstance(m, str) else 1.0).astype(float)
 
 
+def _defined(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with `definition` as text: "" where no hash was stored (one definition per task)."""
+    definition = df["definition"].fillna("").astype(str) if "definition" in df else ""
+    return df.assign(definition=definition)
+
+
+# Drawn per trial: never what tells two definitions apart.
+SEARCHED = ("eta_a", "lambda", "rank")
+SETUP_SETTINGS = 3  # settings a setup label names at most
+
+
+def setups(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, definition), `setup`: how to tell the definition from the others of its (model,
+    task). "" where the (model, task) has one definition; else the stored trial settings (the config
+    column) in which its definitions differ, such as "epochs=2" against "epochs=1"; "definition HASH"
+    where the settings do not tell them apart (another search range, other task data)."""
+    df = _defined(df)
+    rows = []
+    for (model, task), g in df.groupby(["model", "task"], sort=True):
+        defs = sorted(g["definition"].unique())
+        if len(defs) == 1:
+            rows.append((model, task, defs[0], ""))
+            continue
+        fixed = {d: _fixed_settings(g[g["definition"] == d]) for d in defs}
+        shared = set.intersection(*(set(f) for f in fixed.values()))
+        differ = sorted(k for k in shared if len({fixed[d][k] for d in defs}) > 1)
+        more = ", ..." if len(differ) > SETUP_SETTINGS else ""
+        labels = {d: ", ".join(f"{k}={fixed[d][k]}" for k in differ[:SETUP_SETTINGS]) + more for d in defs}
+        for d in defs:
+            told = labels[d] and list(labels.values()).count(labels[d]) == 1
+            rows.append((model, task, d, labels[d] if told else f"definition {d or 'not stored'}"))
+    return pd.DataFrame(rows, columns=[*KEYS, "setup"])
+
+
+def _fixed_settings(rows: pd.DataFrame) -> dict[str, str]:
+    """The settings every stored config of these trials shares, as text, the searched ones left out."""
+    configs = [c for c in rows["config"] if isinstance(c, dict)] if "config" in rows else []
+    if not configs:
+        return {}
+    texts = [{k: _setting_text(v) for k, v in c.items() if k not in SEARCHED} for c in configs]
+    return {k: v for k, v in texts[0].items() if all(t.get(k, None) == v for t in texts)}
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_setting_text(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def _with_setup(frame: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (keyed by KEYS) with the setup column of the trials `df` right after the keys."""
+    out = frame.merge(setups(df), on=KEYS, how="left")
+    out["setup"] = out["setup"].fillna("")
+    at = list(frame.columns).index("definition") + 1
+    return out[[*frame.columns[:at], "setup", *frame.columns[at:]]]
+
+
+def curve_label(task: str, setup: str) -> str:
+    """A task's name, with its setup where it has several definitions: "sst2 [epochs=2]"."""
+    return f"{task} [{setup}]" if setup else str(task)
+
+
 def _best_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     # Ties go to the earlier trial (lower number), then to the study name, so every run picks the same row.
     scored = df.assign(_score=pd.to_numeric(df["value"], errors="coerce") * _signs(df))
@@ -48,8 +118,9 @@ def _best_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def best_configs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, task): the best completed trial's study, number, config, value and metric."""
-    return _best_rows(completed(df), KEYS)[KEYS + CONFIG_COLUMNS]
+    """One row per (model, task, definition): the best completed trial's study, number, config, value
+    and metric."""
+    return _best_rows(completed(_defined(df)), KEYS)[KEYS + CONFIG_COLUMNS]
 
 
 def is_plain(lam: pd.Series) -> pd.Series:
@@ -63,13 +134,15 @@ def is_plain_value(lam: float) -> bool:
 
 
 def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task): best value with lambda = 1, best value overall, and the gain: how much better
-    best is than best_plain in the metric's direction (best - best_plain; for a loss, best_plain - best).
+    """Per (model, task, definition): best value with lambda = 1, best value overall, and the gain: how
+    much better best is than best_plain in the metric's direction (best - best_plain; for a loss,
+    best_plain - best).
 
-    Columns: model, task, metric_name, best, best_lambda, best_plain, plain_eta_a, plain_rank (Int64),
-    gain. The plain columns and gain are NaN/NA where the task has no completed lambda = 1 trial.
+    Columns: model, task, definition, metric_name, best, best_lambda, best_plain, plain_eta_a,
+    plain_rank (Int64), gain. The plain columns and gain are NaN/NA where the task has no completed
+    lambda = 1 trial.
     """
-    done = completed(df)
+    done = completed(_defined(df))
     best = _best_rows(done, KEYS)[KEYS + ["metric_name", "value", "lambda"]]
     best = best.rename(columns={"value": "best", "lambda": "best_lambda"})
     plain = _best_rows(done[is_plain(done["lambda"])], KEYS)[KEYS + ["value", "eta_a", "rank"]]
@@ -97,55 +170,119 @@ def lambda_bin(lam: float | pd.Series | np.ndarray) -> int | pd.Series | np.ndar
     return int(bins) if bins.ndim == 0 else bins
 
 
-def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, lambda bin): the best value over every eta_a and rank, and what achieved it.
+# A bin is within noise of the best when it trails it by at most this many standard errors of the
+# difference: within one, the data cannot order the two.
+NOISE_SES = 1.0
 
-    Long format, sorted by model, task, lambda_bin. Columns: model, task, lambda_bin, lambda (= 2^bin),
-    metric_name, value, eta_a, trial_lambda and rank of the best trial (bin 0 holds lambda up to 1.41,
-    so trial_lambda says whether its best was plain LoRA), trials (completed trials in the bin), and
-    normalised: 1 at the task's best bin, less elsewhere (value / the best, or for a metric better
-    lower, the best / value); NaN when a ratio says nothing (a best <= 0, e.g. an MCC that never left 0;
-    a loss <= 0).
+
+def is_proportion(metric: str) -> bool:
+    """Accuracy (of any split): the share of evaluated examples scored right, so its SE is binomial."""
+    return metric == "accuracy" or metric.startswith("accuracy_")
+
+
+def standard_error(metric: Any, value: float, config: Any) -> tuple[float, str]:
+    """The standard error of one trial's value from its evaluation set, and how it was found.
+
+    Binomial, sqrt(p (1 - p) / n_eval), for accuracy scored on a sample of n_eval = the trial config's
+    eval_limit examples (a validation split smaller than eval_limit is scored whole: then n_eval is
+    smaller and this SE too small). NaN otherwise, with the reason: a whole split's size is not stored,
+    and no other metric is a proportion (a loss's per-token spread is not stored either). Not a bootstrap
+    over a bin's trials: those ran at other learning rates and ranks, so resampling them measures how
+    far apart the search looked, not how noisy the best value is.
     """
+    if not isinstance(metric, str) or not is_proportion(metric):
+        return NAN_F, f"unknown: {metric} is not a proportion"
+    n = config.get("eval_limit") if isinstance(config, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return NAN_F, "unknown: evaluated on the whole split, whose size is not stored"
+    p = min(max(float(value), 0.0), 1.0)
+    return math.sqrt(p * (1.0 - p) / n), f"binomial, n_eval = eval_limit {n}"
+
+
+def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, definition, lambda bin): the best value over every eta_a and rank, what achieved
+    it, and how sure it is.
+
+    Long format, sorted by model, task, definition, lambda_bin; each (model, task, definition) is one
+    curve. Columns: model, task, definition, setup, lambda_bin, lambda (= 2^bin), metric_name, value,
+    se and se_basis (the best trial's standard error and how it was found: see standard_error), eta_a,
+    trial_lambda and rank of the best trial (bin 0 holds lambda up to 1.41, so trial_lambda says whether
+    its best was plain LoRA), trials (completed trials in the bin); normalised: 1 at the curve's best
+    bin, less elsewhere (value / the best, or for a metric better lower, the best / value), NaN when a
+    ratio says nothing (a best <= 0, e.g. an MCC that never left 0; a loss <= 0); normalised_se, the se
+    on that scale; within_noise: whether the bin's value trails the curve's best by at most NOISE_SES
+    standard errors of the difference (the two SEs taken as independent). The best bin always is; where
+    an SE is unknown, only a bin with an equal value is.
+    """
+    df = _defined(df)
     done = completed(df)
     done = done.assign(lambda_bin=lambda_bin(done["lambda"].astype(float)))
     keys = KEYS + ["lambda_bin"]
-    best = _best_rows(done, keys)[keys + ["metric_name", "value", "eta_a", "lambda", "rank"]]
-    best = best.rename(columns={"lambda": "trial_lambda"})
+    best = _best_rows(done, keys)
+    configs = best["config"] if "config" in best else pd.Series(None, index=best.index, dtype=object)
+    noise = [standard_error(m, v, c) for m, v, c in zip(best["metric_name"], best["value"], configs,
+                                                        strict=True)]
+    best = best[keys + ["metric_name", "value", "eta_a", "lambda", "rank"]].rename(
+        columns={"lambda": "trial_lambda"})
+    best.insert(best.columns.get_loc("value") + 1, "se", [n[0] for n in noise])
+    best.insert(best.columns.get_loc("se") + 1, "se_basis", [n[1] for n in noise])
     counts = done.groupby(keys).size().rename("trials").reset_index()
     out = best.merge(counts, on=keys)
-    out.insert(3, "lambda", 2.0 ** out["lambda_bin"].astype(float))
+    out.insert(len(keys), "lambda", 2.0 ** out["lambda_bin"].astype(float))
+    out["se"] = out["se"].astype(float)
     signs = _signs(out)
-    higher = signs > 0
-    top = out.assign(_s=out["value"] * signs).groupby(KEYS)["_s"].transform("max") * signs  # the best value
+    score = out["value"] * signs
+    # Each row's curve's best bin (of equal bests the lowest, as default_lambda picks).
+    at_top = score.groupby([out[k] for k in KEYS]).transform("idxmax")
+    top = out["value"].loc[at_top].to_numpy()
+    top_se = out["se"].loc[at_top].to_numpy()
     up = (out["value"] / top).where(top > 0)
     down = (top / out["value"]).where((out["value"] > 0) & (top > 0))
-    out["normalised"] = up.where(higher, down)
-    return out
+    out["normalised"] = up.where(signs > 0, down)
+    out["normalised_se"] = (out["normalised"] * out["se"] / out["value"].abs()).where(out["value"] != 0)
+    gap = (top - out["value"]) * signs
+    out["within_noise"] = (gap <= NOISE_SES * np.hypot(out["se"], top_se)) | (gap <= 0)
+    return _with_setup(out, df)
 
 
 @dataclass(frozen=True)
 class DefaultLambda:
-    """The recommended default lambda of one model across its tasks.
+    """The recommended default lambda of one model across its tasks, and the bins it cannot tell apart.
 
-    Values are normalised per task (value / the task's best over all bins, so 1.0 is that task's best).
-    mean_normalised, spread (std across tasks, ddof 0) and worst (min across tasks) are taken at the
-    recommended bin; by_bin maps each bin tried on every task to its mean normalised value. excluded
-    names tasks left out because their best value was <= 0.
+    Each (task, definition) is one curve, named in `tasks` (with its setup where the task has several
+    definitions: "sst2 [epochs=2]"), its values normalised by its own best (1.0 is that curve's best).
+    mean_normalised, its standard error mean_se (from the curves' normalised_se, taken as independent;
+    NaN where one is unknown), spread (std across curves, ddof 0) and worst (min across curves) are
+    taken at the recommended bin; by_bin maps each bin tried on every curve to its mean normalised value.
+    within_noise holds the bins (ascending) whose mean trails the recommended bin's by at most NOISE_SES
+    standard errors of the difference: the recommended bin alone when the data orders the rest, several
+    when they tie; with an unknown SE only bins of an equal mean tie. excluded names curves left out
+    because their best value was <= 0.
     """
 
     model: str
     lambda_bin: int
     mean_normalised: float
+    mean_se: float
     spread: float
     worst: float
-    n_tasks: int
     by_bin: dict[int, float]
+    within_noise: tuple[int, ...]
+    tasks: tuple[str, ...]
     excluded: tuple[str, ...] = ()
 
     @property
     def lam(self) -> float:
         return 2.0**self.lambda_bin
+
+    @property
+    def n_tasks(self) -> int:
+        """Curves averaged: (task, definition) pairs."""
+        return len(self.tasks)
+
+    @property
+    def tied(self) -> bool:
+        return len(self.within_noise) > 1
 
 
 def default_lambda(df: pd.DataFrame) -> dict[str, DefaultLambda]:
@@ -156,49 +293,65 @@ def default_lambda(df: pd.DataFrame) -> dict[str, DefaultLambda]:
 def default_lambda_from_curve(curve: pd.DataFrame) -> dict[str, DefaultLambda]:
     """Per model (sorted), the recommended lambda from a lambda_curve frame.
 
-    Only bins tried on every (usable) task of the model compete, so a bin seen on one easy task cannot
-    win by absence of evidence. Ties go to the smaller lambda, the more conservative choice. With one
-    task this is that task's best bin, spread 0. A model is left out when none of its tasks has a best
-    value > 0, or no bin is common to all of them.
+    Each (task, definition) curve counts once: two definitions of one task are two labelled curves,
+    never pooled. Only bins tried on every (usable) curve of the model compete, so a bin seen on one
+    easy task cannot win by absence of evidence. Ties go to the smaller lambda, the more conservative
+    choice; `within_noise` says which bins the data cannot order. With one curve this is its best bin,
+    spread 0. A model is left out when none of its curves has a best value > 0, or no bin is common to
+    all of them.
     """
+    setup = curve["setup"] if "setup" in curve else pd.Series("", index=curve.index)
+    curve = curve.assign(_curve=[curve_label(t, s) for t, s in zip(curve["task"], setup, strict=True)])
     out = {}
     for model, rows in curve.groupby("model", sort=True):
         usable = rows[rows["normalised"].notna()]
-        table = usable.pivot(index="lambda_bin", columns="task", values="normalised").dropna()
+        table = usable.pivot(index="lambda_bin", columns="_curve", values="normalised").dropna()
         if table.empty:
             continue
+        ses = usable.pivot(index="lambda_bin", columns="_curve", values="normalised_se").reindex_like(table)
         mean = table.mean(axis=1)
+        se = np.sqrt((ses**2).sum(axis=1, skipna=False)) / table.shape[1]
         pick = int(mean.idxmax())  # the index is sorted, and idxmax returns the first maximum
+        gap = mean[pick] - mean
+        within = (gap <= NOISE_SES * np.hypot(se, se[pick])) | (gap <= 0)
         at = table.loc[pick]
         out[str(model)] = DefaultLambda(
             model=str(model),
             lambda_bin=pick,
             mean_normalised=float(mean[pick]),
+            mean_se=float(se[pick]),
             spread=float(np.std(at.to_numpy())),
             worst=float(at.min()),
-            n_tasks=table.shape[1],
             by_bin={int(b): float(v) for b, v in mean.items()},
-            excluded=tuple(sorted(set(rows["task"]) - set(usable["task"]))),
+            within_noise=tuple(int(b) for b in mean.index[within]),
+            tasks=tuple(str(c) for c in table.columns),
+            excluded=tuple(sorted(set(rows["_curve"]) - set(usable["_curve"]))),
         )
     return out
 
 
 def defaults_table(defaults: dict[str, DefaultLambda]) -> pd.DataFrame:
-    """The recommendations as one row per model, ready for to_format (by_bin left out)."""
-    columns = ["model", "lambda", "lambda_bin", "mean_normalised", "spread", "worst", "n_tasks", "excluded"]
+    """The recommendations as one row per model, ready for to_format (by_bin left out): within_noise
+    lists the lambdas of the tied bins ("4, 8"), tasks and excluded the curves ("; " between them)."""
+    columns = ["model", "lambda", "lambda_bin", "mean_normalised", "mean_se", "within_noise", "spread",
+               "worst", "n_tasks", "tasks", "excluded"]
     rows = [
-        [d.model, d.lam, d.lambda_bin, d.mean_normalised, d.spread, d.worst, d.n_tasks, ", ".join(d.excluded)]
+        [d.model, d.lam, d.lambda_bin, d.mean_normalised, d.mean_se,
+         ", ".join(f"{2.0**b:g}" for b in d.within_noise), d.spread, d.worst, d.n_tasks,
+         "; ".join(d.tasks), "; ".join(d.excluded)]
         for d in defaults.values()
     ]
     return pd.DataFrame(rows, columns=columns)
 
 
 def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task): trials in all and by state, total training tokens, total wall time in seconds.
+    """Per (model, task, definition): trials in all and by state, total training tokens, total wall
+    time in seconds.
 
-    Columns: model, task, trials, complete, pruned, failed, running, tokens, wall_time_s. Every trial
-    counts, whatever its state; trials in other states (e.g. WAITING) count only in `trials`.
+    Columns: model, task, definition, trials, complete, pruned, failed, running, tokens, wall_time_s.
+    Every trial counts, whatever its state; trials in other states (e.g. WAITING) count only in `trials`.
     """
+    df = _defined(df)
     flags = df.assign(
         **{name: df["state"].eq(state) for name, state in STATES.items()},
         tokens=pd.to_numeric(df["tokens"], errors="coerce"),
@@ -225,16 +378,17 @@ GRID_ETA_PER_DECADE = 2
 
 
 def grid_equivalent(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task): what the sweep cost against a full grid over the region it searched.
+    """Per (model, task, definition): what the sweep cost against a full grid over the region it searched.
 
     The grid spans the eta_A and lambda extent of the trials (GRID_ETA_PER_DECADE points per decade
     of eta_A, one per power-of-two bin of lambda) and every rank tried; each grid point is priced at
-    the median cost of a trial that ran to its end (COMPLETE). Columns: model, task, trials,
-    wall_time_s, tokens (the sweep, every trial), grid_points, grid_wall_time_s, grid_tokens,
+    the median cost of a trial that ran to its end (COMPLETE). Columns: model, task, definition, setup,
+    trials, wall_time_s, tokens (the sweep, every trial), grid_points, grid_wall_time_s, grid_tokens,
     grid_over_sweep (grid wall time / sweep wall time; > 1: the sweep was cheaper).
     """
+    df = _defined(df)
     rows = []
-    for (model, task), g in df.groupby(KEYS, sort=True):
+    for (model, task, definition), g in df.groupby(KEYS, sort=True):
         eta = pd.to_numeric(g["eta_a"], errors="coerce").dropna()
         lam = pd.to_numeric(g["lambda"], errors="coerce").dropna()
         full = g[g["state"].eq("COMPLETE")]
@@ -246,13 +400,14 @@ def grid_equivalent(df: pd.DataFrame) -> pd.DataFrame:
         per_wall = float(pd.to_numeric(full["wall_time_s"], errors="coerce").median()) if len(full) else NAN_F
         per_tokens = float(pd.to_numeric(full["tokens"], errors="coerce").median()) if len(full) else NAN_F
         rows.append({
-            "model": model, "task": task, "trials": len(g), "wall_time_s": wall,
+            "model": model, "task": task, "definition": definition, "trials": len(g), "wall_time_s": wall,
             "tokens": int(pd.to_numeric(g["tokens"], errors="coerce").fillna(0).sum()),
             "grid_points": points, "grid_wall_time_s": points * per_wall, "grid_tokens": points * per_tokens,
             "grid_over_sweep": points * per_wall / wall if wall > 0 else NAN_F,
         })
-    return pd.DataFrame(rows, columns=["model", "task", "trials", "wall_time_s", "tokens", "grid_points",
-                                       "grid_wall_time_s", "grid_tokens", "grid_over_sweep"])
+    out = pd.DataFrame(rows, columns=[*KEYS, "trials", "wall_time_s", "tokens", "grid_points",
+                                      "grid_wall_time_s", "grid_tokens", "grid_over_sweep"])
+    return _with_setup(out, df)
 
 
 NAN_F = float("nan")
@@ -321,12 +476,13 @@ def _cell(value: Any) -> str:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task): the best config, the best plain LoRA and the gain, and the compute spent."""
+    """Per (model, task, definition): its setup, the best config, the best plain LoRA and the gain, and
+    the compute spent."""
     best = best_configs(df).drop(columns=["study", "value", "metric_name"])
     best = best.rename(columns={"number": "best_trial"})
     gain = plain_lora_gain(df).drop(columns=["best_lambda"])
     spent = compute_spent(df)
-    return gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right")
+    return _with_setup(gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right"), df)
 
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:

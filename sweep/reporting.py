@@ -29,7 +29,7 @@ def gather(url: str, model: str | None = None, task: str | None = None) -> Repor
         raise SweepError("no trials to report" + (" for that model/task" if model or task else "")
                          + "; run a sweep first (loraplus-sweep run)")
     names = sorted(df.loc[df["kind"] == "confirm", "study"].unique())
-    confirmations = [confirm.summarise(StoredStudy.load(url, n)) for n in names]
+    confirmations = [c for n in names for c in confirm.summaries(StoredStudy.load(url, n))]
     df = df[df["kind"] != "confirm"]
     if df.empty:
         raise SweepError("no search trials to report; run a sweep first (loraplus-sweep run)")

@@ -456,9 +456,11 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
             for k in ("model", "task", "metric_name"):
                 row[k] = row[k] or attrs.get(k)
             row["kind"] = attrs.get("kind", "search")  # "confirm": re-runs over seeds
+            row["definition"] = attrs.get("definition_hash")  # what the trials measure: report groups by it
             row.update({k: user.get(k) for k in RUN_ATTRS})
             rows.append(row)
-    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind", *RUN_ATTRS]
+    columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind",
+               "definition", *RUN_ATTRS]
     df = pd.DataFrame(rows, columns=columns)
     for col in ("tokens", "wall_time_s"):
         df[col] = pd.to_numeric(df[col]).fillna(0)

@@ -169,71 +169,110 @@ def print_report(tables: dict[str, pd.DataFrame], fmt: str = "rich") -> None:
 
 
 def _print_search_tables(tables: dict[str, pd.DataFrame]) -> None:
+    from sweep.report import curve_label
+
+    def task(r: dict[str, Any]) -> str:  # the task, with its setup where it has several definitions
+        return curve_label(str(r["task"]), r.get("setup") or "")
+
     out = _stdout()
     s = tables["summary"].to_dict("records")
     t = Table("model", "task", "metric", "best", "eta_A", "lambda", "rank", "λ=1 best", "at eta_A", "gain",
               title="best configuration vs plain LoRA (λ = 1)")
     for r in s:
-        _row(t, str(r["model"]), str(r["task"]), str(r["metric_name"]), _num(r["best"]),
+        _row(t, str(r["model"]), task(r), str(r["metric_name"]), _num(r["best"]),
              _num(r["eta_a"], ".2g"), _num(r["lambda"], ".3g"), _num(r["rank"], ".0f"),
              _num(r["best_plain"]), _num(r["plain_eta_a"], ".2g"), _num(r["gain"], "+.4f"))
     out.print(t)
     t = Table("model", "task", "trials", "complete", "pruned", "failed", "tokens", "wall time",
               title="compute spent")
     for r in s:
-        _row(t, str(r["model"]), str(r["task"]), str(r["trials"]), str(r["complete"]), str(r["pruned"]),
+        _row(t, str(r["model"]), task(r), str(r["trials"]), str(r["complete"]), str(r["pruned"]),
              str(r["failed"]), f"{r['tokens']:,}", f"{r['wall_time_s'] / 60:.1f} min")
     out.print(t)
     t = Table("model", "task", "sweep trials", "sweep wall time", "grid points", "grid wall time (est.)",
               "grid / sweep", title="the same region as a full grid (eta_A every half decade, lambda every "
               "power of 2, every rank; each point at the median complete trial's cost)")
     for r in tables["budget"].to_dict("records"):
-        _row(t, str(r["model"]), str(r["task"]), str(r["trials"]), f"{r['wall_time_s'] / 60:.1f} min",
+        _row(t, str(r["model"]), task(r), str(r["trials"]), f"{r['wall_time_s'] / 60:.1f} min",
              str(r["grid_points"]), f"{_num(r['grid_wall_time_s'] / 60, '.1f')} min",
              f"{_num(r['grid_over_sweep'], '.1f')}x")
     out.print(t)
     curve = tables["lambda_curve"]
     if not curve.empty:
-        pivot = curve.pivot_table(index=["model", "task"], columns="lambda", values="value", aggfunc="max")
-        t = Table("model", "task", *(f"{c:g}" for c in pivot.columns),
-                  title="lambda curve: best metric over eta_A and rank, per lambda bin "
-                        "(bin 2^k holds lambda 2^(k-1/2) to 2^(k+1/2), so bin 1 holds 1 to 1.41)")
-        for (m, k), row in pivot.iterrows():
-            _row(t, str(m), str(k), *(_num(v) for v in row))
-        out.print(t)
+        _print_lambda_curve(out, curve, task)
     d = tables["default_lambda"]
-    t = Table("model", "default lambda", "mean normalised metric", "spread (std)", "worst task", "tasks",
-              title="recommended default lambda (metric normalised per task by its best)")
+    t = Table("model", "default lambda", "mean normalised metric", "± SE", "within noise (lambdas)",
+              "spread (std)", "worst task", "tasks",
+              title="recommended default lambda (metric normalised per task by its best; each task "
+                    "definition counts once)")
     for r in d.to_dict("records"):
-        _row(t, str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["spread"]),
-             _num(r["worst"]), str(r["n_tasks"]))
+        tasks = f"{r['n_tasks']}: {r['tasks']}" + (f" (left out: {r['excluded']})" if r["excluded"] else "")
+        noise = r["within_noise"] + ("" if not _missing(r["mean_se"]) else " (SE unknown: only equal means)")
+        _row(t, str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["mean_se"]),
+             noise, _num(r["spread"]), _num(r["worst"]), tasks)
     out.print(t)
+
+
+def _print_lambda_curve(out: Console, curve: pd.DataFrame, task: Callable[[dict[str, Any]], str]) -> None:
+    """One row per curve, one column per lambda bin: the best value (* where within noise of the
+    curve's best), its standard error where known, and the completed trials behind it."""
+    lambdas = sorted(curve["lambda"].unique())
+    t = Table("model", "task", *(f"{lam:g}" for lam in lambdas),
+              title="lambda curve: best metric over eta_A and rank, per lambda bin",
+              caption="bin 2^k holds lambda 2^(k-1/2) to 2^(k+1/2), so bin 1 holds 1 to 1.41; under each "
+                      "value its standard error (where known) and n, the completed trials in the bin; "
+                      "* within noise of the task's best (1 SE of the difference)")
+    for _, rows in curve.groupby(["model", "task", "definition"], sort=True):
+        cells = {r["lambda"]: r for r in rows.to_dict("records")}
+        first = rows.iloc[0].to_dict()
+        _row(t, str(first["model"]), task(first), *(_bin_cell(cells.get(lam)) for lam in lambdas))
+    out.print(t)
+
+
+def _bin_cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "-"
+    se = "" if _missing(r["se"]) else f"±{r['se']:.4f} "
+    return f"{r['value']:.4f}{'*' if r['within_noise'] else ''}\n{se}n={r['trials']}"
 
 
 def print_confirm(frame: pd.DataFrame) -> None:
     """The table of sweep.confirm.table, with its footnotes."""
-    t = Table("model", "task", "seeds", "LoRA+ (eta_A, lambda, r)", "LoRA+ mean ± std", "plain (eta_A, r)",
-              "plain mean ± std", "gain [95% CI]", "p", "steps to plain's final", "cost",
+    from sweep.stats import MIN_PAIRS
+
+    t = Table("model / task\nLoRA+ arm", "pairs", "LoRA+ (eta_A, lambda, r)\nmean ± std",
+              "plain (eta_A, r)\nmean ± std", "gain [95% CI]", "p", "MDE (80%)", "verdict",
+              "diverged / failed\nLoRA+ | plain", "steps to plain's final", "cost",
               title="confirm: LoRA+ vs plain LoRA, paired by seed")
     for r in frame.to_dict("records"):
+        arm = f"lambda bin {_num(r['lambda bin'], '.0f')}" + (" (best)" if r["best"] else "")
         _row(
-            t, str(r["model"]), str(r["task"]), str(r["seeds"]),
-            f"{r['lora+ eta_a']:.2g}, {r['lora+ lambda']:.3g}, {r['lora+ rank']}",
+            t, f"{r['model']} / {r['task']}\n{arm}", str(r["seeds"]),
+            f"{r['lora+ eta_a']:.2g}, {r['lora+ lambda']:.3g}, {r['lora+ rank']}\n"
             f"{_num(r['lora+ mean'])} ± {_num(r['lora+ std'])}",
-            f"{r['lora eta_a']:.2g}, {r['lora rank']}",
-            f"{_num(r['lora mean'])} ± {_num(r['lora std'])}",
+            f"{r['lora eta_a']:.2g}, {r['lora rank']}\n{_num(r['lora mean'])} ± {_num(r['lora std'])}",
             f"{_num(r['gain'], '+.4f')} [{_num(r['ci95 low'], '+.4f')}, {_num(r['ci95 high'], '+.4f')}]"
             + (" *" if r["significant"] else ""),
-            _num(r["p"], ".3g"),
+            _num(r["p"], ".3g"), _num(r["mde80"], ".4f"), str(r["verdict"]),
+            f"{r['lora+ diverged']}/{r['lora+ failed']} | {r['lora diverged']}/{r['lora failed']}",
             f"LoRA+ {_num(r['steps lora+'], 'g')} / plain {_num(r['steps lora'], 'g')}",
             f"{r['trials']} trials, {r['tokens']:,} tokens, {r['wall_time_s'] / 60:.1f} min",
         )
-    _stdout().print(t)
+    out = _stdout()
+    out.print(t)
     significant = frame["significant"].fillna(False).astype(bool).any()
-    _stdout().print("* the 95% interval of the paired gain excludes 0" if significant
-                    else "no gain is significant: every 95% interval contains 0", style="dim")
-    _stdout().print("steps: the first evaluation at which the mean curve reaches plain LoRA's final mean; "
-                    "-: never", style="dim")
+    out.print("* the 95% interval of the paired gain excludes 0" if significant else
+              "no gain is significant: every 95% interval contains 0 or rests on too few pairs", style="dim")
+    notes = [
+        f"pairs: seeds where both arms have a result; a claim needs at least {MIN_PAIRS}",
+        "MDE (80%): the smallest true gain these pairs would find 4 times in 5 (two-sided paired t at 95%, "
+        "from the observed spread of the differences)",
+        "diverged: kept in the pair, scored at the worst value the run recorded; failed: no result, that "
+        "seed is left out (a re-run retries it)",
+        "steps: the first evaluation at which the mean curve reaches plain LoRA's final mean; -: never",
+    ]
+    for note in notes:
+        out.print(note, style="dim", highlight=False)
 
 
 def print_study_summary(name: str, summary: pd.DataFrame) -> None:
@@ -330,14 +369,14 @@ def trial_live(cfg: TrialConfig, on_end: Callable[[Any, Any], None] | None = Non
         return run_trial(cfg, on_eval=bar.eval, on_step=bar.step, task=task, on_end=on_end)
 
 
-def confirm_live(study: Any, spec: Any, arms: Any, seeds: int) -> Any:
-    """Confirm a study's arms (sweep.confirm.run_confirm) with live progress; its summary."""
+def confirm_live(study: Any, spec: Any, plan: Any) -> list[Any]:
+    """Run a confirm plan (sweep.confirm.run_confirm) with live progress; the summaries of its arms."""
     from sweep import confirm
 
-    for arm in arms:
+    for arm in plan.arms:
         err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
                   highlight=False, markup=False)
-    done = confirm.runs_stored(study, spec, seeds)
-    with SweepProgress(study.name + confirm.SUFFIX, done, 2 * seeds) as progress:
-        result = confirm.run_confirm(study, spec, seeds, progress.hooks(), arms)
-    return confirm.summarise(result)
+    done = confirm.runs_stored(spec.storage, plan)
+    with SweepProgress(plan.name, done, plan.runs) as progress:
+        result = confirm.run_confirm(study, spec, plan, progress.hooks())
+    return confirm.summaries(result, tuple(a.name for a in plan.challengers))

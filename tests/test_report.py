@@ -1,4 +1,5 @@
-"""Report aggregation and plots on hand-built trial frames with known answers."""
+"""Report aggregation, its printout and plots on hand-built trial frames with known answers, and
+definitions kept apart from a stored database."""
 
 import json
 import math
@@ -336,3 +337,175 @@ def test_grid_equivalent_prices_a_full_grid_over_the_searched_region(trials):
     assert sst2["grid_tokens"] == 84 * 1000
     mnli = row(g, task="mnli")  # eta 5e-5..1e-2: round(4.60) + 1 = 6; bins 1..5: 5; one rank
     assert mnli["grid_points"] == 30
+
+
+
+def defined(rows, definition, **config):
+    """Trial rows of one study definition, each with the trial config a study stores."""
+    out = []
+    for r in rows:
+        settings = {"eta_a": r["eta_a"], "lambda": r["lambda"], "rank": r["rank"], "batch_size": 32, **config}
+        out.append({**r, "study": f"{r['study']}-{definition}", "definition": definition, "config": settings})
+    return out
+
+
+def complete(task, number, value, lam, eta_a=1e-4, model="bert"):
+    return trial(model, task, number, "COMPLETE", value, eta_a, lam)
+
+
+@pytest.fixture
+def two_epochs() -> pd.DataFrame:
+    """bert on sst2 as two studies that differ only in epochs, and on mrpc as one study."""
+    long = [complete("sst2", 0, 0.80, 1.0), complete("sst2", 1, 0.90, 4.0)]
+    short = [complete("sst2", 0, 0.60, 1.0), complete("sst2", 1, 0.70, 16.0, eta_a=2e-4),
+             complete("sst2", 2, 0.65, 4.0), trial("bert", "sst2", 3, "FAIL", NAN, 1e-2, 4.0)]
+    mrpc = [complete("mrpc", 0, 0.70, 1.0), complete("mrpc", 1, 0.80, 4.0)]
+    rows = defined(long, "aaaa1111", epochs=2.0) + defined(short, "bbbb2222", epochs=1.0)
+    return pd.DataFrame(rows + defined(mrpc, "cccc3333", epochs=2.0))
+
+
+def test_two_definitions_of_one_task_stay_two_rows_labelled_by_the_setting_that_differs(two_epochs):
+    tables = report.tables(two_epochs)
+    summary = tables["summary"]
+    sst2 = summary[summary["task"] == "sst2"]
+    assert sst2[["definition", "setup", "best", "best_plain", "trials"]].values.tolist() == [
+        ["aaaa1111", "epochs=2", 0.90, 0.80, 2],
+        ["bbbb2222", "epochs=1", 0.70, 0.60, 4],
+    ]
+    assert row(summary, task="mrpc")["setup"] == ""  # one definition: nothing to tell apart
+    budget = tables["budget"]
+    assert budget[budget["task"] == "sst2"]["setup"].tolist() == ["epochs=2", "epochs=1"]
+    short = tables["lambda_curve"].query("setup == 'epochs=1'")
+    assert short["lambda_bin"].tolist() == [0, 2, 4] and short["value"].tolist() == [0.60, 0.65, 0.70]
+
+
+def test_default_lambda_counts_each_definition_of_a_task_as_one_named_curve(two_epochs):
+    bert = report.default_lambda(two_epochs)["bert"]
+    assert bert.tasks == ("mrpc", "sst2 [epochs=1]", "sst2 [epochs=2]") and bert.n_tasks == 3
+    assert set(bert.by_bin) == {0, 2}  # bin 4 was tried under epochs=1 alone
+    assert bert.lambda_bin == 2
+    assert bert.mean_normalised == pytest.approx((1.0 + 0.65 / 0.70 + 1.0) / 3)
+    table = report.defaults_table(report.default_lambda(two_epochs))
+    assert table["tasks"].tolist() == ["mrpc; sst2 [epochs=1]; sst2 [epochs=2]"]
+
+
+def test_definitions_whose_stored_settings_agree_are_told_apart_by_their_hash():
+    a = defined([complete("sst2", 0, 0.8, 1.0)], "aaaa1111", epochs=1.0)
+    b = defined([complete("sst2", 0, 0.7, 4.0)], "bbbb2222", epochs=1.0)  # e.g. another eta_A range
+    setups = report.setups(pd.DataFrame(a + b))
+    assert setups["setup"].tolist() == ["definition aaaa1111", "definition bbbb2222"]
+
+
+def test_a_frame_without_definitions_is_one_definition_per_task(trials):
+    summary = report.summary(trials)
+    assert keys(summary) == [("bert", "mrpc"), ("bert", "sst2"), ("llama", "mnli")]
+    assert summary["definition"].tolist() == ["", "", ""] and summary["setup"].tolist() == ["", "", ""]
+
+
+def test_accuracy_on_an_eval_sample_has_a_binomial_standard_error_per_bin():
+    df = pd.DataFrame(defined([complete("sst2", 0, 0.80, 4.0), complete("sst2", 1, 0.75, 4.0),
+                               complete("sst2", 2, 0.90, 16.0)], "aaaa1111", eval_limit=500))
+    curve = report.lambda_curve(df)
+    assert curve["trials"].tolist() == [2, 1]
+    assert curve["se"].tolist() == pytest.approx([math.sqrt(0.8 * 0.2 / 500), math.sqrt(0.9 * 0.1 / 500)])
+    assert curve["se_basis"].tolist() == ["binomial, n_eval = eval_limit 500"] * 2
+    assert curve["normalised_se"].tolist() == pytest.approx([math.sqrt(0.8 * 0.2 / 500) / 0.9,
+                                                             math.sqrt(0.9 * 0.1 / 500) / 0.9])
+
+
+def test_standard_error_is_nan_with_its_reason_where_it_cannot_be_known():
+    se, why = report.standard_error("accuracy", 0.8, {"eval_limit": None})
+    assert math.isnan(se) and why == "unknown: evaluated on the whole split, whose size is not stored"
+    se, why = report.standard_error("f1", 0.8, {"eval_limit": 500})
+    assert math.isnan(se) and why == "unknown: f1 is not a proportion"
+    se, why = report.standard_error("loss", 2.3, {"eval_limit": 100})
+    assert math.isnan(se) and why == "unknown: loss is not a proportion"
+    assert report.standard_error("accuracy_mismatched", 0.5, {"eval_limit": 100})[0] == pytest.approx(0.05)
+
+
+def test_bins_within_noise_of_the_best_are_reported_as_ties():
+    # n_eval 500: SEs 0.0160 and 0.0155, so 0.85 trails 0.86 by less than one SE of the difference.
+    df = pd.DataFrame(defined([complete("sst2", 0, 0.70, 1.0), complete("sst2", 1, 0.85, 4.0),
+                               complete("sst2", 2, 0.86, 16.0)], "aaaa1111", eval_limit=500))
+    assert report.lambda_curve(df)["within_noise"].tolist() == [False, True, True]
+    bert = report.default_lambda(df)["bert"]
+    assert (bert.lambda_bin, bert.within_noise, bert.tied) == (4, (2, 4), True)
+    assert bert.mean_se == pytest.approx(math.sqrt(0.86 * 0.14 / 500) / 0.86)
+    assert report.defaults_table({"bert": bert})["within_noise"].tolist() == ["4, 16"]
+
+
+def test_a_clear_winner_stays_a_single_bin():
+    df = pd.DataFrame(defined([complete("sst2", 0, 0.70, 1.0), complete("sst2", 1, 0.80, 4.0),
+                               complete("sst2", 2, 0.90, 16.0)], "aaaa1111", eval_limit=2000))
+    assert report.lambda_curve(df)["within_noise"].tolist() == [False, False, True]
+    bert = report.default_lambda(df)["bert"]
+    assert (bert.lambda_bin, bert.within_noise, bert.tied) == (4, (4,), False)
+    assert report.defaults_table({"bert": bert})["within_noise"].tolist() == ["16"]
+
+
+def test_ties_across_tasks_use_the_standard_error_of_the_mean():
+    # Normalised gaps 0.0116 (sst2) and 0.0056 (mnli), mean 0.0086; the SE of each bin's mean over the
+    # two tasks is about 0.0106, so the difference's is about 0.015: a tie, stated once for the model.
+    sst2 = [complete("sst2", 0, 0.85, 4.0), complete("sst2", 1, 0.86, 16.0)]
+    mnli = [complete("mnli", 0, 0.895, 4.0), complete("mnli", 1, 0.90, 16.0)]
+    df = pd.DataFrame(defined(sst2, "aaaa1111", eval_limit=500) + defined(mnli, "cccc3333", eval_limit=500))
+    bert = report.default_lambda(df)["bert"]
+    se_4 = math.hypot(math.sqrt(0.86 * 0.14 / 500) / 0.86, math.sqrt(0.9 * 0.1 / 500) / 0.9) / 2
+    assert (bert.lambda_bin, bert.within_noise, bert.mean_se) == (4, (2, 4), pytest.approx(se_4))
+
+
+def test_with_an_unknown_standard_error_only_equal_values_tie():
+    equal = pd.DataFrame([complete("sst2", 0, 0.9, 16.0), complete("sst2", 1, 0.9, 4.0)])
+    bert = report.default_lambda(equal)["bert"]
+    assert (bert.lambda_bin, bert.within_noise) == (2, (2, 4)) and math.isnan(bert.mean_se)
+    close = pd.DataFrame([complete("sst2", 0, 0.9, 16.0), complete("sst2", 1, 0.899, 4.0)])
+    assert report.default_lambda(close)["bert"].within_noise == (4,)
+
+
+def test_a_loss_has_no_standard_error_and_its_best_bin_is_the_lowest():
+    df = pd.DataFrame([{**complete("sst2", 0, 2.1, 4.0), "metric_name": "loss"},
+                       {**complete("sst2", 1, 2.0, 16.0), "metric_name": "loss"}])
+    curve = report.lambda_curve(df)
+    assert curve["se"].isna().all() and curve["within_noise"].tolist() == [False, True]
+    assert report.default_lambda(df)["bert"].within_noise == (4,)
+
+
+def test_the_rich_report_shows_setups_standard_errors_and_ties(two_epochs, capsys):
+    from sweep.ui import print_report
+
+    tied = pd.DataFrame(defined([complete("mnli", 0, 0.85, 4.0), complete("mnli", 1, 0.86, 16.0)],
+                                "dddd4444", eval_limit=500))
+    print_report(report.tables(pd.concat([two_epochs, tied.assign(model="llama")], ignore_index=True)))
+    out = capsys.readouterr().out
+    assert "sst2 [epochs=1]" in out and "sst2 [epochs=2]" in out
+    assert "0.8500*" in out and "±0.0160 n=1" in out  # the tied bin of mnli, with its SE and count
+    assert "within noise (lambdas)" in out and "4, 16" in out
+    assert "only equal means" in out  # bert's SEs are unknown: f1 and accuracy on the whole split
+
+
+def test_plot_lambda_curves_draws_each_definition_with_error_bars(two_epochs, tmp_path):
+    path = tmp_path / "curves.png"
+    sample = two_epochs.assign(config=[{**c, "eval_limit": 500} for c in two_epochs["config"]])
+    assert_png(path, plots.plot_lambda_curves(report.lambda_curve(sample), path))
+
+
+def test_the_stored_report_keeps_two_studies_of_one_task_with_other_epochs_apart(tmp_path):
+    from sweep.reporting import gather
+    from sweep.spec import load_spec
+    from sweep.stored import StoredStudy
+
+    url = f"sqlite:///{tmp_path}/sweep.db"
+    hashes = {}
+    for epochs, value in ((1.0, 0.6), (2.0, 0.7)):
+        spec = load_spec(None, {"model": "bert", "task": "sst2", "epochs": epochs, "eval_limit": 100,
+                                "sampler": "random", "storage": url})
+        store = StoredStudy.create_or_load(spec)
+        running = store.ask(spec, draw=0)
+        cfg = running.config(spec)  # a trial recorded as a finished one would be, without training
+        for key, v in (("config", cfg.to_dict()), ("metric_name", "accuracy"), ("tokens", 10)):
+            running.note(key, v)
+        store.tell(running, "COMPLETE", value)
+        hashes[epochs] = spec.definition_hash()
+    summary = gather(url).tables["summary"]
+    assert summary[["definition", "setup", "best"]].values.tolist() == sorted(
+        [[hashes[1.0], "epochs=1", 0.6], [hashes[2.0], "epochs=2", 0.7]])
