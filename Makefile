@@ -36,6 +36,7 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/engine_vs_trainer.py
+	$(BIN)/python benchmarks/lm_engine_vs_trainer.py
 
 clean-venv:
 	rm -rf $(VENV)

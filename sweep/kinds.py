@@ -101,8 +101,8 @@ def _causal_lm(cfg: TrialConfig, device: torch.device) -> Prepared:
     task = load_lm_task(cfg.task)
     tokenizer = load_tokenizer(cfg)
     pad_id = pad_token_id(tokenizer)  # the EOS where the tokenizer has no pad token
-    train_rows = _sample(task.train, cfg.train_limit)
-    val_rows = _sample(task.validation, cfg.eval_limit)
+    train_rows = sample_rows(task.train, cfg.train_limit)
+    val_rows = sample_rows(task.validation, cfg.eval_limit)
     train_enc = encode_lm(train_rows, tokenizer, cfg.max_length)
     if train_enc.trained_tokens == 0:
         raise SweepError(f"no token of {task.name}'s training rows is trained on at max_length "
@@ -138,7 +138,7 @@ def _causal_lm(cfg: TrialConfig, device: torch.device) -> Prepared:
                     {m: worst[m] for m in metrics})
 
 
-def _sample(rows: tuple, n: int | None) -> tuple:
+def sample_rows(rows: tuple, n: int | None) -> tuple:
     """A fixed (seed 0) sample of n rows, the same for every trial; stratified by answer where rows
     have choices."""
     if n is None or n >= len(rows):
