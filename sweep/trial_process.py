@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import importlib
 import multiprocessing as mp
 import os
@@ -20,6 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
@@ -29,6 +31,20 @@ from sweep.signals import Stop
 # What the child runs, as "module:function" with run_trial's signature; tests swap in faulty ones.
 RUNNER = "sweep.train:run_trial"
 POLL_S = 0.25  # how often the parent looks whether it was asked to stop
+CHANGED = ("the code of loraplus-sweep changed on disk since this sweep started (an upgrade, or an edit); "
+           "start the sweep again to run its trials with the new code")
+
+
+def code_fingerprint() -> str:
+    """A hash of the package's source: a spawned child imports it afresh from disk, and a child whose
+    code differs from its parent's could not be understood by it (a setting one side lacks)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+CODE = code_fingerprint()  # this process's code, read when it imported the package
 
 
 class TrialFailed(Exception):
@@ -106,12 +122,17 @@ def _to_parent() -> Iterator[None]:
         raise _ParentGone() from e
 
 
-def _child(conn: Connection, runner: str, cfg: TrialConfig, env: dict[str, str], threads: int | None) -> None:
+def _child(conn: Connection, runner: str, cfg: TrialConfig, env: dict[str, str], threads: int | None,
+           parent_code: str) -> None:
     # Ctrl-C is the parent's to handle: it stops the trial by killing this process. Ignoring the
     # signal also drops one that came while it was blocked (see _start).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent()
+    if parent_code != CODE:
+        conn.send(("error", CHANGED, ""))
+        conn.close()
+        return
     # Before torch is imported, so that CUDA sees only this trial's device.
     os.environ.update(env)
     import torch
@@ -176,7 +197,7 @@ def run_isolated(
     parent, child = ctx.Pipe()
     # The config object itself (pickled by this process), not its JSON: it carries this machine's
     # --trust-remote-code, which no serialised config may hold.
-    proc = ctx.Process(target=_child, args=(child, RUNNER, cfg, dict(slot.env), slot.threads),
+    proc = ctx.Process(target=_child, args=(child, RUNNER, cfg, dict(slot.env), slot.threads, CODE),
                        daemon=True)
     _start(proc)
     child.close()

@@ -54,6 +54,14 @@ def test_the_parent_decides_to_stop(tiny_cfg):
     assert r.steps == 2 and r.stop_reason == "stopped: by callback at step 2"
 
 
+def test_a_child_whose_code_differs_from_its_parents_refuses_the_trial(tiny_cfg, monkeypatch):
+    """A sweep's children import the package afresh: after an upgrade or an edit mid-sweep they
+    could hand back a result the parent cannot read. The child says so instead of training."""
+    monkeypatch.setattr(trial_process, "CODE", "code before the edit")
+    with pytest.raises(TrialFailed, match="changed on disk since this sweep started"):
+        run_isolated(tiny_cfg)
+
+
 @pytest.mark.processes  # waits out the timeout, which has to outlast the child starting torch
 def test_timeout_kills_a_hanging_trial(tiny_cfg, faulty):
     with pytest.raises(TrialFailed, match="timed out after 8 s"):
