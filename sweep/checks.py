@@ -14,7 +14,7 @@ import torch
 
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
-from sweep.lm_tasks import load_lm_task, task_kind
+from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
 from sweep.metrics import main_metric
 from sweep.schema import short
 from sweep.spec import StudySpec
@@ -28,7 +28,7 @@ class Checked:
     kind: str  # classification or causal-lm
     metric: str  # what the trial is judged by (sweep.metrics.direction says which way)
     fingerprint: str  # of the task's data: part of a study's identity
-    task: TaskData | None  # a classification task, loaded (a trial need not load it again)
+    task: TaskData | LMTask  # the task, loaded (a trial need not load it again)
 
 
 def check_trial(cfg: TrialConfig) -> Checked:
@@ -36,13 +36,14 @@ def check_trial(cfg: TrialConfig) -> Checked:
     from sweep.models import default_target_modules, load_config, load_tokenizer
 
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
-    task = None
+    if cfg.packing and kind != "causal-lm":
+        raise SweepError(PACKING_NEEDS_LM)  # before a sweep, not in each of its trials
+    task: TaskData | LMTask
     try:
         if kind == "causal-lm":
-            lm_task = load_lm_task(cfg.task)
-            where = f"causal-LM task {lm_task.name}"
-            metric = main_metric(lm_task.metrics, cfg.metric, where)
-            fingerprint = lm_task.fingerprint()
+            task = load_lm_task(cfg.task)
+            metric = main_metric(task.metrics, cfg.metric, f"causal-LM task {task.name}")
+            fingerprint = task.fingerprint()
         else:
             task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
             check_classes(task, cfg.task)

@@ -22,7 +22,7 @@ from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm, pack_lm
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
-from sweep.lm_tasks import load_lm_task, task_kind
+from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
 from sweep.metrics import compute_splits, main_metric
 from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id
 from sweep.tasks import Columns, TaskData, load_task
@@ -47,14 +47,15 @@ class Prepared:
     worst: dict[str, float]  # the metrics of a run that diverged
 
 
-def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | None = None) -> Prepared:
-    """Load the task and the model for `cfg`'s kind; the model is on `device`."""
+def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | LMTask | None = None) -> Prepared:
+    """Load the task (unless `task` is it, loaded already) and the model for `cfg`'s kind; the model
+    is on `device`."""
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
     if kind == "causal-lm":
-        return _causal_lm(cfg, device)
+        return _causal_lm(cfg, device, task if isinstance(task, LMTask) else None)
     if cfg.packing:
-        raise SweepError("packing is for causal-LM tasks; a classifier reads one example per row")
-    return _classification(cfg, device, task)
+        raise SweepError(PACKING_NEEDS_LM)
+    return _classification(cfg, device, task if isinstance(task, TaskData) else None)
 
 
 def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | None) -> Prepared:
@@ -97,8 +98,8 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
                     main_metric(task.metrics, cfg.metric, f"task {task.name}"), worst)
 
 
-def _causal_lm(cfg: TrialConfig, device: torch.device) -> Prepared:
-    task = load_lm_task(cfg.task)
+def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> Prepared:
+    task = task or load_lm_task(cfg.task)
     tokenizer = load_tokenizer(cfg)
     pad_id = pad_token_id(tokenizer)  # the EOS where the tokenizer has no pad token
     train_rows = sample_rows(task.train, cfg.train_limit)

@@ -35,6 +35,7 @@ KEYS = {"chat": {"messages"}, "prompt": {"prompt", "completion"}, "text": {"text
 OPTIONAL = {"split", "choices", "answer"}
 SPLITS = {"train": "train", "validation": "validation", "val": "validation", "dev": "validation",
           "test": "test"}
+PACKING_NEEDS_LM = "packing is for causal-LM tasks; a classifier reads one example per row"
 VALIDATION_FRACTION = 0.1
 SPLIT_SEED = 0  # fixed, so every trial on every machine sees the same validation rows
 

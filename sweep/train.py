@@ -20,6 +20,7 @@ from sweep.batches import train_batches
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.kinds import prepare
+from sweep.lm_tasks import LMTask
 from sweep.metrics import sign
 from sweep.optim import build_optimizer
 from sweep.result import EvalPoint, StopReason, TrialResult, library_versions
@@ -84,7 +85,7 @@ def run_trial(
     cfg: TrialConfig,
     on_eval: OnEval | None = None,
     on_step: OnStep | None = None,
-    task: TaskData | None = None,
+    task: TaskData | LMTask | None = None,
     on_end: OnEnd | None = None,
 ) -> TrialResult:
     """Fine-tune `cfg.model` on `cfg.task` with LoRA+ and return the validation result.

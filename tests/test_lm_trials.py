@@ -217,3 +217,8 @@ def test_a_packed_trial_trains_like_a_padded_one(llama, rows_file):
     padded = run_trial(_cfg(llama, rows_file, max_steps=6, eval_every=6))
     packed = run_trial(_cfg(llama, rows_file, max_steps=6, eval_every=6, packing=True))
     assert packed.metric == pytest.approx(padded.metric, rel=1e-4) and packed.tokens == padded.tokens
+
+
+def test_packing_a_classification_task_is_refused_before_any_trial(tiny_cfg):
+    with pytest.raises(SweepError, match="packing is for causal-LM tasks"):
+        check_trial(tiny_cfg.replace(packing=True))
