@@ -19,6 +19,7 @@ import torch
 from sweep.batches import train_batches
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
+from sweep.hardware import native_cpu_bf16
 from sweep.kinds import prepare
 from sweep.lm_tasks import LMTask
 from sweep.metrics import sign
@@ -44,10 +45,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def precision(cfg: TrialConfig, device: torch.device) -> str:
-    """bf16 (autocast) on CUDA unless fp32 is asked, fp32 on the CPU unless bf16 is asked."""
-    auto_bf16 = cfg.precision == "auto" and device.type == "cuda"
-    return "bf16" if cfg.precision == "bf16" or auto_bf16 else "fp32"
+def precision(cfg: TrialConfig, device: torch.device, cpu_bf16: bool | None = None) -> str:
+    """What `auto` means here: bf16 autocast on CUDA, and on a CPU with native bf16 (`cpu_bf16`,
+    detected unless given); fp32 on any other CPU, where bf16 is emulated and slower than fp32."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device.type == "cuda":
+        return "bf16"
+    native = native_cpu_bf16() if cpu_bf16 is None else cpu_bf16
+    return "bf16" if device.type == "cpu" and native else "fp32"
 
 
 def autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     # foundation: no knowledge of trials
-    {"errors", "schema", "quiet", "hub", "signals", "stats", "liveness", "metrics", "outfiles"},
+    {"errors", "schema", "quiet", "hub", "signals", "stats", "liveness", "metrics", "outfiles", "hardware"},
     # what a trial and a study are
     {"config", "spec", "embedded", "tasks", "batches", "lm_tasks", "lm_batches", "result", "hooks"},
     # the engine: one trial, from config to result

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from sweep.batches import collate, encode_task, eval_batches, train_batches
 from sweep.models import load_tokenizer
@@ -98,3 +99,18 @@ def test_schedule_warms_up_then_decays(tiny_cfg, schedule):
     f = lr_factor(tiny_cfg.replace(warmup_ratio=0.1, schedule=schedule), 100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(99) == pytest.approx(1.0 if schedule == "constant" else 0.0, abs=0.02)
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(tiny_cfg):
+    from sweep.hardware import cpu_flags
+    from sweep.train import precision
+
+    cpu = torch.device("cpu")
+    assert precision(tiny_cfg.replace(precision="auto"), cpu, cpu_bf16=True) == "bf16"
+    assert precision(tiny_cfg.replace(precision="auto"), cpu, cpu_bf16=False) == "fp32"
+    assert precision(tiny_cfg.replace(precision="fp32"), cpu, cpu_bf16=True) == "fp32"
+    assert precision(tiny_cfg.replace(precision="bf16"), cpu, cpu_bf16=False) == "bf16"
+    # The flags line of /proc/cpuinfo decides: AVX512-BF16 or AMX-BF16, not AVX-512 alone.
+    amd = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+    older = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni\n"
+    assert "avx512_bf16" in cpu_flags(amd) and not cpu_flags(older) & {"avx512_bf16", "amx_bf16"}
