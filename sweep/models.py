@@ -3,6 +3,7 @@ chosen init."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import math
@@ -233,12 +234,12 @@ def load_model(
     if label_names is not None:
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
-    torch.manual_seed(cfg.seed)  # the new head's init is part of the trial
-    model, info = _pretrained_with_info(AutoModelForSequenceClassification, path, kwargs)
+    model, info = _base_model(AutoModelForSequenceClassification, path, kwargs)
     if pad_id is not None:
         model.config.pad_token_id = pad_id
-
     missing = _missing(info)
+    torch.manual_seed(cfg.seed)  # the new head's init is part of the trial, and so is LoRA's
+    _init_fresh(model, missing)
     full = {id(p) for name, p in model.named_parameters()
             if name in missing or name.split(".", 1)[0] in HEAD_MODULES}
     peft_model = _with_lora(model, cfg, cfg.target_modules or default_target_modules(model.config.model_type))
@@ -263,8 +264,7 @@ def load_causal_lm(cfg: TrialConfig, pad_id: int | None = None) -> PeftModel:
     """
     path = resolve_model_path(cfg.model)
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "output_loading_info": True, **_hub_kwargs(path)}
-    torch.manual_seed(cfg.seed)  # LoRA's random factor is part of the trial
-    model, info = _pretrained_with_info(AutoModelForCausalLM, path, kwargs)
+    model, info = _base_model(AutoModelForCausalLM, path, kwargs)
     missing = sorted(_missing(info))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -273,9 +273,69 @@ def load_causal_lm(cfg: TrialConfig, pad_id: int | None = None) -> PeftModel:
     model.config.use_cache = False  # training and scoring read whole sequences
     if pad_id is not None:
         model.config.pad_token_id = pad_id
+    torch.manual_seed(cfg.seed)  # LoRA's random factor is part of the trial
     peft_model = _with_lora(model, cfg, cfg.target_modules or CAUSAL_LM_TARGETS)
     peft_model.trained_in_full = frozenset()
     return peft_model
+
+
+# The last base model this process loaded, kept while it takes at most this share of the machine's
+# memory: the next trial on the same checkpoint (a slot's process serves many, see
+# sweep.trial_process) copies it instead of reading and converting the checkpoint again.
+BASE_CACHE_SHARE = 0.25
+_base_cache: dict[str, tuple[PreTrainedModel, dict]] = {}
+
+
+def _base_model(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, dict]:
+    """(a fresh copy of the pretrained model, its loading info). Weights the checkpoint lacks hold an
+    arbitrary init until `_init_fresh` draws them from the trial's seed, so that a trial's model is
+    the same whether its checkpoint was read now or copied from an earlier trial's."""
+    key = repr((auto_class.__name__, path, _stamp(path), sorted(kwargs.items(), key=repr)))
+    if key not in _base_cache:
+        _base_cache.clear()  # one at a time: a slot's trials share one checkpoint
+        model, info = _pretrained_with_info(auto_class, path, kwargs)
+        if _param_bytes(model) > BASE_CACHE_SHARE * _memory_bytes():
+            return model, info
+        _base_cache[key] = (model, info)
+    model, info = _base_cache[key]
+    return copy.deepcopy(model), info
+
+
+def _stamp(path: str) -> tuple:
+    """A local directory's files as (name, size, mtime): a checkpoint changed on disk loads again."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return ()
+    files = (f for f in folder.iterdir() if f.is_file())
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0  # unknown: keep nothing
+
+
+@torch.no_grad()
+def _init_fresh(model: PreTrainedModel, fresh: set[str]) -> None:
+    """Draw the weights named in `fresh` (new to this model: a head, a pooler) from the global torch
+    RNG with the model's own init rule, module by module in the model's order; the weights a module
+    loaded from the checkpoint stay as they are."""
+    for prefix, module in model.named_modules():
+        own = dict(module.named_parameters(prefix=prefix, recurse=False))
+        if not any(name in fresh for name in own):
+            continue
+        kept = {name: p.detach().clone() for name, p in own.items() if name not in fresh}
+        for p in own.values():
+            p._is_hf_initialized = False  # transformers' init functions skip tensors flagged as loaded
+        model._init_weights(module)
+        for name, value in kept.items():
+            own[name].copy_(value)
 
 
 def _pretrained_with_info(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, dict]:

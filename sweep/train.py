@@ -12,6 +12,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,10 +80,27 @@ def lr_factor(cfg: TrialConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start the peak-memory count anew: a slot's process runs many trials, each reports its own."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak resident set size (VmHWM) to its current size
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # Process-wide peak RSS (KiB on Linux, bytes on macOS): an upper bound for the trial.
+    try:  # Linux: the peak since _reset_peak_memory, in kB
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    # The process's whole life (KiB on Linux, bytes on macOS): an upper bound for the trial.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
@@ -102,6 +120,7 @@ def run_trial(
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
+    _reset_peak_memory(device)
     work = prepare(cfg, device, task)
     model = work.model
     if cfg.gradient_checkpointing:
@@ -114,9 +133,6 @@ def run_trial(
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total))
     eval_every = cfg.eval_every or batches_per_epoch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
     rng = np.random.default_rng(cfg.seed)
     history: list[EvalPoint] = []
     step = examples = tokens = 0

@@ -1,7 +1,9 @@
-"""Run one trial in a child process of its own: its own device, a wall-clock timeout, and a crash,
-an out-of-memory error or a hang that ends the trial with a reason instead of the sweep.
+"""Run trials in a child process per slot: its own device, a wall-clock timeout, and a crash, an
+out-of-memory error or a hang that ends the trial with a reason instead of the sweep.
 
-The child runs sweep.train.run_trial and sends progress, evaluations and the result back over a
+A slot's process serves one trial after another, so imports, base weights and tokenized data are
+paid once per slot, not per trial; after any trial that ends without a result it is replaced by a
+fresh one. It runs sweep.train.run_trial and sends progress, evaluations and the result back over a
 pipe; the parent answers each evaluation with "stop or go on" (the pruner's decision), so only the
 parent ever talks to the study.
 """
@@ -122,8 +124,11 @@ def _to_parent() -> Iterator[None]:
         raise _ParentGone() from e
 
 
-def _child(conn: Connection, runner: str, cfg: TrialConfig, env: dict[str, str], threads: int | None,
-           parent_code: str) -> None:
+def _serve(conn: Connection, runner: str, env: dict[str, str], threads: int | None, parent_code: str) -> None:
+    """A slot's process: start once (imports, threads), then run the trials the parent sends, one at a
+    time, until told to exit. Base weights and tasks stay loaded between trials (sweep.kinds caches
+    them); each trial seeds and re-creates what it trains. After a trial that failed it exits, so the
+    next trial starts in a fresh process."""
     # Ctrl-C is the parent's to handle: it stops the trial by killing this process. Ignoring the
     # signal also drops one that came while it was blocked (see _start).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -140,12 +145,25 @@ def _child(conn: Connection, runner: str, cfg: TrialConfig, env: dict[str, str],
     from sweep.quiet import quiet_libraries
 
     quiet_libraries()
-
     module, _, name = runner.partition(":")
     run_trial = getattr(importlib.import_module(module), name)
-
     if threads:
         torch.set_num_threads(threads)
+    try:
+        conn.send(("ready",))
+        while True:
+            msg = conn.recv()
+            if msg[0] != "trial" or not _run_one(conn, run_trial, msg[1]):
+                return
+    except (_ParentGone, BrokenPipeError, ConnectionResetError, EOFError):
+        return  # killed with the parent in a moment (_die_with_parent); nobody to tell
+    finally:
+        conn.close()
+
+
+def _run_one(conn: Connection, run_trial: Callable, cfg: TrialConfig) -> bool:
+    """Run one trial and send its result or its failure; False when this process should end."""
+    import torch
 
     def on_step(step: int, total: int, loss: float) -> None:
         with _to_parent():
@@ -159,7 +177,7 @@ def _child(conn: Connection, runner: str, cfg: TrialConfig, env: dict[str, str],
     try:
         result = run_trial(cfg, on_eval=on_eval, on_step=on_step)
     except _ParentGone:
-        return  # killed with the parent in a moment (_die_with_parent); nobody to tell
+        raise
     except torch.OutOfMemoryError as e:
         conn.send(("error", f"out of memory: {str(e).splitlines()[0]}", ""))
     except SweepError as e:
@@ -169,8 +187,8 @@ def _child(conn: Connection, runner: str, cfg: TrialConfig, env: dict[str, str],
                    traceback.format_exc()))
     else:
         conn.send(("result", result.to_dict()))
-    finally:
-        conn.close()
+        return True
+    return False
 
 
 def _describe_exit(code: int | None) -> str:
@@ -181,6 +199,118 @@ def _describe_exit(code: int | None) -> str:
     return f"trial process exited with code {code} without a result"
 
 
+class SlotProcess:
+    """The parent's handle on one slot's process: started on the first trial, kept for the next ones,
+    and replaced after any trial that did not end with a result (an error, a crash, a timeout, a stop).
+    Use it as a context manager, or call close()."""
+
+    def __init__(self, slot: Slot = Slot()) -> None:
+        self.slot = slot
+        self._proc: mp.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self.started = 0  # processes started, for tests and progress
+
+    def __enter__(self) -> SlotProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        cfg: TrialConfig,
+        on_eval: Callable[[EvalPoint], bool] | None = None,
+        on_step: Callable[[int, int, float], None] | None = None,
+        timeout: float | None = None,
+        cancel: Stop | None = None,
+    ) -> TrialResult:
+        """run_trial in the slot's process; raises TrialFailed with the reason if it gives no result,
+        and sweep.signals.Interrupted (with cancel's reason) once `cancel` is set, the process killed.
+        `timeout` counts from this call, a process's start included when one starts."""
+        cancel = cancel or Stop()
+        cancel.check()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ok = False
+        try:
+            conn = self._ready(deadline, timeout, cancel)
+            conn.send(("trial", cfg))
+            result = self._follow(conn, on_eval, on_step, deadline, timeout, cancel)
+            ok = True
+            return result
+        finally:
+            if not ok:
+                self._kill()
+
+    def close(self) -> None:
+        """End the process, if one runs: asked to exit between trials, killed if it does not."""
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send(("exit",))
+            self._proc.join(timeout=10)
+        self._kill()
+
+    def _ready(self, deadline: float | None, timeout: float | None, cancel: Stop) -> Connection:
+        if self._proc is not None and self._proc.is_alive() and self._conn is not None:
+            return self._conn
+        self._kill()
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
+        parent, child = ctx.Pipe()
+        # Trials go over the pipe as config objects (pickled by this process), not as JSON: each
+        # carries this machine's --trust-remote-code, which no serialised config may hold.
+        self._proc = ctx.Process(target=_serve, args=(child, RUNNER, dict(self.slot.env), self.slot.threads,
+                                                      CODE), daemon=True)
+        self._conn = parent
+        _start(self._proc)
+        child.close()
+        self.started += 1
+        msg = self._next(parent, deadline, timeout, cancel)
+        if msg[0] == "error":
+            raise TrialFailed(msg[1], msg[2])
+        return parent
+
+    def _next(self, conn: Connection, deadline: float | None, timeout: float | None, cancel: Stop) -> tuple:
+        """The process's next message; TrialFailed if it dies or the deadline passes first."""
+        assert self._proc is not None
+        while True:
+            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+            if conn.poll(wait):
+                try:
+                    return conn.recv()
+                except EOFError:
+                    break  # the process died; its exit code says how
+            elif not self._proc.is_alive():
+                break
+            cancel.check()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TrialFailed(f"timed out after {timeout:g} s")
+        self._proc.join(timeout=30)
+        cancel.check()  # a SIGTERM to the process group ends the child too: the stop is the reason
+        raise TrialFailed(_describe_exit(self._proc.exitcode))
+
+    def _follow(self, conn: Connection, on_eval, on_step, deadline: float | None, timeout: float | None,
+                cancel: Stop) -> TrialResult:
+        while True:
+            msg = self._next(conn, deadline, timeout, cancel)
+            kind = msg[0]
+            if kind == "step" and on_step is not None:
+                on_step(*msg[1:])
+            elif kind == "eval":
+                conn.send(bool(on_eval(EvalPoint(**msg[1]))) if on_eval is not None else False)
+            elif kind == "result":
+                return TrialResult.from_dict(msg[1])
+            elif kind == "error":
+                raise TrialFailed(msg[1], msg[2])
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(timeout=30)
+        if self._conn is not None:
+            self._conn.close()
+        self._proc = self._conn = None
+
+
 def run_isolated(
     cfg: TrialConfig,
     on_eval: Callable[[EvalPoint], bool] | None = None,
@@ -189,48 +319,6 @@ def run_isolated(
     slot: Slot = Slot(),
     cancel: Stop | None = None,
 ) -> TrialResult:
-    """run_trial in a spawned child; raises TrialFailed with the reason if it gives no result, and
-    sweep.signals.Interrupted (with cancel's reason) once `cancel` is set, the child killed."""
-    cancel = cancel or Stop()
-    cancel.check()
-    ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
-    parent, child = ctx.Pipe()
-    # The config object itself (pickled by this process), not its JSON: it carries this machine's
-    # --trust-remote-code, which no serialised config may hold.
-    proc = ctx.Process(target=_child, args=(child, RUNNER, cfg, dict(slot.env), slot.threads, CODE),
-                       daemon=True)
-    _start(proc)
-    child.close()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while True:
-            wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
-            if parent.poll(wait):
-                try:
-                    msg = parent.recv()
-                except EOFError:
-                    break  # the child died; its exit code says how
-                kind = msg[0]
-                if kind == "step" and on_step is not None:
-                    on_step(*msg[1:])
-                elif kind == "eval":
-                    parent.send(bool(on_eval(EvalPoint(**msg[1]))) if on_eval is not None else False)
-                elif kind == "result":
-                    proc.join(timeout=30)
-                    return TrialResult.from_dict(msg[1])
-                elif kind == "error":
-                    proc.join(timeout=30)
-                    raise TrialFailed(msg[1], msg[2])
-            elif not proc.is_alive():
-                break
-            cancel.check()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TrialFailed(f"timed out after {timeout:g} s")
-        proc.join(timeout=30)
-        cancel.check()  # a SIGTERM to the process group ends the child too: the stop is the reason
-        raise TrialFailed(_describe_exit(proc.exitcode))
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=30)
-        parent.close()
+    """One trial in a process of its own (see SlotProcess.run)."""
+    with SlotProcess(slot) as process:
+        return process.run(cfg, on_eval, on_step, timeout, cancel)

@@ -30,7 +30,7 @@ from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import StudySpec
 from sweep.stored import FINISHED, RunningTrial, StoredStudy
 from sweep.train import run_trial
-from sweep.trial_process import Slot, TrialFailed, make_slots, run_isolated
+from sweep.trial_process import Slot, SlotProcess, TrialFailed, make_slots
 
 # A sweep whose trials keep failing has a problem no further trial will fix (a model that does
 # not fit, a broken data set): stop and say so rather than burn the budget.
@@ -38,7 +38,7 @@ MAX_FAILURES_IN_A_ROW = 5
 POLL_S = 2.0  # how often a worker with nothing to do looks again (others' trials may fail)
 
 
-def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks, slot: Slot,
+def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks, slot: SlotProcess,
             cancel: Stop) -> tuple[str, float | None]:
     """Run one trial on its slot and record it; (state, value): COMPLETE with the metric, PRUNED
     (stopped by the pruner, or diverged: a result about its learning rates), or FAIL with the reason
@@ -57,7 +57,7 @@ def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks
             hooks.step(n, step, total, loss)
         cancel.check()  # a trial in this process has no other way to hear of it
 
-    trial.note("slot", slot.label)
+    trial.note("slot", slot.slot.label)
     try:
         if spec.in_process:
             try:
@@ -66,7 +66,7 @@ def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise TrialFailed(f"{type(e).__name__}: {first}", traceback.format_exc()) from e
         else:
-            result = run_isolated(cfg, on_eval, on_step, spec.trial_timeout, slot, cancel)
+            result = slot.run(cfg, on_eval, on_step, spec.trial_timeout, cancel)
     except KeyboardInterrupt as e:
         trial.note("stop_reason", str(e) or "interrupted by the user")
         raise
@@ -88,7 +88,7 @@ def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks
 
 
 def run_to_end(store: StoredStudy, trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks,
-               slot: Slot, stop: Stop) -> Finished:
+               slot: SlotProcess, stop: Stop) -> Finished:
     """Run the trial and tell the study how it ended: complete, pruned, or failed with its reason.
     Also when `stop` interrupts it or an error of ours ends it: never left RUNNING."""
     state, value = "FAIL", None
@@ -190,6 +190,10 @@ class Workers:
         )
 
     def _work(self, slot: Slot) -> None:
+        with SlotProcess(slot) as process:  # one process serves this slot's trials
+            self._work_on(process)
+
+    def _work_on(self, slot: SlotProcess) -> None:
         while not self._over():
             claimed = self._claim()
             if claimed == _DONE:

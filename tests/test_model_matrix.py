@@ -202,3 +202,26 @@ def test_trial_command_on_a_roberta_directory_moves_the_head(tmp_path):
     assert r.exit_code == 0, r.output
     norms = json.loads(r.stdout)["update_norms"]
     assert norms["head"] > 0 and norms["head_no_decay"] > 0 and norms["lora_B"] > 0, norms
+
+
+def test_a_model_copied_from_the_cache_equals_one_read_from_its_checkpoint(checkpoint):
+    """A slot's process keeps the base model it loaded and copies it for its next trials: the fresh
+    weights (head, pooler) come from the trial's seed either way, the loaded ones from the checkpoint."""
+    from sweep import models
+
+    arch, path, pad = checkpoint
+    models._base_cache.clear()
+    read = load_model(_cfg(path, seed=3), len(LABELS), LABELS, pad).state_dict()
+    copied = load_model(_cfg(path, seed=3), len(LABELS), LABELS, pad).state_dict()
+    other_seed = load_model(_cfg(path, seed=4), len(LABELS), LABELS, pad)
+    assert models._base_cache, "the base model was not kept"
+    assert read.keys() == copied.keys()
+    for name in read:
+        assert torch.equal(read[name], copied[name]), f"{arch}: {name} differs between read and copied"
+    fresh = other_seed.trained_in_full
+    for name, value in other_seed.state_dict().items():
+        same = torch.equal(value, read[name])
+        if name in fresh and name.endswith("weight"):
+            assert not same, f"{arch}: {name} did not follow the seed"
+        elif ".lora_" not in name and name not in fresh:
+            assert same, f"{arch}: loaded weight {name} changed with the seed"

@@ -1,0 +1,69 @@
+"""A slot's process serves one trial after another: a trial's result is the same bit for bit whether it
+ran first or fifth in its slot, and a trial that fails leaves the next one a fresh process."""
+
+import pytest
+from decoders import save_decoder
+
+from sweep import trial_process
+from sweep.train import run_trial
+from sweep.trial_process import SlotProcess, TrialFailed
+
+FAILING = '''
+from sweep.train import run_trial
+
+def fail_at_lambda_two(cfg, on_eval=None, on_step=None):
+    if cfg.lam == 2.0:
+        raise ValueError("boom")
+    return run_trial(cfg, on_eval, on_step)
+'''
+
+
+def _same(a, b) -> None:
+    """Everything a trial measured, but its timings and the process's memory."""
+    for f in ("metric", "metrics", "history", "steps", "examples", "tokens", "update_norms", "stop_reason"):
+        assert getattr(a, f) == getattr(b, f), f
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> str:
+    return save_decoder("llama", tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def lm_rows(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("rows") / "rows.jsonl"
+    path.write_text("".join(f'{{"prompt": "w{i % 5}:", "completion": "{"abcde"[i % 5] * 3}"}}\n'
+                            for i in range(40)))
+    return str(path)
+
+
+def test_a_trial_is_the_same_first_or_fifth_in_its_slot(tiny_cfg, decoder, lm_rows):
+    target = tiny_cfg.replace(max_steps=8, eval_every=4, seed=5, dropout=0.1)
+    lm = target.replace(model=decoder, task=lm_rows, max_steps=4, eval_every=2)
+    others = [target.replace(seed=1, rank=8), target.replace(lam=1.0, eta_a=3e-3), lm,
+              target.replace(seed=2, init="reversed")]
+    with SlotProcess() as fresh:
+        first = fresh.run(target)
+        first_lm = fresh.run(lm)  # a causal LM after a classifier: another base model
+    with SlotProcess() as slot:
+        later = [slot.run(cfg) for cfg in others]
+        fifth = slot.run(target)
+        assert slot.started == 1  # one process served all five
+    _same(first, fifth)
+    _same(first_lm, later[2])
+    _same(first, run_trial(target))  # and the same as in this process
+    assert later[0].metric != first.metric or later[0].update_norms != first.update_norms
+
+
+def test_a_failed_trial_leaves_the_next_one_a_fresh_process(tiny_cfg, tmp_path, monkeypatch):
+    (tmp_path / "failing.py").write_text(FAILING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(trial_process, "RUNNER", "failing:fail_at_lambda_two")
+    cfg = tiny_cfg.replace(max_steps=4, eval_every=4)
+    with SlotProcess() as slot:
+        ok = slot.run(cfg)
+        with pytest.raises(TrialFailed, match="ValueError: boom"):
+            slot.run(cfg.replace(lam=2.0))
+        again = slot.run(cfg)
+        assert slot.started == 2
+    assert ok.history == again.history
