@@ -17,6 +17,7 @@ from sweep.schema import short
 from sweep.spec import DEFAULT_STORAGE
 from sweep.storage import mask_url
 from sweep.stored import StoredStudy
+from sweep.tracking import require as require_trackers
 from sweep.ui import (
     confirm_live,
     print_confirm,
@@ -27,12 +28,15 @@ from sweep.ui import (
     trial_live,
 )
 
-StorageOpt = Annotated[str, typer.Option(help="Optuna storage URL of the results database.")]
+StorageOpt = Annotated[str, typer.Option(help="The results database: a database URL (sqlite:///..., "
+                                          "postgresql://...) or a journal file (journal:///path.log).")]
 TrialTimeoutOpt = Annotated[float | None, typer.Option(help="Fail a trial that runs longer than this many seconds.")]
 JobsOpt = Annotated[int | None, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")]
 DevicesOpt = Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")]
 HeartbeatOpt = Annotated[int | None, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")]
 RemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help=REMOTE_CODE_HELP)]
+TrackOpt = Annotated[list[str] | None, typer.Option(metavar="TRACKER", help="Also log every trial to mlflow, wandb or tensorboard (repeatable): one run per trial, grouped by study.")]
+TrackDirOpt = Annotated[str | None, typer.Option(metavar="DIR", help="Where trackers write locally (default results): tensorboard/, mlflow.db unless MLFLOW_TRACKING_URI is set, wandb/ unless WANDB_DIR is.")]
 
 app = typer.Typer(
     cls=Edge,
@@ -96,19 +100,24 @@ def run(
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe, random, grid or qmc.")] = None,
     pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
-    storage: Annotated[str | None, typer.Option(help=f"Optuna storage URL (default {DEFAULT_STORAGE}).")] = None,
+    storage: Annotated[str | None, typer.Option(help=f"Database URL or journal file (journal:///path.log); default {DEFAULT_STORAGE}.")] = None,
     study_name: Annotated[str | None, typer.Option(help="Name of the study (default: model, task and a hash of the definition).")] = None,
     trial_timeout: TrialTimeoutOpt = None,
     jobs: JobsOpt = None,
     devices: DevicesOpt = None,
     in_process: Annotated[bool | None, typer.Option("--in-process", help="Run trials in this process (debugging): no isolation, no timeout.")] = None,
     heartbeat: HeartbeatOpt = None,
+    track: TrackOpt = None,
+    track_dir: TrackDirOpt = None,
     rank: Annotated[str | None, setting("rank", help="Ranks to try, comma-separated, e.g. 4,8,16.")] = None,
     init: Annotated[str | None, setting("init")] = None,
     use_dora: Annotated[bool | None, setting("use_dora")] = None,
     use_rslora: Annotated[bool | None, setting("use_rslora")] = None,
     eta_a: Annotated[str | None, setting("eta_a", help="eta_A range LOW:HIGH (log-uniform) or a value.")] = None,
     lam: Annotated[str | None, setting("lam", help="lambda range LOW:HIGH (log-uniform, must include 1) or a value.")] = None,
+    space: Annotated[str | None, typer.Option(help="What is drawn: eta_a (eta_A and lambda) or eta_b (eta_B and lambda; eta_A = eta_B / lambda).", rich_help_panel="optimizer")] = None,
+    eta_b: Annotated[str | None, typer.Option(help="With --space eta_b: eta_B range LOW:HIGH (log-uniform; default: the eta_A range times the lambda range).", rich_help_panel="optimizer")] = None,
+    head_lr: Annotated[float | None, setting("head_lr")] = None,
     batch_size: Annotated[int | None, setting("batch_size")] = None,
     task: Annotated[str | None, setting("task")] = None,
     max_length: Annotated[int | None, setting("max_length")] = None,
@@ -133,13 +142,17 @@ def run(
 
     flags = {RUN_FLAGS.get(k, k): v for k, v in ctx.params.items() if k != "study_file"}
     # `is not None`: an empty --rank "" is an error, not the default
-    for key, parse in (("eta_a", specs.parse_range), ("lambda", specs.parse_range), ("rank", specs.parse_ranks)):
+    for key, parse in (("eta_a", specs.parse_range), ("lambda", specs.parse_range), ("eta_b", specs.parse_range),
+                       ("rank", specs.parse_ranks)):
         if flags[key] is not None:
             flags[key] = parse(flags[key], key) if key != "rank" else parse(flags[key])
     # Only from this flag: a study file or a stored study can never turn it on.
     flags["trust_remote_code"] = trust_remote_code or None
     path = specs.find_study_file(study_file) if study_file is not None else None
-    _sweep(*prepare(specs.load_spec(path, flags)))
+    flags["track"] = tuple(track) if track else None
+    spec = specs.load_spec(path, flags)
+    require_trackers(spec.track)
+    _sweep(*prepare(spec))
 
 
 @app.command()
@@ -150,12 +163,16 @@ def worker(
     jobs: JobsOpt = None,
     devices: DevicesOpt = None,
     heartbeat: HeartbeatOpt = None,
+    track: TrackOpt = None,
+    track_dir: TrackDirOpt = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
     """Join a stored study from this machine: take its trials until it holds its budget."""
     from sweep.workers import prepare
 
-    run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat}
+    require_trackers(track or ())
+    run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat,
+           "track": tuple(track) if track else None, "track_dir": track_dir}
     _sweep(*prepare(StoredStudy.load(storage, name).joined_spec(run, trust_remote_code)))
 
 
@@ -166,6 +183,8 @@ def confirm(
                                        "(no search trial used them); a significance claim needs 3 pairs.")] = 5,
     rank: Annotated[int | None, typer.Option(min=1, help="Compare at this rank: its best plain-LoRA trial and "
                                              "its best LoRA+ trial (default: the best plain trial's rank).")] = None,
+    split: Annotated[str, typer.Option(help="The split the runs are scored on: test (held out from the search) "
+                                       "or validation (what the search selected on).")] = "test",
     per_bin: Annotated[bool, typer.Option("--per-bin", help="Confirm the best trial of every lambda bin "
                                           "(lambda >= 1.41) against plain LoRA, one row per bin.")] = False,
     storage: StorageOpt = DEFAULT_STORAGE,
@@ -173,6 +192,8 @@ def confirm(
     jobs: JobsOpt = None,
     devices: DevicesOpt = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table (csv, markdown, json) and the convergence plot here.")] = None,
+    track: TrackOpt = None,
+    track_dir: TrackDirOpt = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
     """Re-train the study's best LoRA+ and best plain-LoRA configurations, at one rank, over fresh seeds
@@ -185,14 +206,18 @@ def confirm(
     if out is not None:
         prepare_dir(out)  # before minutes of training, not after
     study = StoredStudy.load(storage, name)
-    run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices}
+    require_trackers(track or ())
+    run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices,
+           "track": tuple(track) if track else None, "track_dir": track_dir}
     try:
-        summaries = confirm_live(study, *confirm_mod.prepare(study, run, trust_remote_code, seeds, rank, per_bin))
+        planned = confirm_mod.prepare(study, run, trust_remote_code, seeds, rank, per_bin, split)
+        summaries = confirm_live(study, *planned)
     except KeyboardInterrupt as e:
         raise interrupted(e, "finished runs are stored") from None
     frame = confirm_mod.table(summaries)
     if out is not None:
-        table_name = f"confirm-{safe_name(name)}" + ("" if rank is None else f"-r{rank}")
+        table_name = (f"confirm-{safe_name(name)}" + ("" if split == "test" else f"-{split}")
+                      + ("" if rank is None else f"-r{rank}"))
         written = outputs.write(None, {table_name: frame}, out, summaries)
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
     print_confirm(frame)
@@ -330,6 +355,27 @@ def _export_adapter(best: Any, dest: Path, trust_remote_code: bool) -> None:
         raise SweepError(f"trial #{best.trial} diverged when trained again ({result.stop_reason}); no adapter was written")
     err.print(f"wrote the adapter to {dest}: validation {result.metric_name} {result.metric:.4g} "
               f"(stored: {best.value:.4g})", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 serves this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+) -> None:
+    """Browse the stored studies in optuna-dashboard until Ctrl-C: every trial, Optuna's plots, live
+    while a sweep runs (pip install 'loraplus-sweep[dashboard]')."""
+    from sweep.dashboard import serve
+
+    def listening(address: str) -> None:
+        err.print(f"optuna-dashboard on {mask_url(storage)} (Ctrl-C stops it):", highlight=False, markup=False,
+                  soft_wrap=True)
+        typer.echo(address)
+
+    try:
+        serve(storage, host, port, listening)
+    except KeyboardInterrupt:
+        err.print("dashboard stopped", highlight=False, markup=False)
 
 
 def main() -> None:

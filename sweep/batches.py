@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import zipfile
 from dataclasses import dataclass
@@ -27,17 +28,35 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Encoded:
-    input_ids: tuple[np.ndarray, ...]
-    token_type_ids: tuple[np.ndarray, ...] | None
+    """A split's token ids end to end in one flat array, each example at starts[i] for lengths[i]
+    tokens: one array object however many examples (a tuple of per-example arrays costs a Python
+    object each, several times the ids themselves for short texts)."""
+
+    ids: np.ndarray  # int32
+    types: np.ndarray | None  # token type ids, aligned with ids; None where the tokenizer has none
+    starts: np.ndarray  # int64
+    lengths: np.ndarray  # int64
     labels: np.ndarray
-    lengths: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.lengths)
+
+    @property
+    def input_ids(self) -> list[np.ndarray]:
+        """Each example's ids (views into `ids`)."""
+        return [self.ids[s : s + n] for s, n in zip(self.starts.tolist(), self.lengths.tolist(), strict=True)]
+
+    def positions(self, idx: np.ndarray) -> np.ndarray:
+        """Where in `ids` the tokens of examples `idx` are, the examples end to end."""
+        lengths = self.lengths[idx]
+        firsts = np.cumsum(lengths) - lengths  # where each example begins in the result
+        return np.repeat(self.starts[idx] - firsts, lengths) + np.arange(int(lengths.sum()))
 
     def take(self, idx: np.ndarray) -> Encoded:
-        types = None if self.token_type_ids is None else tuple(self.token_type_ids[i] for i in idx)
-        return Encoded(tuple(self.input_ids[i] for i in idx), types, self.labels[idx], self.lengths[idx])
+        at = self.positions(idx)
+        lengths = self.lengths[idx]
+        return Encoded(self.ids[at], None if self.types is None else self.types[at],
+                       np.cumsum(lengths) - lengths, lengths, self.labels[idx])
 
     def sample(self, n: int | None, stratified: bool) -> Encoded:
         """A fixed random sample of n examples (all of them when n is None), see `sample_indices`."""
@@ -65,22 +84,36 @@ def sample_indices(labels: np.ndarray, n: int, stratified: bool, seed: int = SAM
     return np.sort(order[rank < take[cls]])
 
 
-def _encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
-    out = tokenizer(
-        list(split.text),
-        list(split.pair) if split.pair is not None else None,
-        truncation=True,
-        max_length=max_length,
-        padding=False,
-    )
-    ids = tuple(np.asarray(x, dtype=np.int64) for x in out["input_ids"])
-    types = out.get("token_type_ids")
-    return Encoded(
-        ids,
-        None if types is None else tuple(np.asarray(x, dtype=np.int64) for x in types),
-        np.asarray(split.label),
-        np.asarray([len(x) for x in ids], dtype=np.int64),
-    )
+# Rows tokenized at a time: the tokenizer returns Python lists, about 30 times the size of the ids
+# they hold, so a large split is tokenized a chunk at a time and only its compact arrays are kept.
+ENCODE_CHUNK = 8192
+
+
+def _encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int, spill: Path) -> Encoded:
+    """The split's token ids; chunks go to the file `spill` as they are made and are read back as one
+    array at the end, so no more than one copy of the ids is ever in memory."""
+    lengths, types_seen = [], None
+    with spill.open("wb") as ids_file, spill.with_suffix(".types").open("wb") as types_file:
+        for start in range(0, len(split), ENCODE_CHUNK):
+            stop = start + ENCODE_CHUNK
+            pair = list(split.pair[start:stop]) if split.pair is not None else None
+            out = tokenizer(list(split.text[start:stop]), pair, truncation=True, max_length=max_length,
+                            padding=False, return_attention_mask=False)
+            ids = out["input_ids"]
+            lengths.append(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)))
+            np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32).tofile(ids_file)
+            types = out.get("token_type_ids")
+            types_seen = types is not None
+            if types is not None:
+                np.fromiter(itertools.chain.from_iterable(types), dtype=np.int32).tofile(types_file)
+    all_lengths = np.concatenate([np.empty(0, np.int64), *lengths])
+    try:
+        ids = np.fromfile(spill, dtype=np.int32)
+        types = np.fromfile(spill.with_suffix(".types"), dtype=np.int32) if types_seen else None
+    finally:
+        spill.unlink(missing_ok=True)
+        spill.with_suffix(".types").unlink(missing_ok=True)
+    return Encoded(ids, types, np.cumsum(all_lengths) - all_lengths, all_lengths, np.asarray(split.label))
 
 
 def _tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -93,12 +126,12 @@ def _tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _save(path: Path, splits: dict[str, Encoded]) -> None:
-    """Flat arrays (token ids of a split end to end, cut by the lengths) in an .npz: no pickle in it."""
+    """Flat arrays (a split's token ids end to end, cut by the lengths) in an .npz: no pickle in it."""
     arrays: dict[str, np.ndarray] = {"splits": np.array(list(splits), dtype=str)}
     for i, enc in enumerate(splits.values()):
-        arrays[f"{i}_ids"] = np.concatenate((np.empty(0, np.int64), *enc.input_ids))
-        if enc.token_type_ids is not None:
-            arrays[f"{i}_types"] = np.concatenate((np.empty(0, np.int64), *enc.token_type_ids))
+        arrays[f"{i}_ids"] = enc.ids
+        if enc.types is not None:
+            arrays[f"{i}_types"] = enc.types
         arrays[f"{i}_labels"] = enc.labels
         arrays[f"{i}_lengths"] = enc.lengths
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,12 +141,6 @@ def _save(path: Path, splits: dict[str, Encoded]) -> None:
     tmp.replace(path)  # atomic, so concurrent trials never read half a file
 
 
-def _cut(flat: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
-    if len(flat) != int(lengths.sum()):
-        raise ValueError("token ids do not match the lengths")
-    return tuple(np.split(flat, np.cumsum(lengths)[:-1])) if len(lengths) else ()
-
-
 def _load(path: Path) -> dict[str, Encoded]:
     """What `_save` wrote; ValueError (or a zip or OS error) for anything else."""
     with np.load(path, allow_pickle=False) as z:  # a crafted file cannot run code
@@ -121,23 +148,28 @@ def _load(path: Path) -> dict[str, Encoded]:
             raise ValueError("not an .npz archive")
         out = {}
         for i, name in enumerate(z["splits"].tolist()):
-            lengths, labels = z[f"{i}_lengths"], z[f"{i}_labels"]
-            if len(labels) != len(lengths):
-                raise ValueError("labels do not match the lengths")
-            types = _cut(z[f"{i}_types"], lengths) if f"{i}_types" in z.files else None
-            out[name] = Encoded(_cut(z[f"{i}_ids"], lengths), types, labels, lengths)
+            lengths, labels, ids = z[f"{i}_lengths"], z[f"{i}_labels"], z[f"{i}_ids"]
+            types = z[f"{i}_types"] if f"{i}_types" in z.files else None
+            if len(labels) != len(lengths) or len(ids) != int(lengths.sum()) or (
+                    types is not None and len(types) != len(ids)) or (lengths < 0).any():
+                raise ValueError("token ids, labels and lengths do not match")
+            ids, types = (None if t is None else t.astype(np.int32, copy=False) for t in (ids, types))
+            out[name] = Encoded(ids, types, np.cumsum(lengths) - lengths, lengths, labels)
     return out
 
 
 def encode_task(
-    task: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int
+    task: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int, split: str = "validation"
 ) -> tuple[Encoded, dict[str, Encoded]]:
-    """(train, each evaluation split by name, the main one first) as token ids.
+    """(train, each split evaluated on `split` (validation or test) by name, the main one first) as
+    token ids.
 
-    Computed once per (tokenizer, task content, max_length) and cached on disk.
+    Computed once per (tokenizer, task content, max_length, split) and cached on disk.
     """
-    splits = {"train": task.train, **task.evaluation_splits}
-    path = cache_dir() / "tokens" / f"{_tokenizer_key(tokenizer)}-{task.fingerprint()}-{max_length}.npz"
+    splits = {"train": task.train, **task.evaluated(split)}
+    which = "" if split == "validation" else f"-{split}"  # the test splits carry the same names
+    name = f"{_tokenizer_key(tokenizer)}-{task.fingerprint()}-{max_length}{which}.npz"
+    path = cache_dir() / "tokens" / name
     if path.exists():
         try:
             encoded = _load(path)
@@ -146,7 +178,9 @@ def encode_task(
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
             pass
         path.unlink(missing_ok=True)  # a torn or stale cache file: rebuild it
-    encoded = {name: _encode(split, tokenizer, max_length) for name, split in splits.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spill = path.with_suffix(f".{os.getpid()}.ids")
+    encoded = {name: _encode(split, tokenizer, max_length, spill) for name, split in splits.items()}
     _save(path, encoded)
     return encoded.pop("train"), encoded
 
@@ -163,28 +197,36 @@ def train_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Sorted by length: evaluation order does not matter, padding does."""
+def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Sorted by length: evaluation order does not matter, padding does. With `max_tokens`, a batch
+    holds at most that many padded tokens too (one example at least): long examples come in smaller
+    batches than short ones."""
     order = np.argsort(-lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        width = int(lengths[order[start]])  # the longest of the batch: sorted, it comes first
+        n = min(batch_size, max(1, max_tokens // max(width, 1)))
+        batches.append(order[start : start + n])
+        start += n
+    return batches
 
 
 def collate(enc: Encoded, idx: np.ndarray, pad_id: int, regression: bool) -> dict[str, torch.Tensor]:
-    width = int(enc.lengths[idx].max())
+    lengths = enc.lengths[idx]
+    width = int(lengths.max())
+    real = np.arange(width) < lengths[:, None]  # row-major, as the examples' tokens lie end to end
+    at = enc.positions(idx)
     ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(idx), width), dtype=np.int64)
-    types = None if enc.token_type_ids is None else np.zeros((len(idx), width), dtype=np.int64)
-    for row, i in enumerate(idx):
-        n = enc.lengths[i]
-        ids[row, :n] = enc.input_ids[i]
-        mask[row, :n] = 1
-        if types is not None:
-            types[row, :n] = enc.token_type_ids[i]
+    ids[real] = enc.ids[at]
     batch = {
         "input_ids": torch.from_numpy(ids),
-        "attention_mask": torch.from_numpy(mask),
+        "attention_mask": torch.from_numpy(real.astype(np.int64)),
         "labels": torch.as_tensor(enc.labels[idx], dtype=torch.float32 if regression else torch.long),
     }
-    if types is not None:
+    if enc.types is not None:
+        types = np.zeros((len(idx), width), dtype=np.int64)
+        types[real] = enc.types[at]
         batch["token_type_ids"] = torch.from_numpy(types)
     return batch

@@ -71,6 +71,7 @@ def check_trial(cfg: TrialConfig) -> Checked:
             default_target_modules(config.model_type)  # an architecture without defaults says so
     else:
         _check_modules(cfg, config, kind)
+    task.evaluated(cfg.eval_split)  # a trial scored on the test split needs one
     return Checked(kind, metric, fingerprint, task)
 
 
@@ -140,11 +141,12 @@ def _check_modules(cfg: TrialConfig, config, kind: str) -> None:
                          f"(its module names include {short(', '.join(leaves), 200)})")
 
 
-def preflight(spec: StudySpec) -> StudySpec:
+def preflight(spec: StudySpec, eval_split: str = "validation") -> StudySpec:
     """Fail on anything that would fail every trial (task, classes, model, positions, target modules,
-    device, jobs) before the first one, not in the middle of a sweep. Returns the spec with the
-    task's data fingerprint, which is part of the study's identity; a spec that already holds one (a
-    study joined from its stored definition) must find the same data here."""
+    device, jobs, a test split for runs scored on `eval_split` test) before the first one, not in the
+    middle of a sweep. Returns the spec with the task's data fingerprint (of every split, the test
+    split included), which is part of the study's identity; a spec that already holds one (a study
+    joined from its stored definition) must find the same data here."""
     checked = check_trial(spec.base)
     fingerprint = checked.fingerprint
     check_slots(spec.devices, spec.jobs)
@@ -153,4 +155,5 @@ def preflight(spec: StudySpec) -> StudySpec:
             f"task {spec.base.task!r} holds other data here than when study {spec.study_name} was created "
             f"(data fingerprint {fingerprint}, the study's {spec.data_fingerprint}); use the same data"
         )
+    checked.task.evaluated(eval_split)  # runs scored on the test split need one
     return spec.replace(data_fingerprint=fingerprint, objective=checked.metric)

@@ -17,10 +17,11 @@ INIT_SCHEMES = ("standard", "reversed")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 KINDS = ("auto", "classification", "causal-lm")
+EVAL_SPLITS = ("validation", "test")
 # Settings added after studies were first stored: a study's identity (StudySpec.definition_hash)
 # leaves them out while at their defaults, so an existing study keeps its name.
 LATER_DEFAULTS = {"kind": "auto", "metric": None, "micro_batch_size": None, "gradient_checkpointing": False,
-                  "packing": False}
+                  "packing": False, "eval_split": "validation"}
 
 # The offline default: a pretrained MiniLM-L6 encoder and a real labelled task shipped by packages.
 DEFAULT_MODEL = "minilm-l6"
@@ -80,7 +81,9 @@ class TrialConfig:
     use_dora: bool = setting(False, "DoRA: a trained magnitude per output column, at eta_A.", "LoRA")
     use_rslora: bool = setting(False, "rsLoRA: scaling alpha / sqrt(rank) instead of alpha / rank.", "LoRA")
     embedding_lr: float = setting(1e-6, "Learning rate of LoRA on embeddings.", "optimizer")
-    head_lr: float | None = setting(None, "Learning rate of the classifier head; unset: eta_A.", "optimizer")
+    head_lr: float | None = setting(None, "Learning rate of the classifier head (a causal LM has none); "
+                                          "unset: eta_A in a trial, and in a study the geometric middle of "
+                                          "its eta_A range, the same for every trial.", "optimizer")
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay of all matrices (not of biases or "
                                        "LayerNorm).", "optimizer")
     betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas: two numbers from 0 up to (not "
@@ -102,7 +105,8 @@ class TrialConfig:
     seed: int = setting(0, "Seed of the LoRA and head init, the batch order and dropout.", "run")
     eval_every: int = setting(0, "Evaluate every N steps (0: at the end of each epoch), and always at the "
                                  "end.", "run")
-    precision: str = setting("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16.", "run")
+    precision: str = setting("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), "
+                             "fp32 or bf16.", "run")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", "run")
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: less memory "
                                                   "for about a third more compute.", "run")
@@ -110,6 +114,8 @@ class TrialConfig:
                                             "same for every trial; unset: all.", "data")
     eval_limit: int | None = setting(None, "Evaluate on a fixed (seed 0), stratified sample of N examples, "
                                            "the same for every trial; unset: all.", "data")
+    eval_split: str = setting("validation", "The split evaluated: validation, what a study selects on, or "
+                                            "test, held out from every search (confirm scores it).", "data")
     text_column: str | None = setting(None, "Text column of a local task file.", "data")
     text_pair_column: str | None = setting(None, "Second text column of a local task file (sentence "
                                                  "pairs).", "data")
@@ -271,7 +277,7 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
     if "betas" in names and not all(0 <= b < 1 for b in c.betas):
         problems.append(f"betas must be two numbers in [0, 1), got {list(c.betas)!r}")
     for name, allowed in (("init", INIT_SCHEMES), ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                          ("kind", KINDS)):
+                          ("kind", KINDS), ("eval_split", EVAL_SPLITS)):
         if name in names and getattr(c, name) not in allowed:
             problems.append(f"{name} must be one of {', '.join(allowed)}; got {short(getattr(c, name))}")
     if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device):

@@ -4,11 +4,13 @@ each lambda bin) over fresh seeds, paired by seed, and say whether the gain hold
 Choosing the best trials of a search and re-scoring those same runs would carry their luck into the
 comparison, so the confirm runs use seeds no search trial used (the search's seed + 1, + 2, ...), and a
 run that diverged stays in its arm's result (scored at the worst value its trial recorded). Both arms
-share a rank: they differ only in eta_A and lambda.
+share a rank and the head's learning rate (the study's head_lr: see sweep.spec.StudySpec.head_lr): they
+differ only in eta_A and lambda. The search selected them on the validation split, so the confirm runs
+are scored on the test split, which no search trial saw (`--split validation` scores validation).
 
-The runs are stored as their own study, NAME.confirm (NAME.confirm-rR for `--rank R`; user attribute
-kind = "confirm"), one trial per (arm, seed), so a re-run continues where it stopped and `report` finds
-them.
+The runs are stored as their own study, NAME.confirm (NAME.confirm-validation for the validation split,
+then -rR for `--rank R`; user attribute kind = "confirm"), one trial per (arm, seed), so a re-run
+continues where it stopped and `report` finds them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from sweep import report, stats
+from sweep.config import EVAL_SPLITS
 from sweep.errors import SweepError
 from sweep.hooks import Hooks
 from sweep.metrics import sign
@@ -69,6 +72,7 @@ class Plan:
     seeds: tuple[int, ...]
     rank: int | None  # as asked with --rank; None: the plain arm's
     candidates: dict[str, Arm]
+    split: str = "test"  # the split every run is scored on
 
     @property
     def arms(self) -> tuple[Arm, ...]:
@@ -79,8 +83,8 @@ class Plan:
         return len(self.arms) * len(self.seeds)
 
 
-def confirm_name(study: str, rank: int | None = None) -> str:
-    return study + SUFFIX + (f"-r{rank}" if rank is not None else "")
+def confirm_name(study: str, rank: int | None = None, split: str = "test") -> str:
+    return study + SUFFIX + ("" if split == "test" else f"-{split}") + ("" if rank is None else f"-r{rank}")
 
 
 def seeds_of(spec: StudySpec, seeds: int) -> tuple[int, ...]:
@@ -134,22 +138,29 @@ def choose_arms(trials: pd.DataFrame, spec: StudySpec, rank: int | None = None) 
 
 
 def plan(trials: pd.DataFrame, spec: StudySpec, seeds: int, rank: int | None = None,
-         per_bin: bool = False) -> Plan:
+         per_bin: bool = False, split: str = "test") -> Plan:
     """The arms of one confirm: plain LoRA against its best LoRA+ trial, or (per_bin) against the best
-    trial of each lambda bin."""
+    trial of each lambda bin, scored on `split`."""
+    if split not in EVAL_SPLITS:
+        raise SweepError(f"--split must be one of {', '.join(EVAL_SPLITS)}; got {short(split)}")
     arms, best = candidates(trials, spec, rank)
     study = trials["study"].iloc[0] if len(trials) else spec.study_name
     challengers = tuple(a for n, a in arms.items() if n != PLAIN and (per_bin or n == best))
-    return Plan(confirm_name(str(study), rank), arms[PLAIN], challengers, best, seeds_of(spec, seeds), rank,
-                arms)
+    return Plan(confirm_name(str(study), rank, split), arms[PLAIN], challengers, best, seeds_of(spec, seeds),
+                rank, arms, split)
 
 
 def runs_spec(spec: StudySpec, arms: tuple[Arm, ...], budget: int) -> StudySpec:
     """The study's spec narrowed to the arms' points, run as queued trials (a grid, never pruned)
     until the confirm study holds `budget` finished trials. The parameter ranges take the search's
-    in: a confirm study's trials keep one rank distribution (Optuna refuses to change its choices)."""
+    in: a confirm study's trials keep one rank distribution (Optuna refuses to change its choices).
+    The arms' points are queued as (eta_A, lambda, rank) whatever space the search drew in, and every
+    arm trains its head at the study's one head_lr (fixed here for a study stored before it had one,
+    whose search trials trained the head at their eta_A)."""
     etas, lams = [a.eta_a for a in arms], [a.lam for a in arms]
+    spec = spec.fixed_head()  # from the search's own eta_A range, before it is widened below
     return spec.replace(
+        space="eta_a", eta_b=None,
         name=None, sampler="grid", pruner="none", grid=tuple((a.eta_a, a.lam, a.rank) for a in arms),
         eta_a=(min(*etas, spec.eta_a[0]), max(*etas, spec.eta_a[1])),
         lam=(min(*lams, spec.lam[0]), max(*lams, spec.lam[1])),
@@ -166,29 +177,37 @@ def open_confirm_study(study: StoredStudy, spec: StudySpec, plan: Plan) -> Store
     if stored is not None and confirm.attrs.get("search_seed") is None:
         raise SweepError(f"{confirm.name} ran its first seed at the search's own seed (an older "
                          f"loraplus-sweep), which favours the arms the search picked; delete it: {delete}")
+    if stored is not None and confirm.attrs.get("eval_split") is None:
+        raise SweepError(f"{confirm.name} scored its runs on the validation split the search selected on, "
+                         f"with the head at each arm's eta_A (an older loraplus-sweep); delete it: {delete}")
     stored = stored or {}
     for name, described in stored.items():
         now = plan.candidates.get(name)
         if now is None or now.described() != described:
             raise SweepError(f"{confirm.name} confirmed other configurations (the study has improved since); "
                              f"delete it to confirm the new best: {delete}")
+    head_lr = runs_spec(spec, plan.arms, 0).base.head_lr
     confirm.set_attrs(kind="confirm", confirm_of=study.name, model=spec.base.model, task=spec.base.task,
                       search_seed=spec.base.seed, rank=plan.rank, best_arm=plan.best,
+                      eval_split=plan.split, head_lr=head_lr,
                       arms={**stored, **{a.name: a.described() for a in plan.arms}})
     return confirm
 
 
 def prepare(study: StoredStudy, run: dict, trust_remote_code: bool, seeds: int, rank: int | None = None,
-            per_bin: bool = False) -> tuple[StudySpec, Plan]:
-    """The study's spec, checked, run here with `run` settings, and the plan of the confirm."""
+            per_bin: bool = False, split: str = "test") -> tuple[StudySpec, Plan]:
+    """The study's spec, checked (its task has a `split` split), run here with `run` settings, and the
+    plan of the confirm."""
     from sweep.checks import preflight
     from sweep.quiet import quiet_libraries
 
     if study.attrs.get("kind") == "confirm":
         raise SweepError(f"{short(study.name)} is itself a confirm study; name the study it confirms")
     quiet_libraries()
-    spec = preflight(study.joined_spec(run, trust_remote_code))
-    return spec, plan(study.frame(), spec, seeds, rank, per_bin)
+    if split not in EVAL_SPLITS:
+        raise SweepError(f"--split must be one of {', '.join(EVAL_SPLITS)}; got {short(split)}")
+    spec = preflight(study.joined_spec(run, trust_remote_code), split)
+    return spec, plan(study.frame(), spec, seeds, rank, per_bin, split)
 
 
 def run_confirm(study: StoredStudy, spec: StudySpec, plan: Plan, hooks: Hooks | None = None) -> StoredStudy:
@@ -201,7 +220,7 @@ def run_confirm(study: StoredStudy, spec: StudySpec, plan: Plan, hooks: Hooks | 
         for seed in plan.seeds:
             for arm in plan.arms:
                 if (arm.name, seed) not in held:
-                    confirm.enqueue(arm.params, {"arm": arm.name, "seed": seed})
+                    confirm.enqueue(arm.params, {"arm": arm.name, "seed": seed, "eval_split": plan.split})
         counts = confirm.counts()
         # Everything stored or queued: the workers stop once the queue is empty (a grid draws nothing).
         budget = sum(counts[s] for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING"))
@@ -280,11 +299,15 @@ class Confirmation:
     rank: int | None = None  # the rank confirm was asked for (--rank); None: the plain arm's
     diverged: dict[str, int] | None = None  # per side ("lora+", "lora"): runs scored after diverging
     failed: dict[str, int] | None = None  # per side: seeds whose runs failed, so without a result
+    split: str | None = None  # the split the runs were scored on
+    head_lr: float | None = None  # the head's learning rate, the same in both arms
 
     @property
     def label(self) -> str:
-        """The study, with the rank asked for and the lambda bin of a LoRA+ arm other than the best."""
-        return (self.study + ("" if self.rank is None else f"-r{self.rank}")
+        """The study, with a split other than test, the rank asked for and the lambda bin of a LoRA+
+        arm other than the best."""
+        return (self.study + ("" if self.split in ("test", None) else f"-{self.split}")
+                + ("" if self.rank is None else f"-r{self.rank}")
                 + ("" if self.best else f"-bin{self.lambda_bin}"))
 
 
@@ -326,6 +349,8 @@ def _compare(confirm: StoredStudy, trials: pd.DataFrame, metric_name: str, name:
         rank=attrs.get("rank"),
         diverged={"lora+": len(plus.diverged), "lora": len(plain.diverged)},
         failed={"lora+": len(plus.failed), "lora": len(plain.failed)},
+        split=attrs.get("eval_split"),
+        head_lr=attrs.get("head_lr"),
     )
 
 
@@ -372,7 +397,7 @@ def table(confirmations: list[Confirmation]) -> pd.DataFrame:
         diverged, failed = c.diverged or {}, c.failed or {}
         rows.append({
             "model": c.model, "task": c.task, "study": c.study, "metric_name": c.metric_name,
-            "arm": c.arm, "lambda bin": c.lambda_bin, "best": c.best,
+            "arm": c.arm, "lambda bin": c.lambda_bin, "best": c.best, "split": c.split, "head_lr": c.head_lr,
             "seeds": c.seeds, "lora+ eta_a": plus.get("eta_a"), "lora+ lambda": plus.get("lambda"),
             "lora+ rank": plus.get("rank"),
             "lora eta_a": plain.get("eta_a"), "lora rank": plain.get("rank"),

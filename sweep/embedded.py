@@ -31,7 +31,7 @@ class EmbeddedTask:
     file: str  # path inside the package: a file, or a folder for data shipped as many files
     description: str
     label_names: tuple[str, ...]
-    validation_size: int
+    validation_size: int  # and the test split's size (sweep.tasks makes the three-way split)
     read: Callable[[Path], pd.DataFrame]  # -> columns text, label (label as in label_names)
 
 
@@ -193,8 +193,8 @@ def data_path(task: EmbeddedTask) -> Path:
 def load(name: str) -> tuple[pd.DataFrame, EmbeddedTask]:
     """The shipped data (columns text, label) without near-duplicates, and its task.
 
-    The caller makes the fixed split; near-duplicates go first, so that no validation text has a
-    near copy in train.
+    The caller makes the fixed split; near-duplicates go first, so that no validation or test text has
+    a near copy in train.
     """
     task = TASKS[name]
     df = task.read(data_path(task)).reset_index(drop=True)
@@ -262,15 +262,16 @@ INSTRUCTION_TASKS: dict[str, InstructionTask] = {
     "bbc-headlines": InstructionTask(
         twin="bbc-news",
         description="BBC News headlines (the bbc-news articles and split): an article's opening paragraphs "
-        "(whole, up to 100 words) as the prompt, its headline as the completion: 2,068 articles, 1,654 train "
-        "and 414 validation; headlines of 7 SmolLM2 tokens (median), rows of 63 (at most 302)",
+        "(whole, up to 100 words) as the prompt, its headline as the completion: 2,068 articles, 1,240 "
+        "train, 414 validation and 414 test; headlines of 7 SmolLM2 tokens (median), rows of 63 (at most "
+        "302)",
         rows=_headline_rows,
     ),
     "rotten-tomatoes-sentiment": InstructionTask(
         twin="rotten-tomatoes",
         description="Rotten Tomatoes snippets (the rotten-tomatoes snippets and split) as a chat question, "
-        "answered negative or positive, scored by the likelihood of each answer: 12,748 snippets, 10,748 "
-        "train and 2,000 validation, 57.8 % positive",
+        "answered negative or positive, scored by the likelihood of each answer: 12,748 snippets, 8,748 "
+        "train, 2,000 validation and 2,000 test, 57.8 % positive",
         rows=_sentiment_rows,
     ),
 }

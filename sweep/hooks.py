@@ -18,6 +18,9 @@ class Finished:
     state: str  # COMPLETE, PRUNED or FAIL
     value: float | None
     params: dict[str, Any] = field(default_factory=dict)
+    # What the trial stored (sweep.stored.RunningTrial.record and its notes): final metrics, tokens/s,
+    # stop reason; for a failed trial only its notes.
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -28,3 +31,20 @@ class Hooks:
     step: Callable[[int, int, int, float], None] | None = None  # (number, step, total, smoothed loss)
     eval: Callable[[int, EvalPoint], None] | None = None
     trial_end: Callable[[Finished], None] | None = None
+
+
+def chain(*hooks: Hooks) -> Hooks:
+    """One Hooks that calls each of `hooks` in turn (a progress display and experiment trackers)."""
+
+    def each(name: str) -> Callable[..., None] | None:
+        calls = [getattr(h, name) for h in hooks if getattr(h, name) is not None]
+        if not calls:
+            return None
+
+        def call(*args: Any) -> None:
+            for c in calls:
+                c(*args)
+
+        return call
+
+    return Hooks(**{name: each(name) for name in ("trial_start", "step", "eval", "trial_end")})

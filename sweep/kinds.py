@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,9 +61,11 @@ def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | LMTask | No
 
 def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | None) -> Prepared:
     if task is None:
-        task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
+        columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
+        task = _load_once(("classification", cfg.task, columns), lambda: load_task(cfg.task, columns))
     tokenizer = load_tokenizer(cfg)
-    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length)  # val_enc: every evaluation split
+    # val_enc: every split evaluated, of cfg.eval_split (validation; test for confirm's final numbers)
+    train_enc, val_enc = encode_task(task, tokenizer, cfg.max_length, cfg.eval_split)
     train_enc = train_enc.sample(cfg.train_limit, stratified=not task.is_regression)
     val_enc = {s: e.sample(cfg.eval_limit, stratified=not task.is_regression) for s, e in val_enc.items()}
     pad_id = pad_token_id(tokenizer)
@@ -81,7 +84,7 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
         preds = {}
         for name, enc in val_enc.items():
             preds[name] = np.empty(len(enc), dtype=np.float64)
-            for idx in eval_batches(enc.lengths, cfg.batch_size * 2):
+            for idx in eval_batches(enc.lengths, *_eval_batch(cfg)):
                 b = {k: v.to(device) for k, v in collate(enc, idx, pad_id, task.is_regression).items()}
                 b.pop("labels")
                 with autocast():
@@ -99,11 +102,11 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
 
 
 def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> Prepared:
-    task = task or load_lm_task(cfg.task)
+    task = task or _load_once(("causal-lm", cfg.task), lambda: load_lm_task(cfg.task))
     tokenizer = load_tokenizer(cfg)
     pad_id = pad_token_id(tokenizer)  # the EOS where the tokenizer has no pad token
     train_rows = sample_rows(task.train, cfg.train_limit)
-    val_rows = sample_rows(task.validation, cfg.eval_limit)
+    val_rows = sample_rows(task.evaluated(cfg.eval_split), cfg.eval_limit)
     train_enc = encode_lm(train_rows, tokenizer, cfg.max_length)
     if train_enc.trained_tokens == 0:
         raise SweepError(f"no token of {task.name}'s training rows is trained on at max_length "
@@ -137,6 +140,36 @@ def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> P
     return Prepared("causal-lm", model, tokenizer, train_enc.lengths, batch, count, loss_sum, evaluate,
                     metrics, main_metric(metrics, cfg.metric, f"causal-LM task {task.name}"),
                     {m: worst[m] for m in metrics})
+
+
+# Evaluation batches: on a CPU a forward pass of 16 short examples runs well below the matmul peak,
+# one of 64 near it. A batch holds up to EVAL_BATCH examples and EVAL_TOKENS padded tokens, but never
+# fewer than training's two batches' worth, which any device that trains fits.
+EVAL_BATCH, EVAL_TOKENS = 64, 8192
+
+
+def _eval_batch(cfg: TrialConfig) -> tuple[int, int]:
+    """(examples, padded tokens) at most in an evaluation batch."""
+    at_least = cfg.batch_size * 2
+    return max(EVAL_BATCH, at_least), max(EVAL_TOKENS, at_least * cfg.max_length)
+
+
+# The last task this process loaded: a slot's process (sweep.trial_process) serves many trials of one
+# study, and reading, de-duplicating and splitting a task costs as much as a short trial's evaluation.
+_task_cache: dict[tuple, object] = {}
+
+
+def _load_once(key: tuple, load: Callable[[], object]):
+    """load(), or what it returned for the same key and the same file on disk (size, mtime) before."""
+    try:
+        stat = Path(key[1]).stat()
+        key = (*key, stat.st_size, stat.st_mtime_ns)
+    except (OSError, ValueError):
+        pass  # not a file: a named task
+    if key not in _task_cache:
+        _task_cache.clear()
+        _task_cache[key] = load()
+    return _task_cache[key]
 
 
 def sample_rows(rows: tuple, n: int | None) -> tuple:

@@ -28,7 +28,7 @@ import numpy as np
 
 from sweep import embedded
 from sweep.errors import SweepError
-from sweep.tasks import load_task
+from sweep.tasks import load_task, no_test_split
 
 SHAPES = {"messages": "chat", "prompt": "prompt", "text": "text"}
 KEYS = {"chat": {"messages"}, "prompt": {"prompt", "completion"}, "text": {"text"}}
@@ -90,6 +90,14 @@ class LMTask:
         """Rows carry candidate answers: evaluation can report accuracy."""
         return bool(self.train[0].choices)
 
+    def evaluated(self, split: str) -> tuple[Row, ...]:
+        """The rows a trial evaluating on `split` (validation or test) scores."""
+        if split == "test":
+            if not self.test:
+                raise SweepError(no_test_split(self.name))
+            return self.test
+        return self.validation
+
     @property
     def metrics(self) -> tuple[str, ...]:
         """Per trained token of the validation rows, the loss (the default objective) and perplexity;
@@ -141,12 +149,14 @@ def load_lm_task(task: str) -> LMTask:
 
 def embedded_rows(name: str) -> list[dict[str, Any]]:
     """An embedded instruction task's rows as a JSONL file of them would hold them, each with its
-    split: its twin classification task's documents and split."""
+    split: its twin classification task's documents and split (train, validation and test)."""
     spec = embedded.INSTRUCTION_TASKS[name]
     twin = load_task(spec.twin)
     path = embedded.data_path(embedded.TASKS[spec.twin])
     rows = []
-    for split_name, split in (("train", twin.train), ("validation", twin.validation)):
+    for split_name, split in (("train", twin.train), ("validation", twin.validation), ("test", twin.test)):
+        if split is None:
+            continue
         labels = [twin.label_names[int(i)] for i in split.label]
         rows += [{**row, "split": split_name} for row in spec.rows(split.text, labels, path)]
     return rows

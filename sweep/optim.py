@@ -41,7 +41,8 @@ def loraplus_param_groups(model: nn.Module, cfg: TrialConfig) -> list[dict]:
     - magnitude: DoRA's magnitude vectors, lr eta_a, no decay.
     - embedding: both LoRA factors of embedding layers, lr embedding_lr, weight decay.
     - head: every trainable matrix of the head (classifier, modules trained in full), lr head_lr
-      (eta_a when unset), weight decay.
+      (eta_a when unset; a study sets it, one value for all its trials: sweep.spec.StudySpec.head_lr),
+      weight decay. A causal LM has no such group: its LM head stays frozen.
     - head_no_decay: the head's trainable 1-D parameters (biases, LayerNorm), lr head_lr, no decay.
 
     Unlike PEFT's create_loraplus_optimizer, 1-D non-LoRA parameters do not get lam * eta_a: there

@@ -24,8 +24,9 @@ def write_table(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
 
 def write(df: pd.DataFrame | None, frames: dict[str, pd.DataFrame], out_dir: Path,
           confirmations: list[Any] = ()) -> list[Path]:
-    """Every table, a heatmap per study of `df` (the trials frame), the lambda curves, and the
-    convergence plot of each confirmation (sweep.confirm.Confirmation) that has curves."""
+    """Every table, a heatmap per study of `df` (the trials frame), the lambda curves, the parameter
+    importance of each study with enough trials, and the convergence plot of each confirmation
+    (sweep.confirm.Confirmation) that has curves."""
     out_dir = prepare_dir(Path(out_dir))
     written = [path for name, frame in frames.items() for path in write_table(frame, out_dir, name)]
     with _plots_in(out_dir):
@@ -34,6 +35,11 @@ def write(df: pd.DataFrame | None, frames: dict[str, pd.DataFrame], out_dir: Pat
                 written.append(plots.plot_heatmap(rows, out_dir / f"heatmap-{safe_name(str(study))}.png"))
         if "lambda_curve" in frames and not frames["lambda_curve"].empty:
             written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
+        shares = frames.get("importance")
+        for study, rows in (shares.groupby("study", sort=True) if shares is not None else ()):
+            if rows["interactions"].notna().any():  # a study with too few trials has its answer, no plot
+                path = out_dir / f"importance-{safe_name(str(study))}.png"
+                written.append(plots.plot_importance(rows, path))
         for c in confirmations:
             if c.curves.get("lora"):
                 written.append(plots.plot_convergence(c, out_dir / f"convergence-{safe_name(c.label)}.png"))

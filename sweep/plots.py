@@ -159,3 +159,38 @@ def plot_convergence(c, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def plot_importance(rows: pd.DataFrame, path: str | Path) -> Path:
+    """One study's fANOVA shares (its rows of sweep.importance.importance_table): a panel of bars per
+    parameterisation, lambda first, the interactions in grey."""
+    studies = sorted(rows["study"].unique())
+    if len(studies) != 1:
+        raise ValueError(f"plot_importance takes the rows of one study; got {len(studies)}: {studies}")
+    measured = rows[rows["interactions"].notna()]
+    if measured.empty:
+        raise SweepError(f"study {studies[0]!r}: {rows['answer'].iloc[0]}")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(measured), figsize=(4.2 * len(measured), 3.2), squeeze=False)
+    try:
+        for ax, r in zip(axes[0], measured.to_dict("records"), strict=True):
+            params = r["parameters"].split(", ")
+            names = ["lambda", *(p for p in params if p != "lambda"), "interactions"]
+            shares = [r[n] for n in names]
+            colours = ["tab:red" if n == "lambda" else "grey" if n == "interactions" else "tab:blue"
+                       for n in names]
+            bars = ax.barh(names, [0.0 if math.isnan(s) else 100 * s for s in shares], color=colours)
+            ax.bar_label(bars, labels=["one value" if math.isnan(s) else f"{100 * s:.0f} %" for s in shares],
+                         padding=3, fontsize=8)
+            ax.invert_yaxis()  # lambda on top
+            ax.set_xlim(0, 115)
+            ax.set_xlabel("share of the metric's variance (%)")
+            ax.set_title(f"over {r['parameters']}", fontsize=9)
+        first = measured.iloc[0]
+        fig.suptitle(f"{first['model']} / {first['task']}: what explains {first['metric_name']} (fANOVA, "
+                     f"{first['trials']} trials)\nstudy {studies[0]}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return Path(path)

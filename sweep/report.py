@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweep.importance import importance_table
 from sweep.metrics import sign
 
 KEYS = ["model", "task", "definition"]
@@ -486,11 +487,12 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Every table of a report, by name."""
+    """Every table of a report, by name; "importance" is per study (sweep.importance)."""
     curve = lambda_curve(df)
     return {
         "summary": summary(df),
         "lambda_curve": curve,
         "default_lambda": defaults_table(default_lambda_from_curve(curve)),
         "budget": grid_equivalent(df),
+        "importance": importance_table(df),
     }

@@ -54,6 +54,8 @@ class TrialResult:
     update_norms: dict[str, float] = dataclasses.field(default_factory=dict)
     kind: str = "classification"  # or causal-lm (sweep.kinds)
     precision: str = "fp32"  # what the forward passes ran in: fp32, or bf16 autocast
+    setup_time_s: float = 0.0  # loading the task and the model, before the first step
+    eval_time_s: float = 0.0  # the evaluations
 
     @property
     def diverged(self) -> bool:

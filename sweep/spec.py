@@ -3,13 +3,17 @@
 A study file has up to four tables (every key optional; unknown keys are errors):
 
     [study]   name, model, task, n_trials, timeout, sampler, pruner, seed, storage,
-              trial_timeout, jobs, devices, in_process
+              trial_timeout, jobs, devices, in_process, track, track_dir
     [search]  eta_a = [low, high] (log-uniform) or a number; lambda = [low, high] or a number
               (log-uniform; the range must include 1, so plain LoRA is always a candidate);
-              rank = [4, 8, 16] (categorical) or a number
+              rank = [4, 8, 16] (categorical) or a number; space = "eta_a" (draw eta_A and lambda)
+              or "eta_b" (draw eta_B = lambda * eta_A and lambda, eta_A = eta_B / lambda), with
+              eta_b = [low, high] (log-uniform; default: the eta_A range times the lambda range)
     [grid]    for sampler = "grid": eta_a = [...], and lambda = [...] or eta_b = [...], rank = [...];
               every combination is run exactly once
-    [trial]   any other TrialConfig field (epochs, batch_size, train_limit, init, ...)
+    [trial]   any other TrialConfig field (epochs, batch_size, train_limit, init, ...); head_lr unset
+              is fixed, for every trial of the study, at the geometric middle of the eta_A range
+              (see StudySpec.head_lr), so that trials differ only in (eta_A, lambda, rank)
 """
 
 from __future__ import annotations
@@ -33,10 +37,16 @@ SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("asha", "median", "none")
 DEFAULT_STORAGE = "sqlite:///results/loraplus.db"
 STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage",
-              "baselines", "trial_timeout", "jobs", "devices", "in_process", "heartbeat")
-# How trials run, not what they measure: left out of the definition hash like the budget.
-RUN_KEYS = ("trial_timeout", "jobs", "devices", "in_process", "heartbeat")
-SEARCH_KEYS = ("eta_a", "lambda", "rank")
+              "baselines", "trial_timeout", "jobs", "devices", "in_process", "heartbeat", "track",
+              "track_dir")
+# How trials run, not what they measure: left out of the definition hash like the budget (and out
+# of the definition stored for workers: each machine tracks its own trials as its command line says).
+RUN_KEYS = ("trial_timeout", "jobs", "devices", "in_process", "heartbeat", "track", "track_dir")
+# Experiment trackers a sweep can send its trials to (sweep.tracking).
+TRACKERS = ("mlflow", "wandb", "tensorboard")
+SEARCH_KEYS = ("eta_a", "lambda", "rank", "space", "eta_b")
+# What a study samples: eta_A and lambda, or eta_B and lambda (eta_A = eta_B / lambda).
+SPACES = ("eta_a", "eta_b")
 GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
 # Searched (or study-level) fields cannot also be set in [trial].
 NOT_IN_TRIAL = {"model", "task", "eta_a", "lam", "lambda", "rank", "seed"}
@@ -53,6 +63,8 @@ class StudySpec:
     eta_a: tuple[float, float] = (1e-4, 1e-2)
     lam: tuple[float, float] = (1.0, 64.0)
     ranks: tuple[int, ...] = (8,)
+    space: str = "eta_a"  # one of SPACES
+    eta_b: tuple[float, float] | None = None  # space eta_b's range; None: eta_a range times lambda range
     grid: tuple[tuple[float, float, int], ...] = ()  # (eta_a, lambda, rank) points for sampler "grid"
     n_trials: int = 20
     timeout: float | None = None
@@ -65,6 +77,8 @@ class StudySpec:
     devices: str = "auto"  # "auto" (every visible GPU, else the CPU), "cpu", or GPU ids "0,1"
     in_process: bool = False  # run trials in this process (debugging): no timeout, no isolation
     heartbeat: int = 30  # seconds; a trial silent for 3 beats lost its worker and runs again
+    track: tuple[str, ...] = ()  # experiment trackers (TRACKERS) that get a run per trial
+    track_dir: str | None = None  # where local trackers write; None: results/
     baselines: int = 1  # plain-LoRA trials queued first, spread over the eta_A range
     # Hash of the task's content (sweep.tasks.TaskData.fingerprint), set by sweep.checks.preflight: a
     # task file changed between two runs makes another study instead of mixing two data sets.
@@ -84,6 +98,31 @@ class StudySpec:
     def study_name(self) -> str:
         return self.name or f"{_slug(self.base.model)}-{_slug(self.base.task)}-{self.definition_hash()}"
 
+    @property
+    def eta_b_range(self) -> tuple[float, float]:
+        """The eta_B range a study in space eta_b draws from: its own, or every eta_B the eta_A and
+        lambda ranges reach (their lows' product to their highs')."""
+        if self.eta_b is not None:
+            return self.eta_b
+        return self.eta_a[0] * self.lam[0], self.eta_a[1] * self.lam[1]
+
+    @property
+    def head_lr(self) -> float:
+        """The classifier head's learning rate when base.head_lr is unset: the geometric middle of the
+        eta_A range (3 significant digits), one value for every trial of the study, so that two trials
+        differ only in (eta_A, lambda, rank), never in how fast their head learns."""
+        return float(f"{math.sqrt(self.eta_a[0] * self.eta_a[1]):.3g}")
+
+    def fixed_head(self) -> StudySpec:
+        """This spec with its head learning rate fixed (base.head_lr, or `head_lr` where unset). A
+        causal LM trains no head (it keeps its own LM head frozen): its spec is left as it is."""
+        from sweep.lm_tasks import task_kind
+
+        if self.base.head_lr is not None or task_kind(self.base.task, self.base.kind,
+                                                      self.base.label_column) == "causal-lm":
+            return self
+        return self.replace(base=self.base.replace(head_lr=self.head_lr))
+
     def definition_hash(self) -> str:
         """What the trials measure: the search space and every fixed trial setting.
 
@@ -98,6 +137,8 @@ class StudySpec:
             "grid": self.grid,
             "data": self.data_fingerprint,
         }
+        if self.space != "eta_a":  # added later: a study of the first space keeps its name
+            definition.update(space=self.space, eta_b=self.eta_b_range)
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:8]
 
     def baseline_params(self) -> dict[str, Any]:
@@ -124,7 +165,11 @@ class StudySpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> StudySpec:
         """The inverse of to_dict (a study's stored definition, for workers that join it). The
-        database is not trusted: every value goes through the same checks as a study file."""
+        database is not trusted: every value goes through the same checks as a study file.
+
+        The head's learning rate is left as stored: a study created before load_spec fixed it holds
+        none, and its trials go on training the head at their eta_A, as its first ones did (its
+        definition hash, and so its name, stay the same); `confirm` still fixes it for both arms."""
         if not isinstance(data, dict) or not isinstance(data.get("base"), dict):
             raise SweepError(f"{source}: the stored definition is not a loraplus-sweep study definition")
         known = {f.name for f in dataclasses.fields(cls)} | {"lambda"}
@@ -246,6 +291,9 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
     trial = dict(data.get("trial", {}))
     trial_fields = {f.name for f in dataclasses.fields(TrialConfig)} - NOT_IN_TRIAL
     for key in trial:
+        if key == "eval_split":
+            raise SweepError(f"{where}: trial.eval_split cannot be set: a study selects on the validation "
+                             "split, and confirm scores the test split (confirm --split)")
         if key not in trial_fields:
             hint = " (set it in [study] or [search])" if key in NOT_IN_TRIAL else ""
             raise SweepError(f"{where}: unknown key trial.{_clip(key)}{hint}")
@@ -281,6 +329,13 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
         spec_kwargs["lam"] = _range(search["lambda"], "search.lambda", where)
     if "rank" in search:
         spec_kwargs["ranks"] = _ints(search["rank"], "search.rank", where)
+    if "space" in search:
+        spec_kwargs["space"] = search["space"]
+    if "eta_b" in search:
+        if search.get("space") != "eta_b":
+            raise SweepError(f'{where}: search.eta_b is the range of space "eta_b"; set space = "eta_b" '
+                             "(--space eta_b) to draw eta_B")
+        spec_kwargs["eta_b"] = _range(search["eta_b"], "search.eta_b", where)
     for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage", "baselines", *RUN_KEYS):
         if key in study:
             spec_kwargs[key] = study[key]
@@ -294,7 +349,9 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
         spec_kwargs["lam"] = (min(lams), max(lams))
         spec_kwargs["ranks"] = tuple(sorted({p[2] for p in spec_kwargs["grid"]}))
         spec_kwargs.setdefault("n_trials", len(spec_kwargs["grid"]))
-    return StudySpec(**spec_kwargs)
+    # A new study fixes its head's learning rate; a stored one keeps what it was created with (see
+    # StudySpec.from_dict): one made before head_lr was fixed trains the head at each trial's eta_A.
+    return StudySpec(**spec_kwargs).fixed_head()
 
 
 def _grid_points(grid: dict[str, Any], where: str) -> tuple[tuple[float, float, int], ...]:
@@ -325,6 +382,24 @@ def _validate(s: StudySpec) -> None:
             problems.append(f"{key} range is empty: low {low:g} > high {high:g}")
         elif key == "lambda" and s.sampler != "grid" and not low <= 1.0 <= high:
             problems.append(f"lambda range [{low:g}, {high:g}] must include 1 (plain LoRA, the baseline)")
+    if s.space not in SPACES:
+        problems.append(f"space must be one of {', '.join(SPACES)}; got {short(s.space)}")
+    elif s.space == "eta_a" and s.eta_b is not None:
+        problems.append('an eta_b range is for space "eta_b"')
+    elif s.space == "eta_b":
+        low, high = s.eta_b_range
+        if not (math.isfinite(low) and math.isfinite(high)) or low <= 0 or high <= 0:
+            problems.append(f"eta_b range must be positive, got [{low:g}, {high:g}]")
+        elif low > high:
+            problems.append(f"eta_b range is empty: low {low:g} > high {high:g}")
+        elif not low <= s.eta_a[0] <= s.eta_a[1] <= high:
+            problems.append(f"eta_b range [{low:g}, {high:g}] must hold the eta_a range [{s.eta_a[0]:g}, "
+                            f"{s.eta_a[1]:g}]: the plain-LoRA baselines run there at eta_B = eta_A")
+        if s.sampler == "grid":
+            problems.append('space "eta_b" draws eta_B; a grid lists its points (grid.eta_b for eta_B)')
+    if s.base.eval_split != "validation":
+        problems.append("a study evaluates its trials on the validation split (eval_split validation); "
+                        "confirm scores the test split")
     if not s.ranks or any(r < 1 for r in s.ranks):
         problems.append(f"ranks must be integers >= 1, got {short(list(s.ranks))}")
     if s.n_trials < 1:
@@ -355,6 +430,11 @@ def _validate(s: StudySpec) -> None:
     if not 1 <= s.heartbeat <= MAX_HEARTBEAT:
         problems.append(f"heartbeat must be a whole number of seconds from 1 to {MAX_HEARTBEAT}, "
                         f"got {short(s.heartbeat)}")
+    unknown = [t for t in s.track if t not in TRACKERS]
+    if unknown:
+        problems.append(f"track must name {', '.join(TRACKERS)}; got {short(unknown[0])}")
+    if s.track_dir is not None and not s.track_dir.strip():
+        problems.append("track_dir must be a directory")
     if s.in_process and (s.trial_timeout is not None or s.jobs > 1):
         problems.append("in_process runs one trial at a time without a timeout")
     if not s.storage:

@@ -1,5 +1,6 @@
-"""Database URLs: drivers, masked passwords, write checks, failures in one line, and the locks that
-work across processes and machines (a file beside SQLite, an advisory lock on PostgreSQL)."""
+"""Storage URLs turned into Optuna storages (SQLite, PostgreSQL, or a journal file on a shared file
+system): drivers, masked passwords, write checks, failures in one line, and the locks that work across
+processes and machines (a file beside SQLite or the journal, an advisory lock on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -35,7 +37,7 @@ def mask_url(url: str) -> str:
     the last '@', since a password with an unescaped '@' (user:Top@Secret@host) parses as a
     shorter password and a host that holds the rest; query keys such as password= are masked too.
     """
-    if url.startswith("sqlite"):  # a path, never credentials: shown as it was written
+    if url.startswith("sqlite") or journal_path(url) is not None:  # a path: shown as it was written
         return url
     try:
         text = make_url(url).render_as_string(hide_password=True)
@@ -56,7 +58,7 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
 
 
 def _mask_userinfo(url: str) -> str:
-    parts = None if url.startswith("sqlite") else _userinfo(url)
+    parts = None if url.startswith(("sqlite", JOURNAL)) else _userinfo(url)
     return url if parts is None else f"{parts[0]}***{parts[2]}"
 
 
@@ -94,8 +96,19 @@ def database_failure(e: BaseException) -> SweepError | None:
 
 
 def require_writable(url: str) -> None:
-    """A SQLite database that this process cannot write is one line, before anything tries to."""
+    """A SQLite database or a journal that this process cannot write is one line, before anything
+    tries to. A journal's directory must exist: on a cluster a missing one is a shared file system
+    not mounted here, and a journal created on the local disk would be a study of its own."""
     path = sqlite_path(url)
+    journal = journal_path(url)
+    if journal is not None:
+        path = journal
+        if not path.parent.is_dir():
+            raise SweepError(f"no directory {path.parent} for the journal {path.name}; create it first "
+                             "(on a cluster: is the shared file system mounted here?)")
+        if not os.access(path.parent, os.W_OK):  # the locks are files created beside the journal
+            raise SweepError(f"the directory of the journal {path} is read-only here; nothing was changed "
+                             "(put the journal somewhere writable, or ask its owner)")
     if path is None or not path.exists():
         return
     if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
@@ -107,6 +120,87 @@ def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///") :])
     return None
+
+
+JOURNAL = "journal://"
+
+
+def journal_path(url: str) -> Path | None:
+    """The file of a journal storage: journal:///abs/path/study.log (journal://rel/path.log is
+    relative), or a plain path ending in .log; None for any other storage."""
+    if url.startswith(JOURNAL):
+        return Path(url[len(JOURNAL) :]).expanduser()
+    if "://" not in url and url.endswith(".log"):
+        return Path(url).expanduser()
+    return None
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
+    """The Optuna storage of a URL: an RDB storage for a SQLAlchemy URL (SQLite by default; PostgreSQL
+    across machines), a journal storage for a journal file (a cluster whose machines share only a file
+    system). With create=False a missing SQLite file or journal is an error instead of a new one."""
+    journal = journal_path(url)
+    if journal is not None:
+        return _open_journal(journal, url, create)
+    path = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        if not create and not path.is_file():
+            raise SweepError(f"no results database at {path}; run a sweep first (loraplus-sweep run)")
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SweepError(f"cannot create the directory for {path}: {e.strerror}") from e
+        # Wait for a busy writer instead of failing; our own BEGIN (below) instead of pysqlite's.
+        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
+    elif "://" not in url:
+        raise SweepError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///results/x.db, "
+                         "or a journal file results/x.log)")
+    elif url.partition("://")[2].count("@") > 1:
+        # SQLAlchemy would read the part after the first '@' as the host, and look it up.
+        raise SweepError(f"storage {mask_url(url)}: the password holds '@'; write it as %40, or leave the "
+                         "password out of the URL and use PGPASSWORD or ~/.pgpass")
+    if create:
+        require_writable(url)
+    try:
+        # Workers started together on a new database would all create its tables at once.
+        lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
+        with lock:
+            storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs or None)
+    except SweepError:
+        raise
+    except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_secrets(first, [url])}") from e
+    if path is not None:
+        immediate_transactions(storage.engine)
+    return storage
+
+
+def _open_journal(path: Path, url: str, create: bool) -> optuna.storages.BaseStorage:
+    """A journal storage: JSON lines appended under Optuna's file lock (a symlink, atomic on every NFS
+    version), replayed on open. Read with json.loads only: this backend keeps no pickled snapshot, so
+    nothing read from the file can run code."""
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+
+    if path.is_dir():
+        raise SweepError(f"the journal {path} is a directory; name a file such as {path / 'study.log'}")
+    if create:
+        require_writable(url)
+    elif not path.is_file():
+        raise SweepError(f"no journal at {path}; run a sweep first (loraplus-sweep run --storage {url})")
+    try:
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))
+        if hasattr(backend, "load_snapshot"):  # a snapshot is a pickle: refused, whatever the file holds
+            raise SweepError("this Optuna's journal file backend keeps pickled snapshots; refused")
+        return JournalStorage(backend)
+    except SweepError:
+        raise
+    except (OSError, ValueError) as e:  # unreadable, or a damaged line (json's error is a ValueError)
+        first = (getattr(e, "strerror", None) or str(e)).splitlines()[0]
+        raise SweepError(f"cannot open the journal {path}: {first} (a damaged file? restore it from a "
+                         "copy)") from e
 
 
 # PostgreSQL drivers SQLAlchemy knows: module, and what to install for it.
@@ -155,12 +249,16 @@ def immediate_transactions(engine: sqlalchemy.engine.Engine) -> None:
 @contextlib.contextmanager
 def storage_lock(url: str, name: str) -> Iterator[None]:
     """An exclusive lock called `name` across every process and machine that uses the storage: a
-    file lock beside a SQLite database, an advisory lock on PostgreSQL, this process only for other
-    databases. sweep.workers holds it (named after the study) while a worker checks the trial
-    budget and takes a trial, so that no number of workers starts more trials than the budget."""
+    file lock beside a SQLite database or a journal, an advisory lock on PostgreSQL, this process
+    only for other databases. sweep.workers holds it (named after the study) while a worker checks
+    the trial budget and takes a trial, so that no number of workers starts more trials than the budget."""
     with _THREADS:
         path = sqlite_path(url)
-        if path is not None:
+        journal = journal_path(url)
+        if journal is not None:
+            with _journal_lock(journal):
+                yield
+        elif path is not None:
             with open(path.with_name(path.name + ".lock"), "a") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
                 try:
@@ -182,6 +280,25 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
 
 
 _THREADS = threading.Lock()
+# A lock held longer than this (its holder killed mid-claim) is broken by the next worker that waits;
+# a claim (reclaim, count, ask) takes well under a second.
+JOURNAL_LOCK_GRACE_S = 60
+
+
+@contextlib.contextmanager
+def _journal_lock(journal: Path) -> Iterator[None]:
+    """A lock file created atomically (O_EXCL) beside the journal, study.log.sweep.lock: Optuna's own
+    kind of journal lock, since the shared file systems a journal is for may not honour flock. Not
+    Optuna's lock file (study.log.lock), which each write of a claim takes and releases."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    lock = JournalFileOpenLock(f"{journal}.sweep", grace_period=JOURNAL_LOCK_GRACE_S)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):  # broken meanwhile by a worker that waited too long
+            lock.release()
 
 
 @functools.cache

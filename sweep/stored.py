@@ -23,20 +23,12 @@ from sweep.metrics import direction
 from sweep.result import TrialResult
 from sweep.schema import short
 from sweep.spec import RUN_KEYS, StudySpec
-from sweep.storage import (
-    immediate_transactions,
-    mask_secrets,
-    mask_url,
-    require_writable,
-    sqlite_path,
-    storage_lock,
-    with_driver,
-)
+from sweep.storage import mask_url, open_storage, storage_lock
 
 FINISHED = ("COMPLETE", "PRUNED")
 MAX_RETRIES = 2  # a trial whose workers keep dying is probably killing them (host OOM)
 # User attributes that a queued trial carries into its run, and into its retry.
-QUEUED_ATTRS = ("arm", "seed")
+QUEUED_ATTRS = ("arm", "seed", "eval_split")
 # Trial user attributes a report reads; the rest is kept for provenance.
 ROW_ATTRS = ("model", "task", "metric_name", "init", "tokens", "wall_time_s", "stop_reason", "steps")
 # And what a confirm or an export reads: the arm and seed of a run, its curve, its whole config.
@@ -82,6 +74,9 @@ class RunningTrial:
             "tokens": result.tokens,
             "tokens_per_s": result.tokens_per_s,
             "wall_time_s": result.wall_time_s,
+            "train_time_s": result.train_time_s,
+            "eval_time_s": result.eval_time_s,
+            "setup_time_s": result.setup_time_s,
             "device": result.device,
             "peak_memory_mb": result.peak_memory_mb,
             "stop": result.stop.value,
@@ -255,7 +250,7 @@ class StoredStudy:
         held = []
         for t in self.trials((*FINISHED, "RUNNING", "WAITING")):
             params = t.params if "rank" in t.params else t.system_attrs.get("fixed_params", {})
-            if {"eta_a", "lambda", "rank"} <= set(params):
+            if search.point(params) is not None:
                 held.append(params)
         return held
 
@@ -275,7 +270,9 @@ class StoredStudy:
     def tell(self, trial: RunningTrial, state: str, value: float | None) -> Finished:
         frozen = self._study.tell(trial._trial, value if state == "COMPLETE" else None,
                                   state=None if state == "COMPLETE" else TrialState[state])
-        return Finished(frozen.number, frozen.state.name, frozen.value, dict(frozen.params))
+        return Finished(frozen.number, frozen.state.name, frozen.value,
+                        search.point(frozen.params) or dict(frozen.params),
+                        dict(frozen.user_attrs))
 
     @contextlib.contextmanager
     def heartbeat(self, trial: RunningTrial, interval: int) -> Iterator[None]:
@@ -345,44 +342,10 @@ def _requeue(study: optuna.Study, failed: FrozenTrial) -> None:
     ))
 
 
-def _open(url: str, create: bool = True) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage for a SQLAlchemy URL (SQLite by default; PostgreSQL across machines).
-
-    With create=False a missing SQLite file is an error instead of a new empty database.
-    """
-    path = sqlite_path(url)
-    engine_kwargs: dict[str, Any] = {}
-    if path is not None:
-        if not create and not path.is_file():
-            raise SweepError(f"no results database at {path}; run a sweep first (loraplus-sweep run)")
-        if create:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise SweepError(f"cannot create the directory for {path}: {e.strerror}") from e
-        # Wait for a busy writer instead of failing; our own BEGIN (below) instead of pysqlite's.
-        engine_kwargs["connect_args"] = {"timeout": 60, "isolation_level": None}
-    elif "://" not in url:
-        raise SweepError(f"storage {mask_url(url)!r} is not a database URL (e.g. sqlite:///results/x.db)")
-    elif url.partition("://")[2].count("@") > 1:
-        # SQLAlchemy would read the part after the first '@' as the host, and look it up.
-        raise SweepError(f"storage {mask_url(url)}: the password holds '@'; write it as %40, or leave the "
-                         "password out of the URL and use PGPASSWORD or ~/.pgpass")
-    if create:
-        require_writable(url)
-    try:
-        # Workers started together on a new database would all create its tables at once.
-        lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
-        with lock:
-            storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs or None)
-    except SweepError:
-        raise
-    except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_secrets(first, [url])}") from e
-    if path is not None:
-        immediate_transactions(storage.engine)
-    return storage
+def _open(url: str, create: bool = True) -> optuna.storages.BaseStorage:
+    """The storage of a URL (sweep.storage.open_storage): with create=False a missing SQLite file or
+    journal is an error instead of a new empty one."""
+    return open_storage(url, create)
 
 
 def stop_reason(t: FrozenTrial, study_attrs: dict[str, Any]) -> str:
@@ -442,14 +405,15 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
         attrs = store.attrs
         for t in store.trials():
             user = t.user_attrs
+            drawn = search.point(t.params) or t.params  # eta_a, whether drawn or eta_b / lambda
             row = {
                 "study": store.name,
                 "number": t.number,
                 "state": t.state.name,
                 "value": t.value if t.value is not None else user.get("metric", float("nan")),
-                "eta_a": t.params.get("eta_a"),
-                "lambda": t.params.get("lambda"),
-                "rank": t.params.get("rank"),
+                "eta_a": drawn.get("eta_a"),
+                "lambda": drawn.get("lambda"),
+                "rank": drawn.get("rank"),
                 **{k: user.get(k) for k in ROW_ATTRS},
             }
             row["stop_reason"] = stop_reason(t, attrs)

@@ -1,6 +1,13 @@
 """Task registry: GLUE from `datasets`, local CSV/TSV/JSONL files, and the embedded offline tasks.
 
-One place decides each task's text columns, validation split and metrics (main metric first).
+One place decides each task's text columns, splits and metrics (main metric first). A study selects on
+the validation split; the test split, where a task has one, is held out for `confirm`'s final numbers:
+- embedded tasks: a fixed, seeded, stratified three-way split, validation and test of one size;
+- GLUE: the official validation set is the test (MNLI: matched, and mismatched as an extra test
+  split), and the validation split is carved out of the official train (seeded, stratified, as many
+  examples as the test);
+- a file: its `split` column's train, validation and test rows; without one, a seeded stratified
+  80/20 train/validation split and no test.
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ class TaskData:
     metrics: tuple[str, ...]  # the first is the task's main metric
     # Evaluated too, each metric reported as `<metric>_<split name>` (MNLI: accuracy_mismatched).
     extra_validation: dict[str, Split] = field(default_factory=dict)
+    test: Split | None = None  # held out from every search; None: the task has no test split
+    extra_test: dict[str, Split] = field(default_factory=dict)  # evaluated with the test split
 
     def __post_init__(self) -> None:
-        for name in self.extra_validation:
+        for name in (*self.extra_validation, *self.extra_test):
             if not re.fullmatch(r"[a-z0-9_]+", name) or name in ("train", MAIN_SPLIT):
                 raise ValueError(f"bad extra validation split name {name!r}")
 
@@ -62,16 +71,35 @@ class TaskData:
     @property
     def evaluation_splits(self) -> dict[str, Split]:
         """Every split evaluated, by name: the main validation split first."""
+        return self.evaluated(MAIN_SPLIT)
+
+    def evaluated(self, split: str) -> dict[str, Split]:
+        """The splits a trial evaluating on `split` (validation or test) scores, the main one first
+        under MAIN_SPLIT's name (its metrics keep their own names, whichever split it is)."""
+        if split == "test":
+            if self.test is None:
+                raise SweepError(no_test_split(self.name))
+            return {MAIN_SPLIT: self.test, **self.extra_test}
         return {MAIN_SPLIT: self.validation, **self.extra_validation}
 
     def fingerprint(self) -> str:
-        """Hash of the content, so a tokenization cache can never serve stale data."""
+        """Hash of the content, so a tokenization cache can never serve stale data, and a changed
+        split (of any of train, validation and test) makes another study."""
         h = hashlib.sha256()
         for split in (self.train, self.validation):
             h.update(json.dumps([split.text, split.pair, split.label]).encode())
         for name, split in self.extra_validation.items():
             h.update(json.dumps([name, split.text, split.pair, split.label]).encode())
+        # Only where there is one: a task without a test split keeps the fingerprint it always had.
+        tests = {**({MAIN_SPLIT: self.test} if self.test is not None else {}), **self.extra_test}
+        for name, split in tests.items():
+            h.update(json.dumps(["test", name, split.text, split.pair, split.label]).encode())
         return h.hexdigest()[:16]
+
+
+def no_test_split(task: str) -> str:
+    return (f"task {task} has no test split: give its file a `split` column with test rows, or score "
+            "the validation split (confirm --split validation)")
 
 
 @dataclass(frozen=True)
@@ -79,9 +107,9 @@ class GlueSpec:
     text: str
     pair: str | None
     metrics: tuple[str, ...]
-    validation: str = "validation"
+    validation: str = "validation"  # the official validation set: the task's test split
     regression: bool = False
-    extra_validation: tuple[tuple[str, str], ...] = ()  # (name, dataset split) evaluated too
+    extra_validation: tuple[tuple[str, str], ...] = ()  # (name, dataset split): extra test splits
 
 
 GLUE: dict[str, GlueSpec] = {
@@ -110,7 +138,8 @@ PAIR_COLUMNS = {
 }
 LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y", "score")
 VALIDATION_FRACTION = 0.2
-SPLIT_SEED = 0  # fixed, so every trial on every machine sees the same validation set
+SPLIT_SEED = 0  # fixed, so every trial on every machine sees the same validation and test sets
+TEST_NAMES = ("test",)  # values of a file's `split` column that mark test rows
 
 
 def task_names() -> list[str]:
@@ -131,8 +160,12 @@ def load_task(task: str, columns: Columns = Columns()) -> TaskData:
         return load_local(Path(task), columns)
     if task in embedded.TASKS:
         df, spec = embedded.load(task)
-        train, val = _stratified_split(df, "label", spec.validation_size / len(df))
-        return _from_frames(task, train.assign(pair=None), val.assign(pair=None), spec.label_names)
+        # Validation and test each take validation_size (per class alike): the validation rows are
+        # those of the earlier two-way split, and the test rows come out of what was train.
+        fraction = spec.validation_size / len(df)
+        train, val, test = _three_way_split(df, "label", fraction, fraction)
+        return _from_frames(task, train.assign(pair=None), val.assign(pair=None), spec.label_names,
+                            test.assign(pair=None))
     if task in GLUE:
         return _load_glue(task)
     raise SweepError(
@@ -159,16 +192,35 @@ def _load_glue(name: str) -> TaskData:
         ) from e
     label_names = None if spec.regression else tuple(ds["train"].features["label"].names)
 
-    def split(key: str) -> Split:
+    def frame(key: str) -> pd.DataFrame:
         d = ds[key]
-        return Split(
-            tuple(d[spec.text]),
-            None if spec.pair is None else tuple(d[spec.pair]),
-            tuple(float(v) if spec.regression else int(v) for v in d["label"]),
-        )
+        return pd.DataFrame({"text": list(d[spec.text]),
+                             "pair": None if spec.pair is None else list(d[spec.pair]),
+                             "label": [float(v) if spec.regression else int(v) for v in d["label"]]})
 
-    extra = {extra_name: split(key) for extra_name, key in spec.extra_validation}
-    return TaskData(name, split("train"), split(spec.validation), label_names, spec.metrics, extra)
+    official = {MAIN_SPLIT: frame(spec.validation), **{n: frame(k) for n, k in spec.extra_validation}}
+    train, validation, tests = glue_splits(frame("train"), official)
+
+    def split(f: pd.DataFrame) -> Split:
+        return Split(tuple(f["text"].tolist()), None if spec.pair is None else tuple(f["pair"].tolist()),
+                     tuple(f["label"].tolist()))
+
+    extra = {n: split(f) for n, f in tests.items() if n != MAIN_SPLIT}
+    return TaskData(name, split(train), split(validation), label_names, spec.metrics,
+                    test=split(tests[MAIN_SPLIT]), extra_test=extra)
+
+
+def glue_splits(
+    train: pd.DataFrame, official: dict[str, pd.DataFrame]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(train, validation, test splits by name) of a GLUE task from frames with a `label` column: the
+    official validation sets (`official`, the main one under MAIN_SPLIT) are the test splits, never
+    seen by a search; the validation split a search selects on is carved out of the official train,
+    seeded and stratified (by label; a regression task's at random), as large as the main test split.
+    GLUE's own test sets carry no labels."""
+    fraction = len(official[MAIN_SPLIT]) / len(train)
+    rest, validation, _ = _three_way_split(train, "label", fraction, 0.0)
+    return rest, validation, dict(official)
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -205,8 +257,9 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
 def load_local(path: Path, named: Columns = Columns()) -> TaskData:
     """A CSV/TSV/JSONL file with a text column (or a text pair) and a label column.
 
-    A `split` column with train/validation values is used when present; otherwise a fixed seeded,
-    stratified 80/20 split is made. String labels map to ids in sorted order; integer labels keep
+    A `split` column with train/validation (and optionally test) values is used when present;
+    otherwise a fixed seeded, stratified 80/20 train/validation split is made, and the task has no
+    test split. String labels map to ids in sorted order; integer labels keep
     their order; non-integer numbers make a regression task (metric Pearson).
     """
     df = _read_table(path)
@@ -234,10 +287,10 @@ def load_local(path: Path, named: Columns = Columns()) -> TaskData:
         train_df, val_df = df[splits == "train"], df[splits.isin(["validation", "dev", "val"])]
         if train_df.empty or val_df.empty:
             raise SweepError(f"`split` column in {path.name} needs both train and validation rows")
-        frames = (train_df, val_df)
+        frames = (train_df, val_df, df[splits.isin(TEST_NAMES)])
     else:
-        frames = _stratified_split(df, label, VALIDATION_FRACTION)
-    train_df, val_df = (
+        frames = (*_stratified_split(df, label, VALIDATION_FRACTION), df.iloc[:0])
+    train_df, val_df, test_df = (
         pd.DataFrame(
             {
                 "text": f[text].astype(str),
@@ -247,24 +300,40 @@ def load_local(path: Path, named: Columns = Columns()) -> TaskData:
         )
         for f in frames
     )
-    return _from_frames(path.stem, train_df, val_df, None)
+    return _from_frames(path.stem, train_df, val_df, None, test_df if len(test_df) else None)
 
 
 def _stratified_split(
     df: pd.DataFrame, label: str, fraction: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, validation): seeded shuffle, then `fraction` of each class to validation."""
+    train, val, _ = _three_way_split(df, label, fraction, 0.0)
+    return train, val
+
+
+def _three_way_split(
+    df: pd.DataFrame, label: str, fraction: float, test_fraction: float
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, test): a seeded shuffle, then of each class the first `fraction` to
+    validation (at least one) and the next `test_fraction` to test (at least one, unless 0). The
+    validation rows do not depend on test_fraction: adding a test split only takes rows from train."""
     rng = np.random.default_rng(SPLIT_SEED)
     shuffled = df.iloc[rng.permutation(len(df))]
     if _is_regression(shuffled[label]):
         n_val = max(1, round(len(df) * fraction))
-        return shuffled.iloc[n_val:], shuffled.iloc[:n_val]
-    rank = shuffled.groupby(label, sort=False).cumcount()
-    size = shuffled.groupby(label, sort=False)[label].transform("size")
-    is_val = rank < (size * fraction).round().clip(lower=1)
-    if is_val.all():
+        n_test = max(1, round(len(df) * test_fraction)) if test_fraction > 0 else 0
+        rank = pd.Series(np.arange(len(df)), index=shuffled.index)
+        n_val, n_test = pd.Series(n_val, index=shuffled.index), pd.Series(n_test, index=shuffled.index)
+    else:
+        rank = shuffled.groupby(label, sort=False).cumcount()
+        size = shuffled.groupby(label, sort=False)[label].transform("size")
+        n_val = (size * fraction).round().clip(lower=1)
+        n_test = (size * test_fraction).round().clip(lower=1) if test_fraction > 0 else size * 0
+    is_val = rank < n_val
+    is_test = ~is_val & (rank < n_val + n_test)
+    if (is_val | is_test).all():
         raise SweepError("too few examples to make a validation split; add a `split` column")
-    return shuffled[~is_val], shuffled[is_val]
+    return shuffled[~(is_val | is_test)], shuffled[is_val], shuffled[is_test]
 
 
 def _is_regression(labels: pd.Series) -> bool:
@@ -275,10 +344,11 @@ def _is_regression(labels: pd.Series) -> bool:
 
 
 def _from_frames(
-    name: str, train: pd.DataFrame, val: pd.DataFrame, label_names: tuple[str, ...] | None
+    name: str, train: pd.DataFrame, val: pd.DataFrame, label_names: tuple[str, ...] | None,
+    test: pd.DataFrame | None = None,
 ) -> TaskData:
     """Frames with columns text, pair (or None values), label -> TaskData with label ids."""
-    all_labels = pd.concat([train["label"], val["label"]])
+    all_labels = pd.concat([train["label"], val["label"], *([] if test is None else [test["label"]])])
     metrics: tuple[str, ...]
     if label_names is None and _is_regression(all_labels):
         names = None
@@ -305,7 +375,8 @@ def _from_frames(
             encode(f["label"]),
         )
 
-    return TaskData(name, split(train), split(val), names, metrics)
+    return TaskData(name, split(train), split(val), names, metrics,
+                    test=None if test is None else split(test))
 
 
 def task_summary(task: TaskData) -> dict[str, Any]:
@@ -314,6 +385,8 @@ def task_summary(task: TaskData) -> dict[str, Any]:
         "train_examples": len(task.train),
         "validation_examples": len(task.validation),
         **{f"{name}_examples": len(split) for name, split in task.extra_validation.items()},
+        "test_examples": 0 if task.test is None else len(task.test),
+        **{f"test_{name}_examples": len(split) for name, split in task.extra_test.items()},
         "num_labels": task.num_labels,
         "metric": task.main_metric,
     }

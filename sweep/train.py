@@ -128,6 +128,7 @@ def run_trial(
         base = model.get_base_model()
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, cfg, device)
+    setup_time = time.perf_counter() - started
     start = {g["name"]: [p.detach().clone() for p in g["params"]] for g in optimizer.param_groups}
     batches_per_epoch = math.ceil(len(work.lengths) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
@@ -136,7 +137,7 @@ def run_trial(
     rng = np.random.default_rng(cfg.seed)
     history: list[EvalPoint] = []
     step = examples = tokens = 0
-    train_time = 0.0
+    train_time = eval_time = 0.0
     first_loss = ema = None
     stop, stop_reason = StopReason.COMPLETED, "completed"
     # On a GPU a step's loss is read one step late: reading it at once would make the host wait for
@@ -149,7 +150,7 @@ def run_trial(
     def read(at: int, seen: int, loss: torch.Tensor) -> bool:
         """The checks and callbacks after step `at`; True to stop training. The time of callbacks and
         evaluations goes to `outside`: it is not training time."""
-        nonlocal first_loss, ema, stop, stop_reason, outside
+        nonlocal first_loss, ema, stop, stop_reason, outside, eval_time
         value = loss.item()
         if not math.isfinite(value):
             stop, stop_reason = StopReason.DIVERGED, f"diverged: non-finite loss at step {at}"
@@ -164,7 +165,9 @@ def run_trial(
             if on_step is not None:
                 on_step(at, total, ema)
             if at % eval_every == 0 or at == total:
+                t_eval = time.perf_counter()
                 metrics = work.evaluate(lambda: autocast(cfg, device))
+                eval_time += time.perf_counter() - t_eval
                 point = EvalPoint(at, seen, metrics[work.metric], metrics, ema)
                 history.append(point)
                 if on_eval is not None and on_eval(point) and at < total:
@@ -242,6 +245,8 @@ def run_trial(
         versions=library_versions(),
         update_norms=_update_norms(optimizer, start),
         precision=precision(cfg, device),
+        setup_time_s=setup_time,
+        eval_time_s=eval_time,
     )
 
 

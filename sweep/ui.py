@@ -211,6 +211,31 @@ def _print_search_tables(tables: dict[str, pd.DataFrame]) -> None:
         _row(t, str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["mean_se"]),
              noise, _num(r["spread"]), _num(r["worst"]), tasks)
     out.print(t)
+    if "importance" in tables and not tables["importance"].empty:
+        _print_importance(out, tables["importance"])
+
+
+def _print_importance(out: Console, shares: pd.DataFrame) -> None:
+    """Each study's fANOVA shares over both parameterisations, then its answer in one line."""
+    t = Table("model", "task", "study", "trials", "over", "lambda", "eta_A", "eta_B", "rank", "interactions",
+              title="parameter importance: the share of the metric's variance each setting explains alone "
+                    "(fANOVA)",
+              caption="eta_B = lambda * eta_A, so each study is measured over (eta_A, lambda, rank) and over "
+                      "(eta_B, lambda, rank): the shares of one row and its interactions make 100 %")
+    for r in shares.to_dict("records"):
+        _row(t, str(r["model"]), str(r["task"]), str(r["study"]), str(r["trials"]), str(r["parameters"]),
+             *(_share(r, c) for c in ("lambda", "eta_a", "eta_b", "rank", "interactions")))
+    out.print(t)
+    for r in shares.drop_duplicates("study").to_dict("records"):
+        out.print(Text(f"{r['study']}: {r['answer']}"))
+
+
+def _share(r: dict[str, Any], column: str) -> str:
+    if column != "interactions" and column not in str(r["parameters"]).split(", "):
+        return ""
+    if _missing(r["interactions"]):
+        return "-"
+    return "one value" if _missing(r[column]) else f"{100 * r[column]:.0f} %"
 
 
 def _print_lambda_curve(out: Console, curve: pd.DataFrame, task: Callable[[dict[str, Any]], str]) -> None:
@@ -246,6 +271,9 @@ def print_confirm(frame: pd.DataFrame) -> None:
               title="confirm: LoRA+ vs plain LoRA, paired by seed")
     for r in frame.to_dict("records"):
         arm = f"lambda bin {_num(r['lambda bin'], '.0f')}" + (" (best)" if r["best"] else "")
+        if isinstance(r.get("split"), str):  # what the runs were scored on, and the arms' one head lr
+            head = "" if _missing(r.get("head_lr")) else f", head lr {r['head_lr']:.2g}"
+            arm += f"\n{r['split']} split{head}"
         _row(
             t, f"{r['model']} / {r['task']}\n{arm}", str(r["seeds"]),
             f"{r['lora+ eta_a']:.2g}, {r['lora+ lambda']:.3g}, {r['lora+ rank']}\n"
@@ -307,8 +335,10 @@ def print_study(name: str, spec: dict[str, Any], trials: list[Any],
     out = Console()
     out.print_json(json.dumps(spec))
     table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=Text(name))
+    from sweep.search import point
+
     for t in sorted(trials, key=lambda t: -(t.value if t.value is not None else -1e9)):
-        p = t.params
+        p = point(t.params) or t.params  # eta_A, whether drawn or eta_B / lambda
         _row(table, t.number, t.state.name, f"{t.value:.4f}" if t.value is not None else "-",
              f"{p['eta_a']:.3g}" if "eta_a" in p else "-", f"{p['lambda']:.3g}" if "lambda" in p else "-",
              p.get("rank", "-"), stop_reason(t))
@@ -339,20 +369,28 @@ def sweep_live(spec: Any, store: Any) -> None:
     left without a result. Ctrl-C or SIGTERM raise KeyboardInterrupt once the running trials are
     stored as failed."""
     from sweep import report
+    from sweep.hooks import chain
     from sweep.storage import mask_url
+    from sweep.tracking import tracking
     from sweep.workers import run_study
 
     done = store.finished_count()
     err.print(Text.assemble("study ", (spec.study_name, "bold"), f" in {mask_url(spec.storage)}: {done} of "
                             f"{spec.n_trials} trials finished"), highlight=False, soft_wrap=True)
-    with SweepProgress(spec.study_name, done, spec.n_trials) as progress:
-        run_study(spec, progress.hooks(), store)
+    with (tracking(spec.track, store.name, spec.track_dir, warn=_warn) as tracked,
+          SweepProgress(spec.study_name, done, spec.n_trials) as progress):
+        run_study(spec, chain(progress.hooks(), tracked), store)
     print_study_summary(store.name, report.summary(store.frame()))
     missing = store.missing_grid_points(spec)
     if missing:
         err.print(f"{len(missing)} of {len(spec.grid)} grid points have no result (last failure: "
                   f"{missing[-1] or 'no reason recorded'}); run the same command again to retry them",
                   highlight=False, soft_wrap=True, markup=False)
+
+
+def _warn(message: str) -> None:
+    """A line above the live progress (a tracker that failed mid-sweep)."""
+    err.print(message, style="yellow", highlight=False, markup=False, soft_wrap=True)
 
 
 def trial_live(cfg: TrialConfig, on_end: Callable[[Any, Any], None] | None = None) -> TrialResult:
@@ -372,11 +410,14 @@ def trial_live(cfg: TrialConfig, on_end: Callable[[Any, Any], None] | None = Non
 def confirm_live(study: Any, spec: Any, plan: Any) -> list[Any]:
     """Run a confirm plan (sweep.confirm.run_confirm) with live progress; the summaries of its arms."""
     from sweep import confirm
+    from sweep.hooks import chain
+    from sweep.tracking import tracking
 
     for arm in plan.arms:
         err.print(f"{arm.name}: eta_A {arm.eta_a:.3g}, lambda {arm.lam:.3g}, rank {arm.rank} ({arm.source})",
                   highlight=False, markup=False)
     done = confirm.runs_stored(spec.storage, plan)
-    with SweepProgress(plan.name, done, plan.runs) as progress:
-        result = confirm.run_confirm(study, spec, plan, progress.hooks())
+    with (tracking(spec.track, plan.name, spec.track_dir, warn=_warn) as tracked,
+          SweepProgress(plan.name, done, plan.runs) as progress):
+        result = confirm.run_confirm(study, spec, plan, chain(progress.hooks(), tracked))
     return confirm.summaries(result, tuple(a.name for a in plan.challengers))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 
+from sweep.storage import journal_path, open_storage
 from sweep.stored import stop_reason
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
@@ -70,8 +71,11 @@ def wait_for(condition, timeout: float, what: str):
 
 
 @functools.cache
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(url)  # once: opening one costs more CPU than the trials polled
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    # once: opening one costs more CPU than the trials polled
+    if journal_path(url) is not None:
+        return open_storage(url, create=False)
+    return optuna.storages.RDBStorage(url)
 
 
 def trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import toy_rows
 
-from sweep.batches import encode_task, sample_indices
+from sweep.batches import collate, encode_task, sample_indices
 from sweep.models import load_tokenizer
 from sweep.tasks import load_task
 from sweep.train import run_trial
@@ -85,7 +85,7 @@ def _same(a, b) -> bool:
         and all(np.array_equal(x, y) for x, y in zip(a.input_ids, b.input_ids, strict=True))
         and np.array_equal(a.labels, b.labels)
         and np.array_equal(a.lengths, b.lengths)
-        and (a.token_type_ids is None) == (b.token_type_ids is None)
+        and (a.types is None) == (b.types is None)
     )
 
 
@@ -109,7 +109,7 @@ def test_the_cache_is_read_back_without_tokenizing_again(cached):
     assert path.stat().st_mtime_ns == written
     assert _same(again_train, train) and list(again_evals) == ["validation"]
     assert _same(again_evals["validation"], evals["validation"])
-    assert again_train.token_type_ids is not None  # BERT's are stored too
+    assert again_train.types is not None  # BERT's are stored too
 
 
 @pytest.mark.parametrize("kind", ["pickle", "npz-with-a-pickled-array"])
@@ -137,3 +137,25 @@ def test_a_truncated_cache_file_is_rebuilt(cached):
     again_train, again_evals = encode_task(task, tok, 32)
     assert _same(again_train, train) and _same(again_evals["validation"], evals["validation"])
     assert path.read_bytes() == data
+
+
+def test_a_split_tokenized_in_chunks_equals_one_tokenized_at_once(tiny_cfg, tmp_path, monkeypatch):
+    from sweep import batches
+
+    monkeypatch.setenv("LORAPLUS_SWEEP_CACHE", str(tmp_path / "cache"))
+    task, tok = load_task(tiny_cfg.task), load_tokenizer(tiny_cfg)
+    monkeypatch.setattr(batches, "ENCODE_CHUNK", 7)  # chunks that end mid-split
+    train, _ = encode_task(task, tok, 32)
+    whole = tok(list(task.train.text), truncation=True, max_length=32)
+    assert [x.tolist() for x in train.input_ids] == whole["input_ids"]
+    taken = train.take(np.array([5, 0, 3]))
+    assert [x.tolist() for x in taken.input_ids] == [whole["input_ids"][i] for i in (5, 0, 3)]
+    # A batch: each row its example's ids then padding, the mask and the token types alike.
+    idx = np.array([3, 1, 4])
+    b = collate(train, idx, pad_id=0, regression=False)
+    for row, i in enumerate(idx):
+        n = len(whole["input_ids"][i])
+        assert b["input_ids"][row, :n].tolist() == whole["input_ids"][i] and not b["input_ids"][row, n:].any()
+        assert b["attention_mask"][row].tolist() == [1] * n + [0] * (b["input_ids"].shape[1] - n)
+        assert b["token_type_ids"][row, :n].tolist() == whole["token_type_ids"][i]
+    assert not list((tmp_path / "cache" / "tokens").glob("*.ids*"))  # the spill files are gone

@@ -2,6 +2,7 @@
 diverged runs kept in their arm's result and failed ones counted, stored as their own study,
 resumable, and shown by report apart from the search trials."""
 
+import csv
 import shutil
 import socket
 import statistics
@@ -9,10 +10,12 @@ import subprocess
 
 import pandas as pd
 import pytest
+from conftest import toy_rows
 from typer.testing import CliRunner
 
 from cli import app
 from sweep import confirm, workers
+from sweep.config import TrialConfig
 from sweep.confirm import Arm
 from sweep.spec import load_spec
 from sweep.stored import StoredStudy
@@ -23,12 +26,31 @@ GRID = '[study]\nsampler = "grid"\n[grid]\neta_a = [2e-3]\nlambda = [1, 2, 8]\nr
 
 
 @pytest.fixture(scope="module")
-def searched_once(tiny_model, toy_csv, tmp_path_factory):
+def held_out_csv(tmp_path_factory) -> str:
+    """The toy task with a `split` column: 240 train rows, 48 validation rows (40 pos, 8 neg: a model
+    that has not learned yet scores 5/6 or 1/6, not 1/2), and a test split of the validation texts with
+    every label flipped, so that a model's test accuracy is 1 - its validation accuracy: a number from
+    the test split cannot pass for a validation one."""
+    rows = toy_rows(320)
+    held = [r for r in rows[240:] if r[1] == "pos"] + [r for r in rows[240:] if r[1] == "neg"][:8]
+    flip = {"pos": "neg", "neg": "pos"}
+    path = tmp_path_factory.mktemp("held_out") / "held_out.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "split"])
+        writer.writerows((t, label, "train") for t, label in rows[:240])
+        writer.writerows((t, label, "validation") for t, label in held)
+        writer.writerows((t, flip[label], "test") for t, label in held)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def searched_once(tiny_model, held_out_csv, tmp_path_factory):
     """A search study of six grid trials, trained once for the module: its spec and database file."""
     tmp = tmp_path_factory.mktemp("searched")
     (tmp / "grid.toml").write_text(GRID)
     spec = load_spec(tmp / "grid.toml", {
-        "model": tiny_model, "task": toy_csv, "pruner": "none", "epochs": 1.0, "batch_size": 32,
+        "model": tiny_model, "task": held_out_csv, "pruner": "none", "epochs": 1.0, "batch_size": 32,
         "max_length": 32, "eval_every": 3, "device": "cpu", "storage": f"sqlite:///{tmp}/sweep.db",
         "in_process": True, "name": "toy",
     })
@@ -78,6 +100,8 @@ def test_lora_plus_is_lambda_from_sqrt_2_at_the_plain_arms_rank(tiny_model, toy_
                                                                   ("lora+ bin 2", "trial 4")]
     assert per_bin.best == "lora+ bin 2" and per_bin.name == "toy.confirm" and per_bin.plain == default[1]
     assert confirm.plan(frame, spec, seeds=2, rank=4).name == "toy.confirm-r4"
+    assert confirm.plan(frame, spec, seeds=2, rank=4, split="validation").name == "toy.confirm-validation-r4"
+    assert per_bin.split == "test"  # confirm's numbers come from the held-out split unless asked
 
     with pytest.raises(confirm.SweepError, match="no completed LoRA[+] trial .* at rank 2 to confirm"):
         confirm.choose_arms(frame, spec, rank=2)
@@ -136,9 +160,10 @@ def test_confirm_uses_fresh_seeds_pairs_them_resumes_and_report_shows_it_apart(s
 
 def test_a_diverged_run_stays_in_its_pair_and_a_failed_one_is_missing_until_rerun(searched, monkeypatch):
     spec, study = searched
-    # No clipping, no warmup: a huge eta_A makes the LoRA+ arm diverge at every seed.
+    # No clipping, no warmup: an eta_A whose second step overflows float32 makes the LoRA+ arm diverge
+    # at every seed (its head learns at the study's head_lr, as the plain arm's does).
     spec = spec.replace(base=spec.base.replace(max_grad_norm=None, warmup_ratio=0.0))
-    plain, wild = Arm("lora", 2e-3, 1.0, 2, "trial 0"), Arm("lora+ bin 6", 50.0, 64.0, 2, "by hand")
+    plain, wild = Arm("lora", 2e-3, 1.0, 2, "trial 0"), Arm("lora+ bin 6", 1e30, 64.0, 2, "by hand")
     plan = confirm.Plan("toy.confirm", plain, (wild,), wild.name, (1, 2, 3), None,
                         {a.name: a for a in (plain, wild)})
     real = workers.run_trial
@@ -209,6 +234,9 @@ def test_a_confirm_study_of_other_arms_or_of_the_search_seed_is_refused(searched
     old.set_attrs(kind="confirm", arms={a.name: a.described() for a in plan.arms})  # no search_seed
     with pytest.raises(confirm.SweepError, match="first seed at the search's own seed"):
         confirm.open_confirm_study(study, spec, plan)
+    old.set_attrs(search_seed=spec.base.seed)  # no eval_split: its runs were scored on validation
+    with pytest.raises(confirm.SweepError, match="scored its runs on the validation split .* delete"):
+        confirm.open_confirm_study(study, spec, plan)
 
 
 def test_a_study_without_lora_plus_trials_cannot_be_confirmed(tiny_model, toy_csv, tmp_path):
@@ -249,3 +277,47 @@ def test_a_confirm_run_killed_mid_trial_leaves_no_running_trial(searched):
     assert result.stop_reason(trials[0]).startswith("orphaned")
     assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials[1:]) == [
         ("lora", 1), ("lora", 2), (plus.name, 1), (plus.name, 2)]
+
+
+def test_the_search_never_sees_the_test_split_and_confirm_scores_it_by_default(searched):
+    """The test labels are the validation ones flipped: a value from the test split is 1 - the
+    validation value of the same run."""
+    spec, study = searched
+    best = max(study.trials(("COMPLETE",)), key=lambda t: t.value)
+    assert best.value != 0.5  # else the flip could not tell the splits apart
+    for t in study.trials():  # what the sampler and the pruner saw: validation numbers only
+        assert t.user_attrs["config"]["eval_split"] == "validation"
+        assert list(t.intermediate_values.values()) == [m for _, m in t.user_attrs["history"]]
+        assert t.value == t.user_attrs["metrics"]["accuracy"] == t.user_attrs["history"][-1][1]
+    cfg = TrialConfig.from_dict(best.user_attrs["config"]).replace(model=spec.base.model)
+    assert workers.run_trial(cfg).metric == pytest.approx(best.value)  # the same run again
+    assert workers.run_trial(cfg.replace(eval_split="test")).metric == pytest.approx(1 - best.value)
+
+    tested = confirm.run_confirm(study, spec, confirm.plan(study.frame(), spec, seeds=2))
+    on_validation = confirm.plan(study.frame(), spec, seeds=2, split="validation")
+    validated = confirm.run_confirm(study, spec, on_validation)
+    assert (tested.name, validated.name) == ("toy.confirm", "toy.confirm-validation")
+    on = {}
+    for store, split in ((tested, "test"), (validated, "validation")):
+        for t in store.trials():
+            assert t.state.name == "COMPLETE" and t.user_attrs["config"]["eval_split"] == split
+            # both arms train the head at the study's one learning rate
+            assert t.user_attrs["config"]["head_lr"] == spec.base.head_lr == spec.head_lr
+            on[split, t.user_attrs["arm"], t.user_attrs["seed"]] = t.value
+    for (split, arm, seed), value in on.items():
+        if split == "test":
+            assert value == pytest.approx(1 - on["validation", arm, seed])
+    rows = confirm.table(confirm.summaries(tested) + confirm.summaries(validated))
+    assert rows["split"].tolist() == ["test", "validation"] and (rows["head_lr"] == spec.head_lr).all()
+
+
+def test_confirm_fixes_the_head_lr_of_a_study_stored_without_one(searched):
+    """A study created before head_lr was fixed trained the head at each trial's eta_A; its confirm
+    arms share one head lr: the geometric middle of the search's eta_A range."""
+    spec, _ = searched
+    older = spec.replace(base=spec.base.replace(head_lr=None), eta_a=(1e-4, 1e-2), sampler="tpe", grid=())
+    assert older.fixed_head().base.head_lr == 1e-3 == older.head_lr
+    arms = (Arm("lora", 5e-3, 1.0, 2, "trial 0"), Arm("lora+ bin 3", 2e-4, 8.0, 2, "trial 1"))
+    ran = confirm.runs_spec(older, arms, 4)
+    assert ran.base.head_lr == 1e-3 and ran.eta_a == (1e-4, 1e-2)
+    assert confirm.runs_spec(spec, arms, 4).base.head_lr == spec.base.head_lr  # a fixed one is kept

@@ -14,28 +14,35 @@ from sweep.tasks import load_task
 from sweep.train import run_trial
 
 
+def disjoint(task) -> bool:
+    return not (set(task.train.text) & set(task.validation.text) or set(task.train.text) & set(task.test.text)
+                or set(task.validation.text) & set(task.test.text))
+
+
 def test_rotten_tomatoes_is_a_fixed_stratified_split_of_real_snippets():
     task = load_task("rotten-tomatoes")
-    # 12,752 distinct snippets, of which 4 differ from another only in case or punctuation.
-    assert (len(task.train), len(task.validation)) == (10748, 2000)
+    # 12,752 distinct snippets, of which 4 differ from another only in case or punctuation. A test split
+    # of the validation split's size (held out for confirm) came out of train, which had 10,748.
+    assert (len(task.train), len(task.validation), len(task.test)) == (8748, 2000, 2000)
     assert task.label_names == ("rotten", "fresh") and task.main_metric == "accuracy"
     counts = collections.Counter(task.validation.label)
     assert counts == {1: 1156, 0: 844}  # 57.8 % fresh, as in the whole set
-    assert not set(task.train.text) & set(task.validation.text)
+    assert collections.Counter(task.test.label) == counts and disjoint(task)
     assert load_task("rotten-tomatoes").fingerprint() == task.fingerprint()
 
 
 def test_bbc_news_is_a_fixed_stratified_split_of_distinct_articles():
     task = load_task("bbc-news")
-    # 2,225 files: 100 articles are stored twice, and 57 more have a near-duplicate.
-    assert (len(task.train), len(task.validation)) == (1654, 414)
+    # 2,225 files: 100 articles are stored twice, and 57 more have a near-duplicate. The test split, of
+    # the validation split's size, came out of train (1,654 before).
+    assert (len(task.train), len(task.validation), len(task.test)) == (1240, 414, 414)
     assert task.label_names == ("business", "entertainment", "politics", "sports", "tech")
     assert task.main_metric == "accuracy"
     counts = collections.Counter(task.validation.label)
     assert counts == {0: 100, 1: 72, 2: 79, 3: 98, 4: 65}  # 500, 362, 393, 489, 324 articles in all
-    texts = task.train.text + task.validation.text
-    assert len(set(texts)) == len(texts) and all(texts)
-    assert not set(task.train.text) & set(task.validation.text)
+    assert collections.Counter(task.test.label) == counts
+    texts = task.train.text + task.validation.text + task.test.text
+    assert len(set(texts)) == len(texts) and all(texts) and disjoint(task)
     assert any(t.startswith("Ad sales boost Time Warner profit Quarterly profits") for t in texts)
     assert any("Mutu, a £15.8m signing" in t for t in texts)  # the one cp1252 file
     # Of a near-duplicate pair the first file is kept.
@@ -46,14 +53,15 @@ def test_bbc_news_is_a_fixed_stratified_split_of_distinct_articles():
 
 def test_drug_reviews_is_a_fixed_stratified_split_of_distinct_reviews():
     task = load_task("drug-reviews")
-    # 979 reviews, one posted twice (under two names of the same implant).
-    assert (len(task.train), len(task.validation)) == (782, 196)
+    # 979 reviews, one posted twice (under two names of the same implant). The test split, of the
+    # validation split's size, came out of train (782 before).
+    assert (len(task.train), len(task.validation), len(task.test)) == (586, 196, 196)
     assert task.label_names == ("negative", "neutral", "positive") and task.main_metric == "accuracy"
     counts = collections.Counter(task.validation.label)
     assert counts == {0: 51, 1: 18, 2: 127}  # 256, 90, 632 reviews in all
-    texts = task.train.text + task.validation.text
-    assert len(set(texts)) == len(texts) and all(texts)
-    assert not set(task.train.text) & set(task.validation.text)
+    assert collections.Counter(task.test.label) == counts
+    texts = task.train.text + task.validation.text + task.test.text
+    assert len(set(texts)) == len(texts) and all(texts) and disjoint(task)
     # Unescaped, and only the quotes wrapping each review removed.
     assert not any("&#039;" in t or t.startswith('"') for t in texts)
     assert any(t.endswith('What a wonderful "side-effect"') for t in texts)
@@ -114,6 +122,6 @@ def test_no_validation_text_has_a_near_duplicate_in_train(name):
     near_duplicates(df["text"].tolist(), df["label"].tolist())
     assert time.perf_counter() - started < 10  # about a second for BBC News's 2,125 articles
     task = load_task(name)
-    texts = task.train.text + task.validation.text
+    texts = task.train.text + task.validation.text + task.test.text
     i, j, _ = near_duplicate_pairs(texts)
     assert len(i) == 0  # none at all, so none across the split whatever the label

@@ -179,9 +179,10 @@ def test_ctrl_c_during_confirm_fails_its_running_trial(tiny_model, toy_csv, tmp_
         "device": "cpu", "storage": db, "in_process": True, "name": "toy",
     }))
     log = tmp_path / "confirm.log"
-    proc = start(["confirm", "toy", "--seeds", "2", "--storage", db], log)
+    # The toy file has no test split: its runs score the validation split.
+    proc = start(["confirm", "toy", "--seeds", "2", "--split", "validation", "--storage", db], log)
     try:
-        victims = wait_for(lambda: busy(proc, db, "toy.confirm", 1, False), 180, "a confirm run")
+        victims = wait_for(lambda: busy(proc, db, "toy.confirm-validation", 1, False), 180, "a confirm run")
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 130
     finally:
@@ -189,7 +190,7 @@ def test_ctrl_c_during_confirm_fails_its_running_trial(tiny_model, toy_csv, tmp_
     output = log.read_text()
     assert "interrupted by SIGINT (Ctrl-C): the running trials are stored as failed" in output
     assert "Traceback" not in output
-    ts = trials(db, "toy.confirm")
+    ts = trials(db, "toy.confirm-validation")
     # One run failed with the reason; the others stay queued for the next confirm.
     assert [t.state.name for t in ts].count("FAIL") == 1 and "RUNNING" not in [t.state.name for t in ts]
     assert ts[victims[0].number].state.name == "FAIL"

@@ -1,6 +1,7 @@
 """The package's layers, read from its imports (those inside functions included): each module imports
 only from its own layer or below, no two modules import each other (directly or around a circle), and
-only the command line imports from the top. Optuna is called from the study wing alone."""
+only the command line imports from the top. Optuna is called from the study wing alone (the dashboard
+hands a storage to optuna-dashboard), and from importance on a study it builds in memory from a frame."""
 
 import ast
 import re
@@ -17,11 +18,11 @@ LAYERS = [
     # the engine: one trial, from config to result
     {"models", "kinds", "optim", "train", "checks", "trial_process", "lm_eval", "adapters"},
     # reading results: frames to tables, plots, exported configs
-    {"report", "plots", "outputs", "export"},
+    {"report", "plots", "outputs", "export", "importance"},
     # the study wing: stored studies, search, the workers' trial loop, confirm
-    {"storage", "search", "stored", "workers", "confirm", "reporting"},
+    {"storage", "search", "stored", "workers", "confirm", "reporting", "dashboard"},
     # presentation
-    {"ui", "commandline"},
+    {"ui", "commandline", "tracking"},
 ]
 LEVEL = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 MODULES = sorted(p.stem for p in (ROOT / "sweep").glob("*.py") if p.stem != "__init__")
@@ -77,6 +78,6 @@ def test_only_the_command_line_is_on_top():
 
 def test_optuna_is_called_from_the_study_wing_only():
     callers = {m for m in MODULES if re.search(r"^\s*(import optuna|from optuna)", source(m), re.M)}
-    assert callers <= {"stored", "search", "storage"}
+    assert callers <= {"stored", "search", "storage", "importance", "dashboard"}
     text = "\n".join(p.read_text() for p in [ROOT / "cli.py", *sorted((ROOT / "sweep").glob("*.py"))])
     assert re.findall(r"\._storage\b|_trial_id|_get_stale", text) == []  # Optuna's private API

@@ -427,9 +427,10 @@ def test_an_embedded_model_without_its_package_says_what_to_install():
 
 def test_bbc_headlines_are_the_bbc_news_articles_and_split():
     task, twin = load_lm_task("bbc-headlines"), load_task("bbc-news")
-    assert (len(task.train), len(task.validation), len(task.test)) == (1654, 414, 0)
+    # The twin's three-way split: its test split (held out for confirm) came out of train.
+    assert (len(task.train), len(task.validation), len(task.test)) == (1240, 414, 414)
     assert task.shape == "prompt" and not task.has_choices
-    for rows, split in ((task.train, twin.train), (task.validation, twin.validation)):
+    for rows, split in ((task.train, twin.train), (task.validation, twin.validation), (task.test, twin.test)):
         for row, text in zip(rows, split.text, strict=True):
             title = row.completion.removeprefix(" ")
             lead = row.prompt.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
@@ -441,11 +442,13 @@ def test_bbc_headlines_are_the_bbc_news_articles_and_split():
 
 def test_rotten_tomatoes_sentiment_is_a_chat_question_on_the_same_snippets():
     rows, twin = embedded_rows("rotten-tomatoes-sentiment"), load_task("rotten-tomatoes")
-    assert collections.Counter(r["split"] for r in rows) == {"train": 10748, "validation": 2000}
+    # The twin's three-way split: its test split (held out for confirm) came out of train.
+    assert collections.Counter(r["split"] for r in rows) == {"train": 8748, "validation": 2000, "test": 2000}
     validation = [r for r in rows if r["split"] == "validation"]
     for row, text, label in zip(validation, twin.validation.text, twin.validation.label, strict=True):
         assert row["messages"][-1]["content"].endswith(f"\n\n{text}") and len(row["messages"]) == 1
         assert row["answer"] == ("negative", "positive")[label] and row["choices"] == ["negative", "positive"]
     assert collections.Counter(r["answer"] for r in validation) == {"positive": 1156, "negative": 844}
     task = load_lm_task("rotten-tomatoes-sentiment")  # the rows read as a file of them would be
-    assert task.has_choices and task.shape == "chat" and len(task.validation) == 2000
+    assert task.has_choices and task.shape == "chat" and len(task.validation) == len(task.test) == 2000
+    assert task.evaluated("test") == task.test and task.evaluated("validation") == task.validation

@@ -137,3 +137,59 @@ def test_an_installed_copy_finds_the_presets(tmp_path):
     assert out.returncode == 0, out.stderr
     where, n_trials = out.stdout.split()
     assert Path(where).is_relative_to(tmp_path / "site") and n_trials == "6"
+
+
+def _hash_as_first_stored(spec) -> str:
+    """The definition hash as studies were named before head_lr, eval_split and the eta_B space."""
+    import hashlib
+    import json
+
+    definition = {"base": spec.base.identity(), "eta_a": spec.eta_a, "lambda": spec.lam, "ranks": spec.ranks,
+                  "grid": spec.grid, "data": spec.data_fingerprint}
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def test_a_new_study_fixes_its_head_lr_and_a_stored_one_keeps_its_name(tmp_path):
+    from sweep.spec import StudySpec
+
+    assert load_spec(None, {"model": "m", "task": "sst2"}).base.head_lr == 1e-3  # middle of 1e-4..1e-2
+    assert load_spec(None, {"model": "m", "task": "sst2", "eta_a": (1e-5, 1e-3)}).base.head_lr == 1e-4
+    assert load_spec(toml(tmp_path, "[trial]\nhead_lr = 5e-4\n")).base.head_lr == 5e-4  # explicit wins
+    # A causal LM trains no head: its study is left as it was.
+    assert load_spec(None, {"model": "m", "task": "bbc-headlines"}).base.head_lr is None
+    # A study stored before (head_lr unset) loads as it was, its name unchanged: its trials go on
+    # training the head at their eta_A, as its first ones did.
+    older = load_spec(None, {"model": "m", "task": "sst2"})
+    older = older.replace(base=older.base.replace(head_lr=None), data_fingerprint="abc")
+    joined = StudySpec.from_dict(older.to_dict(), source="study x")
+    assert joined.base.head_lr is None and "eval_split" not in joined.base.identity()
+    assert joined.definition_hash() == older.definition_hash() == _hash_as_first_stored(older)
+    fixed = joined.fixed_head()
+    assert fixed.base.head_lr == 1e-3 and fixed.definition_hash() != joined.definition_hash()
+
+
+def test_a_study_selects_on_validation_and_never_sets_the_test_split(tmp_path):
+    with pytest.raises(SweepError, match="trial.eval_split cannot be set: a study selects on the validation"):
+        load_spec(toml(tmp_path, '[trial]\neval_split = "test"\n'))
+    spec = load_spec(None, {"model": "m", "task": "sst2"})
+    with pytest.raises(SweepError, match="a study evaluates its trials on the validation split"):
+        spec.replace(base=spec.base.replace(eval_split="test"))
+
+
+def test_the_eta_b_space_is_part_of_the_definition(tmp_path):
+    flat = load_spec(None, {"model": "m", "task": "sst2"})
+    assert flat.space == "eta_a" and flat.definition_hash() == _hash_as_first_stored(flat)
+    spec = load_spec(toml(tmp_path, '[search]\nspace = "eta_b"\neta_a = [1e-4, 1e-2]\nlambda = [1, 16]\n'))
+    assert spec.eta_b_range == (1e-4, 0.16)  # the eta_A range times the lambda range
+    assert spec.definition_hash() != spec.replace(space="eta_a").definition_hash()
+    wider = load_spec(None, {"model": "m", "task": "sst2", "space": "eta_b", "eta_b": (1e-5, 1.0)})
+    assert wider.eta_b_range == (1e-5, 1.0)
+    assert wider.definition_hash() != flat.replace(space="eta_b").definition_hash()
+    with pytest.raises(SweepError, match='search.eta_b is the range of space "eta_b"'):
+        load_spec(None, {"model": "m", "task": "sst2", "eta_b": (1e-5, 1.0)})
+    with pytest.raises(SweepError, match=r"eta_b range \[0.001, 1\] must hold the eta_a range \[0.0001, "):
+        load_spec(None, {"model": "m", "task": "sst2", "space": "eta_b", "eta_b": (1e-3, 1.0)})
+    with pytest.raises(SweepError, match="space must be one of eta_a, eta_b; got 'eta_c'"):
+        load_spec(None, {"model": "m", "task": "sst2", "space": "eta_c"})
+    with pytest.raises(SweepError, match='space "eta_b" draws eta_B; a grid lists its points'):
+        load_spec(toml(tmp_path, '[search]\nspace = "eta_b"\n[grid]\neta_a = [1e-3]\nlambda = [1, 2]\n'))

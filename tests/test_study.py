@@ -107,8 +107,9 @@ def test_pruned_trials_keep_their_last_value_and_reason(spec, monkeypatch):
 
 
 def test_a_diverged_trial_is_pruned_with_its_reason(spec):
+    # (the head learns at the study's fixed head_lr, not at eta_A: it blows up too)
     blowup = spec.replace(eta_a=(50.0, 50.0), lam=(1.0, 1.0), n_trials=1,
-                          base=spec.base.replace(max_grad_norm=None, warmup_ratio=0.0))
+                          base=spec.base.replace(max_grad_norm=None, warmup_ratio=0.0, head_lr=50.0))
     run_study(blowup)
     t = optuna.load_study(study_name=blowup.study_name, storage=blowup.storage).trials[0]
     assert t.state.name == "PRUNED" and t.user_attrs["stop_reason"].startswith("diverged")

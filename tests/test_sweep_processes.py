@@ -1,5 +1,6 @@
-"""Sweeps as separate `loraplus-sweep` processes sharing one study: four workers on one SQLite file,
-three workers on PostgreSQL with one killed mid-trial. (Interrupts and kills: test_interrupts.py.)"""
+"""Sweeps as separate `loraplus-sweep` processes sharing one study: four workers on one SQLite file or
+one journal file, three workers on PostgreSQL with one killed mid-trial. (Interrupts and kills:
+test_interrupts.py.)"""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def sweep_args(tiny_model, toy_csv):
     return make_sweep_args(tiny_model, toy_csv)
 
 
-def test_four_workers_on_one_sqlite_file_never_show_a_lock_error(sweep_args, tmp_path):
-    db = f"sqlite:///{tmp_path}/sweep.db"
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_four_workers_on_one_file_never_show_a_lock_error(sweep_args, tmp_path, kind):
+    db = f"sqlite:///{tmp_path}/sweep.db" if kind == "sqlite" else f"journal://{tmp_path}/sweep.log"
     args = ["run", *sweep_args, "--storage", db, "--study-name", "four", "--n-trials", "8",
             "--max-steps", "20", "--eval-every", "2"]  # short trials: many writes per second
     procs = [start(args, tmp_path / f"w{i}.log") for i in range(4)]

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 
 from sweep import tasks
@@ -98,11 +99,15 @@ def _nli(rows: list[tuple[str, str, int]]):
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def test_mnli_carries_the_mismatched_split_as_an_extra_evaluation(monkeypatch):
+def test_mnli_tests_on_both_official_sets_and_selects_on_a_split_carved_from_train(monkeypatch):
     datasets = pytest.importorskip("datasets")
+    # 10 entailment, 5 neutral, 5 contradiction training pairs; 4 matched validation pairs: the
+    # validation split takes 4 of train, 2, 1 and 1 of each class.
+    train = [(f"p{i}", f"h{i}", 0 if i < 10 else 1 if i < 15 else 2) for i in range(20)]
     glue = datasets.DatasetDict({
-        "train": _nli([("a cat sat", "a cat", 0), ("it rained", "it was dry", 2), ("he ran", "he moved", 0)]),
-        "validation_matched": _nli([("she sang", "she was silent", 2), ("we ate", "we had food", 0)]),
+        "train": _nli(train),
+        "validation_matched": _nli([("she sang", "she was silent", 2), ("we ate", "we had food", 0),
+                                    ("it rained", "it was wet", 0), ("he ran", "he sat", 1)]),
         "validation_mismatched": _nli([("the letter came", "mail arrived", 0), ("prices rose", "a fall", 1),
                                        ("a dog barked", "a noise", 0)]),
         "test_matched": _nli([("x", "y", 0)]),
@@ -113,15 +118,61 @@ def test_mnli_carries_the_mismatched_split_as_an_extra_evaluation(monkeypatch):
     task = tasks.load_task("mnli")
     assert asked == [("nyu-mll/glue", "mnli")]
     assert task.metrics == ("accuracy",) and task.label_names == ("entailment", "neutral", "contradiction")
-    assert task.validation.text == ("she sang", "we ate") and task.validation.label == (2, 0)
-    extra = task.extra_validation["mismatched"]
+    # The official matched set is the test split, the mismatched one an extra test split.
+    assert task.test.text == ("she sang", "we ate", "it rained", "he ran") and task.test.label == (2, 0, 0, 1)
+    extra = task.extra_test["mismatched"]
     assert extra.text == ("the letter came", "prices rose", "a dog barked")
     assert extra.pair == ("mail arrived", "a fall", "a noise") and extra.label == (0, 1, 0)
-    assert list(task.evaluation_splits) == ["validation", "mismatched"]
-    assert tasks.task_summary(task)["mismatched_examples"] == 3
-    # The extra split is part of the content a token cache is keyed on.
-    without = dataclasses.replace(task, extra_validation={})
+    assert list(task.evaluated("test")) == ["validation", "mismatched"]
+    # What a search selects on comes out of train: stratified, disjoint from it, the same every time.
+    assert list(task.evaluation_splits) == ["validation"] and not task.extra_validation
+    assert sorted(task.validation.label) == [0, 0, 1, 2] and len(task.train) == 16
+    assert not set(task.validation.text) & set(task.train.text)
+    assert set(task.validation.text) | set(task.train.text) == {p for p, _, _ in train}
+    assert {task.validation.pair[task.validation.text.index(p)] for p in task.validation.text} == {
+        h for p, h, _ in train if p in task.validation.text}
+    assert tasks.load_task("mnli").validation == task.validation
+    assert tasks.task_summary(task)["test_mismatched_examples"] == 3
+    # The test splits are part of the content a token cache and a study's name are keyed on.
+    without = dataclasses.replace(task, extra_test={})
     assert without.fingerprint() != task.fingerprint()
+    assert dataclasses.replace(task, test=task.validation).fingerprint() != task.fingerprint()
+
+
+def test_glue_splits_carve_validation_from_train_and_keep_the_official_sets_as_tests():
+    official = {"validation": pd.DataFrame({"text": ["t0", "t1"], "label": [0.5, 4.0]})}
+    # A regression task (STS-B): a seeded random validation split as large as the test split.
+    train = pd.DataFrame({"text": [f"x{i}" for i in range(10)], "label": [i / 3 for i in range(10)]})
+    rest, validation, tests = tasks.glue_splits(train, official)
+    assert len(validation) == 2 and len(rest) == 8
+    assert sorted([*rest["text"], *validation["text"]]) == sorted(train["text"])
+    assert tests["validation"] is official["validation"]
+    again = tasks.glue_splits(train, official)[1]
+    assert again["text"].tolist() == validation["text"].tolist()
+    # Classes: each keeps its share of train in the validation split.
+    train = pd.DataFrame({"text": [f"y{i}" for i in range(40)], "label": [i % 4 == 0 for i in range(40)]})
+    official = {"validation": train.iloc[:8], "mismatched": train.iloc[:3]}
+    rest, validation, tests = tasks.glue_splits(train, official)
+    assert validation["label"].value_counts().to_dict() == {False: 6, True: 2}
+    assert list(tests) == ["validation", "mismatched"] and len(rest) == 32
+
+
+def test_a_split_column_may_hold_test_rows_that_only_a_test_evaluation_sees(tmp_path):
+    names = ("train", "validation", "test")
+    lines = ["text,label,split"] + [f"a{i},{i % 2},{names[i % 3]}" for i in range(30)]
+    task = tasks.load_task(write(tmp_path / "three.csv", "\n".join(lines)))
+    assert (len(task.train), len(task.validation), len(task.test)) == (10, 10, 10)
+    assert set(task.test.text) == {f"a{i}" for i in range(2, 30, 3)}
+    assert task.evaluated("test")["validation"] is task.test
+    assert task.evaluation_splits["validation"] is task.validation
+    assert tasks.task_summary(task)["test_examples"] == 10
+    # Without test rows, or without a split column, there is no test split, and asking for one says so.
+    lines = [line for line in lines if not line.endswith(",test")]
+    two = tasks.load_task(write(tmp_path / "two.csv", "\n".join(lines)))
+    plain = tasks.load_task(write(tmp_path / "no.csv", "text,label\na,0\nb,1\nc,0\nd,1\n"))
+    assert two.test is None and plain.test is None
+    with pytest.raises(SweepError, match="task two has no test split: give its file a `split` column"):
+        two.evaluated("test")
 
 
 def test_extra_split_names_must_not_shadow_the_main_ones(toy_csv):

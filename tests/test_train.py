@@ -114,3 +114,18 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(tiny_cfg):
     amd = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
     older = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni\n"
     assert "avx512_bf16" in cpu_flags(amd) and not cpu_flags(older) & {"avx512_bf16", "amx_bf16"}
+
+
+def test_evaluation_batches_hold_every_example_once_within_their_token_budget():
+    lengths = np.array([5, 120, 7, 64, 3, 128, 9, 30] * 25)
+    batches = eval_batches(lengths, 64, max_tokens=1024)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 64 and (len(b) == 1 or len(b) * lengths[b].max() <= 1024)
+    assert len(batches[0]) == 1024 // 128 and len(batches[-1]) > len(batches[0])  # long ones in small batches
+
+
+def test_a_trial_says_where_its_time_went(tiny_cfg):
+    r = run_trial(tiny_cfg.replace(max_steps=6, eval_every=3))
+    assert r.setup_time_s > 0 and r.train_time_s > 0 and r.eval_time_s > 0
+    assert r.setup_time_s + r.train_time_s + r.eval_time_s <= r.wall_time_s

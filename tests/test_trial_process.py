@@ -25,7 +25,7 @@ def by_lambda(cfg, on_eval=None, on_step=None):
     if cfg.lam == 5.0:
         os.kill(os.getpid(), signal.SIGKILL)
     if cfg.lam == 6.0:
-        cfg = cfg.replace(eta_a=50.0, lam=64.0, max_grad_norm=None, warmup_ratio=0.0)
+        cfg = cfg.replace(eta_a=50.0, lam=64.0, head_lr=50.0, max_grad_norm=None, warmup_ratio=0.0)
     return run_trial(cfg, on_eval, on_step)
 '''
 

@@ -11,13 +11,16 @@ from sweep.liveness import identity as worker_identity
 from sweep.spec import load_spec
 from sweep.workers import open_study, run_study
 
+STORAGES = {"sqlite": "sqlite:///{}/sweep.db", "journal": "journal://{}/sweep.log"}
 
-@pytest.fixture
-def spec(tiny_model, toy_csv, tmp_path):
+
+@pytest.fixture(params=list(STORAGES))  # a journal file locks, beats and reclaims as SQLite does
+def spec(tiny_model, toy_csv, tmp_path, request):
     return load_spec(None, {
         "model": tiny_model, "task": toy_csv, "n_trials": 4, "sampler": "random", "pruner": "none",
         "eta_a": (1e-3, 1e-2), "lambda": (1.0, 64.0), "rank": (2, 4), "epochs": 1.0, "batch_size": 32,
-        "max_length": 32, "eval_every": 4, "device": "cpu", "storage": f"sqlite:///{tmp_path}/sweep.db",
+        "max_length": 32, "eval_every": 4, "device": "cpu",
+        "storage": STORAGES[request.param].format(tmp_path),
     })
 
 
