@@ -11,8 +11,12 @@ Tokens/s counts real (non-padding) training tokens over the training time: the e
 steps with their batches, the Trainer's loop from its on_train_begin to its on_train_end (setup
 excluded on both). On CUDA a few untimed engine steps run first, so that starting CUDA counts for
 no side. Prints the machine and a table.
+With --compile, one more row: the engine with its model under torch.compile (dynamic shapes), the
+compilation counted in its training time, as a trial would pay it.
+Precision auto (the default) runs every side in fp32, and again in bf16 autocast where the CPU has
+native bf16 (or on a GPU); a CPU without it emulates bf16, many times slower, and gets fp32 alone.
 Usage: python benchmarks/engine_vs_trainer.py [--train N] [--eval N] [--epochs E] [--task T] [--eta-a X]
-                                              [--precision fp32|bf16]
+                                              [--max-length L] [--precision auto|fp32|bf16] [--compile]
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers import logging as hf_logging
 
+import sweep.train
 from sweep.batches import encode_task
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.hardware import native_cpu_bf16
 from sweep.metrics import compute
 from sweep.models import load_model, load_tokenizer
 from sweep.tasks import load_task
@@ -199,15 +205,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--eta-a", type=float, default=2e-3, help="high enough to learn in one short epoch")
     parser.add_argument("--lambda", dest="lam", type=float, default=8.0)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16: autocast on both sides")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="bf16: autocast on both sides; auto: fp32, then bf16 where it is native")
+    parser.add_argument("--compile", action="store_true", help="add the engine under torch.compile")
     args = parser.parse_args()
     quiet()
 
     cfg = TrialConfig(model=args.model, task=args.task, eta_a=args.eta_a, lam=args.lam, rank=8, batch_size=32,
-                      max_length=128, epochs=args.epochs, warmup_ratio=0.06, train_limit=args.train,
-                      eval_limit=args.eval,
-                      device="auto", precision=args.precision)
+                      max_length=args.max_length, epochs=args.epochs, warmup_ratio=0.06,
+                      train_limit=args.train, eval_limit=args.eval, device="auto", precision="fp32")
     task = load_task(cfg.task)
     tokenizer = load_tokenizer(cfg)
     train_enc, evals = encode_task(task, tokenizer, cfg.max_length)
@@ -220,26 +227,54 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     print(machine())
     print(f"task {task.name}: {n} training examples x {cfg.epochs:g} epochs, {len(val_enc)} validation; "
-          f"tokens/example mean {lengths.mean():.1f}, max {lengths.max()} (max_length {cfg.max_length})")
+          f"tokens/example mean {lengths.mean():.1f}, std {lengths.std():.1f}, max {lengths.max()} "
+          f"(max_length {cfg.max_length})")
     print(f"eta_A {cfg.eta_a:g}, lambda {cfg.lam:g}, rank {cfg.rank}, batch {cfg.batch_size}, "
-          f"{cfg.precision}, on {'the GPU' if cuda else 'the CPU'}\n")
+          f"on {'the GPU' if cuda else 'the CPU'}")
+    precisions = ["fp32", "bf16"] if args.precision == "auto" and (cuda or native_cpu_bf16()) else (
+        ["fp32"] if args.precision == "auto" else [args.precision])
+    if args.precision == "auto" and precisions == ["fp32"]:
+        print("bf16: not run, this CPU has no native bf16 (AVX512-BF16 or AMX-BF16): it would be emulated")
 
     if cuda:  # CUDA's start-up (context, cuBLAS, kernels) in untimed steps, not in row (a)
         run_trial(cfg.replace(max_steps=5, eval_limit=64), task=task)
-    rows = []
-    r = run_trial(cfg, task=task)
-    rows.append(("(a) loraplus-sweep engine", r.tokens_per_s, r.metric, r.train_time_s))
-    rows.append(("(b) Trainer + create_loraplus_optimizer, dynamic padding",
-                 *run_trainer(cfg, task, train_enc, val_enc, tokenizer, pad_to_max=False)))
-    rows.append(("(b') the same + length-grouped sampling",
-                 *run_trainer(cfg, task, train_enc, val_enc, tokenizer, pad_to_max=False, group=True)))
-    rows.append(("(c) Trainer + create_loraplus_optimizer, pad to max_length",
-                 *run_trainer(cfg, task, train_enc, val_enc, tokenizer, pad_to_max=True)))
+    for precision in precisions:
+        cfg_p = cfg.replace(precision=precision)
+        rows = []
+        r = run_trial(cfg_p, task=task)
+        rows.append(("(a) loraplus-sweep engine", r.tokens_per_s, r.metric, r.train_time_s))
+        if args.compile:
+            r = run_compiled(cfg_p, task)
+            rows.append(("(a') the engine, model under torch.compile(dynamic=True)", r.tokens_per_s, r.metric,
+                         r.train_time_s))
+        rows.append(("(b) Trainer + create_loraplus_optimizer, dynamic padding",
+                     *run_trainer(cfg_p, task, train_enc, val_enc, tokenizer, pad_to_max=False)))
+        rows.append(("(b') the same + length-grouped sampling",
+                     *run_trainer(cfg_p, task, train_enc, val_enc, tokenizer, pad_to_max=False, group=True)))
+        rows.append(("(c) Trainer + create_loraplus_optimizer, pad to max_length",
+                     *run_trainer(cfg_p, task, train_enc, val_enc, tokenizer, pad_to_max=True)))
 
-    base = rows[0][1]
-    print(f"{'side':<62} {'tokens/s':>9} {'(a)/x':>6} {task.main_metric:>9} {'train s':>8}")
-    for name, tps, metric, secs in rows:
-        print(f"{name:<62} {tps:>9,.0f} {base / tps:>6.2f} {metric:>9.4f} {secs:>8.1f}")
+        base = rows[0][1]
+        print(f"\n{precision}:")
+        print(f"{'side':<62} {'tokens/s':>9} {'(a)/x':>6} {task.main_metric:>9} {'train s':>8}")
+        for name, tps, metric, secs in rows:
+            print(f"{name:<62} {tps:>9,.0f} {base / tps:>6.2f} {metric:>9.4f} {secs:>8.1f}")
+
+
+def run_compiled(cfg: TrialConfig, task):
+    """run_trial with the prepared model compiled in place before its first step."""
+    prepare = sweep.train.prepare
+
+    def compiled(*args, **kwargs):
+        work = prepare(*args, **kwargs)
+        work.model.compile(dynamic=True)
+        return work
+
+    sweep.train.prepare = compiled
+    try:
+        return run_trial(cfg, task=task)
+    finally:
+        sweep.train.prepare = prepare
 
 
 if __name__ == "__main__":
