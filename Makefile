@@ -35,8 +35,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/engine_vs_trainer.py
+	$(BIN)/python benchmarks/engine_vs_trainer.py --train 2048 --compile
 	$(BIN)/python benchmarks/lm_engine_vs_trainer.py
+	$(BIN)/python benchmarks/engine_vs_trainer.py --task drug-reviews --max-length 256 --train 586 --epochs 2
+	$(BIN)/python benchmarks/sweep_breakdown.py
+	$(BIN)/python benchmarks/scale.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -69,10 +69,11 @@ class Rows(torch.utils.data.Dataset):
 def _rows(enc, n: int, pad_to: int | None, pad_id: int):
     rows = []
     for i in range(min(n, len(enc))):
-        ids = enc.input_ids[i].tolist()
+        at = slice(int(enc.starts[i]), int(enc.starts[i] + enc.lengths[i]))
+        ids = enc.ids[at].tolist()
         row = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": int(enc.labels[i])}
-        if enc.token_type_ids is not None:
-            row["token_type_ids"] = enc.token_type_ids[i].tolist()
+        if enc.types is not None:
+            row["token_type_ids"] = enc.types[at].tolist()
         if pad_to is not None:  # what tokenizer(padding="max_length") produces
             extra = pad_to - len(ids)
             row["input_ids"] = ids + [pad_id] * extra
