@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from decoders import save_decoder
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from sweep.config import TrialConfig
@@ -15,6 +16,12 @@ from sweep.models import resolve_model_path
 POSITIVE = ["good", "great", "excellent", "happy", "love", "wonderful", "best", "fine"]
 NEGATIVE = ["bad", "awful", "terrible", "sad", "hate", "horrible", "worst", "poor"]
 FILLER = ["the", "movie", "was", "really", "a", "plot", "actor", "story", "and", "it", "very", "film"]
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory) -> str:
+    """A tiny random Llama causal LM with its byte tokenizer, saved like a checkpoint (tests/decoders.py)."""
+    return save_decoder("llama", tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import pytest
-from decoders import save_decoder
 
 from sweep.config import TrialConfig
 
@@ -23,11 +22,6 @@ def bench():
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(BENCHMARKS))
         yield importlib.import_module("lm_engine_vs_trainer")
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory) -> str:
-    return save_decoder("llama", tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")

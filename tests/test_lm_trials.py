@@ -51,11 +51,6 @@ def decoder(request, tmp_path_factory) -> str:
     return save_decoder(request.param, tmp_path_factory.mktemp(request.param))
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory) -> str:
-    return save_decoder("llama", tmp_path_factory.mktemp("llama"))
-
-
 def _cfg(model: str, task: str, **changes) -> TrialConfig:
     settings = dict(model=model, task=task, rank=4, eta_a=3e-3, lam=8.0, batch_size=8, max_steps=30,
                     eval_every=10, max_length=32, device="cpu", warmup_ratio=0.0, precision="fp32")

@@ -2,7 +2,6 @@
 ran first or fifth in its slot, and a trial that fails leaves the next one a fresh process."""
 
 import pytest
-from decoders import save_decoder
 
 from sweep import trial_process
 from sweep.train import run_trial
@@ -25,11 +24,6 @@ def _same(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def decoder(tmp_path_factory) -> str:
-    return save_decoder("llama", tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
 def lm_rows(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("rows") / "rows.jsonl"
     path.write_text("".join(f'{{"prompt": "w{i % 5}:", "completion": "{"abcde"[i % 5] * 3}"}}\n'
@@ -37,9 +31,9 @@ def lm_rows(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_a_trial_is_the_same_first_or_fifth_in_its_slot(tiny_cfg, decoder, lm_rows):
+def test_a_trial_is_the_same_first_or_fifth_in_its_slot(tiny_cfg, llama, lm_rows):
     target = tiny_cfg.replace(max_steps=8, eval_every=4, seed=5, dropout=0.1)
-    lm = target.replace(model=decoder, task=lm_rows, max_steps=4, eval_every=2)
+    lm = target.replace(model=llama, task=lm_rows, max_steps=4, eval_every=2)
     others = [target.replace(seed=1, rank=8), target.replace(lam=1.0, eta_a=3e-3), lm,
               target.replace(seed=2, init="reversed")]
     with SlotProcess() as fresh:
