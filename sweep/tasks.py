@@ -13,7 +13,6 @@ the validation split; the test split, where a task has one, is held out for `con
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +26,36 @@ from sweep import embedded
 from sweep.errors import SweepError
 from sweep.hub import hub_reachable
 from sweep.metrics import MAIN_SPLIT
+from sweep.texts import Texts, hash_json
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
-    text: tuple[str, ...]
-    pair: tuple[str, ...] | None
-    label: tuple[float, ...]  # class ids for classification, floats for regression
+    """One split's rows. The texts are views into the task's one copy of its text columns; sequences
+    of str given here are copied into such a column."""
+
+    text: Texts
+    pair: Texts | None
+    label: np.ndarray  # class ids (int64) for classification, float64 for regression
+
+    def __post_init__(self) -> None:
+        for name in ("text", "pair"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Texts):
+                object.__setattr__(self, name, Texts.of(value))
+        label = np.asarray(self.label)
+        object.__setattr__(self, "label", label if label.dtype.kind == "f" else label.astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Split) or not np.array_equal(self.label, other.label):
+            return False
+        pairs = self.pair == other.pair if self.pair is not None else other.pair is None
+        return pairs and self.text == other.text
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -85,15 +104,15 @@ class TaskData:
     def fingerprint(self) -> str:
         """Hash of the content, so a tokenization cache can never serve stale data, and a changed
         split (of any of train, validation and test) makes another study."""
-        h = hashlib.sha256()
+        h = hashlib.sha256()  # of the JSON of each split's (texts, pairs, labels), streamed
         for split in (self.train, self.validation):
-            h.update(json.dumps([split.text, split.pair, split.label]).encode())
+            hash_json(h, [split.text, split.pair, split.label])
         for name, split in self.extra_validation.items():
-            h.update(json.dumps([name, split.text, split.pair, split.label]).encode())
+            hash_json(h, [name, split.text, split.pair, split.label])
         # Only where there is one: a task without a test split keeps the fingerprint it always had.
         tests = {**({MAIN_SPLIT: self.test} if self.test is not None else {}), **self.extra_test}
         for name, split in tests.items():
-            h.update(json.dumps(["test", name, split.text, split.pair, split.label]).encode())
+            hash_json(h, ["test", name, split.text, split.pair, split.label])
         return h.hexdigest()[:16]
 
 
@@ -163,9 +182,8 @@ def load_task(task: str, columns: Columns = Columns()) -> TaskData:
         # Validation and test each take validation_size (per class alike): the validation rows are
         # those of the earlier two-way split, and the test rows come out of what was train.
         fraction = spec.validation_size / len(df)
-        train, val, test = _three_way_split(df, "label", fraction, fraction)
-        return _from_frames(task, train.assign(pair=None), val.assign(pair=None), spec.label_names,
-                            test.assign(pair=None))
+        parts = _three_way_split(df["label"], fraction, fraction)
+        return _task(task, Texts.column(df["text"]), None, df["label"], parts, spec.label_names)
     if task in GLUE:
         return _load_glue(task)
     raise SweepError(
@@ -191,36 +209,34 @@ def _load_glue(name: str) -> TaskData:
             "or pass a local file with --task path.csv"
         ) from e
     label_names = None if spec.regression else tuple(ds["train"].features["label"].names)
+    dtype = np.float64 if spec.regression else np.int64
 
-    def frame(key: str) -> pd.DataFrame:
-        d = ds[key]
-        return pd.DataFrame({"text": list(d[spec.text]),
-                             "pair": None if spec.pair is None else list(d[spec.pair]),
-                             "label": [float(v) if spec.regression else int(v) for v in d["label"]]})
+    def split(key: str, rows: np.ndarray | None = None) -> Split:
+        """A split of the dataset, its texts the dataset's own Arrow columns (memory-mapped)."""
+        d = ds[key].with_format("arrow")
+        label = np.asarray(d["label"].to_numpy(), dtype=dtype)
+        text = Texts(d[spec.text])
+        pair = None if spec.pair is None else Texts(d[spec.pair])
+        if rows is None:
+            return Split(text, pair, label)
+        return Split(text.view(rows), None if pair is None else pair.view(rows), label[rows])
 
-    official = {MAIN_SPLIT: frame(spec.validation), **{n: frame(k) for n, k in spec.extra_validation}}
-    train, validation, tests = glue_splits(frame("train"), official)
-
-    def split(f: pd.DataFrame) -> Split:
-        return Split(tuple(f["text"].tolist()), None if spec.pair is None else tuple(f["pair"].tolist()),
-                     tuple(f["label"].tolist()))
-
-    extra = {n: split(f) for n, f in tests.items() if n != MAIN_SPLIT}
-    return TaskData(name, split(train), split(validation), label_names, spec.metrics,
-                    test=split(tests[MAIN_SPLIT]), extra_test=extra)
+    tests = {MAIN_SPLIT: split(spec.validation), **{n: split(k) for n, k in spec.extra_validation}}
+    train_labels = pd.Series(ds["train"].with_format("arrow")["label"].to_numpy())
+    rest, validation = glue_splits(train_labels, len(tests[MAIN_SPLIT]))
+    extra = {n: s for n, s in tests.items() if n != MAIN_SPLIT}
+    return TaskData(name, split("train", rest), split("train", validation), label_names, spec.metrics,
+                    test=tests[MAIN_SPLIT], extra_test=extra)
 
 
-def glue_splits(
-    train: pd.DataFrame, official: dict[str, pd.DataFrame]
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(train, validation, test splits by name) of a GLUE task from frames with a `label` column: the
-    official validation sets (`official`, the main one under MAIN_SPLIT) are the test splits, never
-    seen by a search; the validation split a search selects on is carved out of the official train,
-    seeded and stratified (by label; a regression task's at random), as large as the main test split.
-    GLUE's own test sets carry no labels."""
-    fraction = len(official[MAIN_SPLIT]) / len(train)
-    rest, validation, _ = _three_way_split(train, "label", fraction, 0.0)
-    return rest, validation, dict(official)
+def glue_splits(train_labels: pd.Series, n_validation: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row positions of a GLUE task's official train set, given its labels. The
+    official validation sets are the test splits, never seen by a search; the validation split a
+    search selects on is carved out of the official train, seeded and stratified (by label; a
+    regression task's at random), as large as the main test split. GLUE's own test sets carry no
+    labels."""
+    rest, validation, _ = _three_way_split(train_labels, n_validation / len(train_labels), 0.0)
+    return rest, validation
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -260,7 +276,9 @@ def load_local(path: Path, named: Columns = Columns()) -> TaskData:
     A `split` column with train/validation (and optionally test) values is used when present;
     otherwise a fixed seeded, stratified 80/20 train/validation split is made, and the task has no
     test split. String labels map to ids in sorted order; integer labels keep
-    their order; non-integer numbers make a regression task (metric Pearson).
+    their order; non-integer numbers make a regression task (metric Pearson). Rows without a label
+    are left out; a missing text is the empty string. The splits are views of the file's text
+    columns as read, never copies.
     """
     df = _read_table(path)
     columns = [str(c) for c in df.columns]
@@ -274,66 +292,53 @@ def load_local(path: Path, named: Columns = Columns()) -> TaskData:
         pair = next(c for c in columns if c.lower() == PAIR_COLUMNS[text.lower()])
     if label in (text, pair):
         raise SweepError(f"label column {label!r} is also a text column in {path.name}")
-    df = df.dropna(subset=[label])
+    labelled = np.flatnonzero(df[label].notna().to_numpy())
     for column in (c for c in (text, pair, label) if c):
-        nested = df[column].map(lambda v: isinstance(v, (list, dict)))
+        if df[column].dtype != object:  # only an object column can hold lists or objects
+            continue
+        nested = df[column].iloc[labelled].map(lambda v: isinstance(v, (list, dict)))
         if nested.any():
             raise SweepError(f"column {column!r} of {path.name} holds lists or objects, not plain values "
                              f"(row {int(nested.to_numpy().argmax()) + 1})")
-    if df.empty:
+    if not len(labelled):
         raise SweepError(f"task file {path.name} has no labelled rows")
     if "split" in df.columns:
-        splits = df["split"].astype(str).str.lower()
-        train_df, val_df = df[splits == "train"], df[splits.isin(["validation", "dev", "val"])]
-        if train_df.empty or val_df.empty:
+        splits = df["split"].astype(str).str.lower().to_numpy()[labelled]
+        parts = (labelled[splits == "train"], labelled[np.isin(splits, ["validation", "dev", "val"])],
+                 labelled[np.isin(splits, TEST_NAMES)])
+        if not len(parts[0]) or not len(parts[1]):
             raise SweepError(f"`split` column in {path.name} needs both train and validation rows")
-        frames = (train_df, val_df, df[splits.isin(TEST_NAMES)])
     else:
-        frames = (*_stratified_split(df, label, VALIDATION_FRACTION), df.iloc[:0])
-    train_df, val_df, test_df = (
-        pd.DataFrame(
-            {
-                "text": f[text].astype(str),
-                "pair": f[pair].astype(str) if pair else None,
-                "label": f[label],
-            }
-        )
-        for f in frames
-    )
-    return _from_frames(path.stem, train_df, val_df, None, test_df if len(test_df) else None)
-
-
-def _stratified_split(
-    df: pd.DataFrame, label: str, fraction: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, validation): seeded shuffle, then `fraction` of each class to validation."""
-    train, val, _ = _three_way_split(df, label, fraction, 0.0)
-    return train, val
+        train, val, _ = _three_way_split(df[label].iloc[labelled], VALIDATION_FRACTION, 0.0)
+        parts = (labelled[train], labelled[val], labelled[:0])
+    return _task(path.stem, Texts.column(df[text]), Texts.column(df[pair]) if pair else None, df[label],
+                 (*parts[:2], parts[2] if len(parts[2]) else None), None)
 
 
 def _three_way_split(
-    df: pd.DataFrame, label: str, fraction: float, test_fraction: float
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, validation, test): a seeded shuffle, then of each class the first `fraction` to
-    validation (at least one) and the next `test_fraction` to test (at least one, unless 0). The
-    validation rows do not depend on test_fraction: adding a test split only takes rows from train."""
+    labels: pd.Series, fraction: float, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) row positions in `labels`: a seeded shuffle, then of each class the
+    first `fraction` to validation (at least one) and the next `test_fraction` to test (at least one,
+    unless 0), each in shuffled order. The validation rows do not depend on test_fraction: adding a
+    test split only takes rows from train."""
     rng = np.random.default_rng(SPLIT_SEED)
-    shuffled = df.iloc[rng.permutation(len(df))]
-    if _is_regression(shuffled[label]):
-        n_val = max(1, round(len(df) * fraction))
-        n_test = max(1, round(len(df) * test_fraction)) if test_fraction > 0 else 0
-        rank = pd.Series(np.arange(len(df)), index=shuffled.index)
-        n_val, n_test = pd.Series(n_val, index=shuffled.index), pd.Series(n_test, index=shuffled.index)
+    order = rng.permutation(len(labels))
+    shuffled = pd.Series(labels.to_numpy()[order])
+    if _is_regression(shuffled):
+        n_val = max(1, round(len(labels) * fraction))
+        n_test = max(1, round(len(labels) * test_fraction)) if test_fraction > 0 else 0
+        rank = np.arange(len(labels))
     else:
-        rank = shuffled.groupby(label, sort=False).cumcount()
-        size = shuffled.groupby(label, sort=False)[label].transform("size")
-        n_val = (size * fraction).round().clip(lower=1)
-        n_test = (size * test_fraction).round().clip(lower=1) if test_fraction > 0 else size * 0
+        rank = shuffled.groupby(shuffled, sort=False).cumcount().to_numpy()
+        size = shuffled.groupby(shuffled, sort=False).transform("size").to_numpy()
+        n_val = np.clip(np.round(size * fraction), 1, None)
+        n_test = np.clip(np.round(size * test_fraction), 1, None) if test_fraction > 0 else size * 0
     is_val = rank < n_val
     is_test = ~is_val & (rank < n_val + n_test)
     if (is_val | is_test).all():
         raise SweepError("too few examples to make a validation split; add a `split` column")
-    return shuffled[~(is_val | is_test)], shuffled[is_val], shuffled[is_test]
+    return order[~(is_val | is_test)], order[is_val], order[is_test]
 
 
 def _is_regression(labels: pd.Series) -> bool:
@@ -343,38 +348,33 @@ def _is_regression(labels: pd.Series) -> bool:
     return not np.all(np.equal(np.mod(values, 1), 0))
 
 
-def _from_frames(
-    name: str, train: pd.DataFrame, val: pd.DataFrame, label_names: tuple[str, ...] | None,
-    test: pd.DataFrame | None = None,
+def _task(
+    name: str, text: Texts, pair: Texts | None, labels: pd.Series,
+    parts: tuple[np.ndarray, np.ndarray, np.ndarray | None], label_names: tuple[str, ...] | None,
 ) -> TaskData:
-    """Frames with columns text, pair (or None values), label -> TaskData with label ids."""
-    all_labels = pd.concat([train["label"], val["label"], *([] if test is None else [test["label"]])])
+    """TaskData from whole columns and the (train, validation, test or None) row positions of each
+    split: labels become class ids (or floats for regression), texts stay views of their columns."""
+    used = np.concatenate([p for p in parts if p is not None])
+    values_used = labels.iloc[used]
     metrics: tuple[str, ...]
-    if label_names is None and _is_regression(all_labels):
+    if label_names is None and _is_regression(values_used):
         names = None
         metrics = ("pearson", "spearman")
-
-        def encode(s: pd.Series) -> tuple[float, ...]:
-            return tuple(float(v) for v in s)
+        codes = labels.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        values = sorted(all_labels.unique(), key=lambda v: (str(type(v)), v))
+        values = sorted(values_used.unique(), key=lambda v: (str(type(v)), v))
         names = label_names or tuple(str(v) for v in values)
         index = {v: i for i, v in enumerate(values)} if label_names is None else {
             n: i for i, n in enumerate(label_names)
         }
         metrics = ("accuracy", "f1") if len(names) == 2 else ("accuracy", "macro_f1")
+        codes = np.full(len(labels), -1, dtype=np.int64)
+        codes[used] = [index[v] for v in values_used]
 
-        def encode(s: pd.Series) -> tuple[float, ...]:
-            return tuple(index[v] for v in s)
+    def split(rows: np.ndarray) -> Split:
+        return Split(text.view(rows), None if pair is None else pair.view(rows), codes[rows])
 
-    def split(f: pd.DataFrame) -> Split:
-        has_pair = f["pair"].notna().any()
-        return Split(
-            tuple(f["text"].astype(str)),
-            tuple(f["pair"].astype(str)) if has_pair else None,
-            encode(f["label"]),
-        )
-
+    train, val, test = parts
     return TaskData(name, split(train), split(val), names, metrics,
                     test=None if test is None else split(test))
 

@@ -41,7 +41,7 @@ def test_bbc_news_is_a_fixed_stratified_split_of_distinct_articles():
     counts = collections.Counter(task.validation.label)
     assert counts == {0: 100, 1: 72, 2: 79, 3: 98, 4: 65}  # 500, 362, 393, 489, 324 articles in all
     assert collections.Counter(task.test.label) == counts
-    texts = task.train.text + task.validation.text + task.test.text
+    texts = [*task.train.text, *task.validation.text, *task.test.text]
     assert len(set(texts)) == len(texts) and all(texts) and disjoint(task)
     assert any(t.startswith("Ad sales boost Time Warner profit Quarterly profits") for t in texts)
     assert any("Mutu, a £15.8m signing" in t for t in texts)  # the one cp1252 file
@@ -60,7 +60,7 @@ def test_drug_reviews_is_a_fixed_stratified_split_of_distinct_reviews():
     counts = collections.Counter(task.validation.label)
     assert counts == {0: 51, 1: 18, 2: 127}  # 256, 90, 632 reviews in all
     assert collections.Counter(task.test.label) == counts
-    texts = task.train.text + task.validation.text + task.test.text
+    texts = [*task.train.text, *task.validation.text, *task.test.text]
     assert len(set(texts)) == len(texts) and all(texts) and disjoint(task)
     # Unescaped, and only the quotes wrapping each review removed.
     assert not any("&#039;" in t or t.startswith('"') for t in texts)
@@ -122,6 +122,6 @@ def test_no_validation_text_has_a_near_duplicate_in_train(name):
     near_duplicates(df["text"].tolist(), df["label"].tolist())
     assert time.perf_counter() - started < 10  # about a second for BBC News's 2,125 articles
     task = load_task(name)
-    texts = task.train.text + task.validation.text + task.test.text
+    texts = [*task.train.text, *task.validation.text, *task.test.text]
     i, j, _ = near_duplicate_pairs(texts)
     assert len(i) == 0  # none at all, so none across the split whatever the label

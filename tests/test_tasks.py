@@ -48,7 +48,7 @@ def test_split_column_and_overrides(tmp_path):
     )
     task = tasks.load_task(path, tasks.Columns(text="body", label="stars"))
     assert task.train.text == ("great", "bad") and task.validation.text == ("ok", "fine")
-    assert task.label_names == ("1", "3", "5") and task.validation.label == (1, 2)
+    assert task.label_names == ("1", "3", "5") and list(task.validation.label) == [1, 2]
 
 
 def test_float_labels_make_a_regression_task(tmp_path):
@@ -119,10 +119,11 @@ def test_mnli_tests_on_both_official_sets_and_selects_on_a_split_carved_from_tra
     assert asked == [("nyu-mll/glue", "mnli")]
     assert task.metrics == ("accuracy",) and task.label_names == ("entailment", "neutral", "contradiction")
     # The official matched set is the test split, the mismatched one an extra test split.
-    assert task.test.text == ("she sang", "we ate", "it rained", "he ran") and task.test.label == (2, 0, 0, 1)
+    assert task.test.text == ("she sang", "we ate", "it rained", "he ran")
+    assert list(task.test.label) == [2, 0, 0, 1]
     extra = task.extra_test["mismatched"]
     assert extra.text == ("the letter came", "prices rose", "a dog barked")
-    assert extra.pair == ("mail arrived", "a fall", "a noise") and extra.label == (0, 1, 0)
+    assert extra.pair == ("mail arrived", "a fall", "a noise") and list(extra.label) == [0, 1, 0]
     assert list(task.evaluated("test")) == ["validation", "mismatched"]
     # What a search selects on comes out of train: stratified, disjoint from it, the same every time.
     assert list(task.evaluation_splits) == ["validation"] and not task.extra_validation
@@ -140,21 +141,16 @@ def test_mnli_tests_on_both_official_sets_and_selects_on_a_split_carved_from_tra
 
 
 def test_glue_splits_carve_validation_from_train_and_keep_the_official_sets_as_tests():
-    official = {"validation": pd.DataFrame({"text": ["t0", "t1"], "label": [0.5, 4.0]})}
     # A regression task (STS-B): a seeded random validation split as large as the test split.
-    train = pd.DataFrame({"text": [f"x{i}" for i in range(10)], "label": [i / 3 for i in range(10)]})
-    rest, validation, tests = tasks.glue_splits(train, official)
+    labels = pd.Series([i / 3 for i in range(10)])
+    rest, validation = tasks.glue_splits(labels, 2)
     assert len(validation) == 2 and len(rest) == 8
-    assert sorted([*rest["text"], *validation["text"]]) == sorted(train["text"])
-    assert tests["validation"] is official["validation"]
-    again = tasks.glue_splits(train, official)[1]
-    assert again["text"].tolist() == validation["text"].tolist()
+    assert sorted([*rest, *validation]) == list(range(10))
+    assert tasks.glue_splits(labels, 2)[1].tolist() == validation.tolist()
     # Classes: each keeps its share of train in the validation split.
-    train = pd.DataFrame({"text": [f"y{i}" for i in range(40)], "label": [i % 4 == 0 for i in range(40)]})
-    official = {"validation": train.iloc[:8], "mismatched": train.iloc[:3]}
-    rest, validation, tests = tasks.glue_splits(train, official)
-    assert validation["label"].value_counts().to_dict() == {False: 6, True: 2}
-    assert list(tests) == ["validation", "mismatched"] and len(rest) == 32
+    labels = pd.Series([i % 4 == 0 for i in range(40)])
+    rest, validation = tasks.glue_splits(labels, 8)
+    assert labels.iloc[validation].value_counts().to_dict() == {False: 6, True: 2} and len(rest) == 32
 
 
 def test_a_split_column_may_hold_test_rows_that_only_a_test_evaluation_sees(tmp_path):
