@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweep import embedded
 from sweep.importance import importance_table
 from sweep.metrics import sign
 
@@ -184,20 +185,26 @@ def is_proportion(metric: str) -> bool:
 def standard_error(metric: Any, value: float, config: Any) -> tuple[float, str]:
     """The standard error of one trial's value from its evaluation set, and how it was found.
 
-    Binomial, sqrt(p (1 - p) / n_eval), for accuracy scored on a sample of n_eval = the trial config's
-    eval_limit examples (a validation split smaller than eval_limit is scored whole: then n_eval is
-    smaller and this SE too small). NaN otherwise, with the reason: a whole split's size is not stored,
-    and no other metric is a proportion (a loss's per-token spread is not stored either). Not a bootstrap
-    over a bin's trials: those ran at other learning rates and ranks, so resampling them measures how
-    far apart the search looked, not how noisy the best value is.
+    Binomial, sqrt(p (1 - p) / n_eval), for accuracy scored on n_eval examples: the trial config's
+    eval_limit, or the whole split where the task's split size is known (an embedded task's; the
+    smaller of the two where both are). NaN otherwise, with the reason: no other split's size is
+    stored, and no other metric is a proportion (a loss's per-token spread is not stored either). Not
+    a bootstrap over a bin's trials: those ran at other learning rates and ranks, so resampling them
+    measures how far apart the search looked, not how noisy the best value is.
     """
     if not isinstance(metric, str) or not is_proportion(metric):
         return NAN_F, f"unknown: {metric} is not a proportion"
-    n = config.get("eval_limit") if isinstance(config, dict) else None
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+    config = config if isinstance(config, dict) else {}
+    limit = config.get("eval_limit")
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+    task = embedded.TASKS.get(config.get("task")) if metric == "accuracy" else None
+    size = task.validation_size if task is not None else None  # the test split's size too
+    if limit is None and size is None:
         return NAN_F, "unknown: evaluated on the whole split, whose size is not stored"
     p = min(max(float(value), 0.0), 1.0)
-    return math.sqrt(p * (1.0 - p) / n), f"binomial, n_eval = eval_limit {n}"
+    if size is not None and (limit is None or size <= limit):
+        return math.sqrt(p * (1.0 - p) / size), f"binomial, n_eval = the whole split {size}"
+    return math.sqrt(p * (1.0 - p) / limit), f"binomial, n_eval = eval_limit {limit}"
 
 
 def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
@@ -388,6 +395,8 @@ def grid_equivalent(df: pd.DataFrame) -> pd.DataFrame:
     grid_over_sweep (grid wall time / sweep wall time; > 1: the sweep was cheaper).
     """
     df = _defined(df)
+    if "sampler" in df:  # a grid study is a grid already: sweep_vs_grid compares it with the sweep
+        df = df[~df["sampler"].eq("grid")]
     rows = []
     for (model, task, definition), g in df.groupby(KEYS, sort=True):
         eta = pd.to_numeric(g["eta_a"], errors="coerce").dropna()
@@ -488,11 +497,17 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Every table of a report, by name; "importance" is per study (sweep.importance)."""
+    from sweep.gridcheck import sweep_vs_grid  # it builds on this module
+
     curve = lambda_curve(df)
-    return {
+    out = {
         "summary": summary(df),
         "lambda_curve": curve,
         "default_lambda": defaults_table(default_lambda_from_curve(curve)),
         "budget": grid_equivalent(df),
         "importance": importance_table(df),
     }
+    versus = sweep_vs_grid(df)
+    if not versus.empty:
+        out["sweep_vs_grid"] = versus
+    return out

@@ -6,6 +6,8 @@ trials whose worker is gone). The stored-trial schema, written and read, lives h
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -399,6 +401,17 @@ def trials_frame(url: str, names: list[str] | None = None) -> pd.DataFrame:
     return _frame([s for s in stores if s.is_ours])
 
 
+def settings_hash(spec: Any) -> str | None:
+    """What a study's trials share whatever its search space or sampler: its stored definition's
+    fixed trial settings and data (a grid and a TPE sweep of the same trials share it; their
+    definitions differ by their spaces)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("base"), dict):
+        return None
+    fixed = {k: v for k, v in spec["base"].items() if k not in ("eta_a", "lambda", "rank")}
+    text = json.dumps([fixed, spec.get("data_fingerprint")], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
     rows = []
     for store in stores:
@@ -420,11 +433,14 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
             for k in ("model", "task", "metric_name"):
                 row[k] = row[k] or attrs.get(k)
             row["kind"] = attrs.get("kind", "search")  # "confirm": re-runs over seeds
+            spec = attrs.get("spec")
+            row["sampler"] = spec.get("sampler") if isinstance(spec, dict) else None
+            row["settings"] = settings_hash(spec)
             row["definition"] = attrs.get("definition_hash")  # what the trials measure: report groups by it
             row.update({k: user.get(k) for k in RUN_ATTRS})
             rows.append(row)
     columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind",
-               "definition", *RUN_ATTRS]
+               "sampler", "settings", "definition", *RUN_ATTRS]
     df = pd.DataFrame(rows, columns=columns)
     for col in ("tokens", "wall_time_s"):
         df[col] = pd.to_numeric(df[col]).fillna(0)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import glob
 import hashlib
 import importlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -83,6 +85,8 @@ def _gpu_ids() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if sys.platform == "linux" and not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/dxg"):
+        return []  # no NVIDIA device node (WSL's GPUs show as /dev/dxg): no need to import torch to ask
     import torch  # device_count() asks NVML and leaves CUDA uninitialised in this process
 
     return [str(i) for i in range(torch.cuda.device_count())]
@@ -208,6 +212,7 @@ class SlotProcess:
         self.slot = slot
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._waiting = False  # spawned, its "ready" not yet read
         self.started = 0  # processes started, for tests and progress
 
     def __enter__(self) -> SlotProcess:
@@ -242,16 +247,17 @@ class SlotProcess:
                 self._kill()
 
     def close(self) -> None:
-        """End the process, if one runs: asked to exit between trials, killed if it does not."""
-        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+        """End the process, if one runs: asked to exit between trials, killed if it does not (or if it
+        is still starting: it reads nothing until it is ready)."""
+        if not self._waiting and self._conn is not None and self._proc is not None and self._proc.is_alive():
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(("exit",))
             self._proc.join(timeout=10)
         self._kill()
 
-    def _ready(self, deadline: float | None, timeout: float | None, cancel: Stop) -> Connection:
-        if self._proc is not None and self._proc.is_alive() and self._conn is not None:
-            return self._conn
+    def spawn(self) -> None:
+        """Start the process without waiting for it: its imports take seconds, which the caller can
+        spend on other work. The first trial waits for it to be ready."""
         self._kill()
         ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
         parent, child = ctx.Pipe()
@@ -263,10 +269,19 @@ class SlotProcess:
         _start(self._proc)
         child.close()
         self.started += 1
-        msg = self._next(parent, deadline, timeout, cancel)
+        self._waiting = True
+
+    def _ready(self, deadline: float | None, timeout: float | None, cancel: Stop) -> Connection:
+        if not self._waiting and self._proc is not None and self._proc.is_alive() and self._conn is not None:
+            return self._conn
+        if not self._waiting or self._proc is None or self._conn is None:
+            self.spawn()
+        assert self._conn is not None
+        msg = self._next(self._conn, deadline, timeout, cancel)
+        self._waiting = False
         if msg[0] == "error":
             raise TrialFailed(msg[1], msg[2])
-        return parent
+        return self._conn
 
     def _next(self, conn: Connection, deadline: float | None, timeout: float | None, cancel: Stop) -> tuple:
         """The process's next message; TrialFailed if it dies or the deadline passes first."""
@@ -309,6 +324,32 @@ class SlotProcess:
         if self._conn is not None:
             self._conn.close()
         self._proc = self._conn = None
+        self._waiting = False
+
+
+# Processes started before a sweep's checks (prestart), each waiting for its slot's worker.
+_early: dict[Slot, SlotProcess] = {}
+
+
+def prestart(slots: list[Slot]) -> None:
+    """Start these slots' processes now, so that their imports and start (seconds each) overlap
+    the parent's checks of the study instead of delaying its first trial. slot_process() hands them
+    to the workers; close_early() ends any that no worker took."""
+    for slot in slots:
+        if slot not in _early:
+            process = SlotProcess(slot)
+            process.spawn()
+            _early[slot] = process
+
+
+def slot_process(slot: Slot) -> SlotProcess:
+    """The slot's process started by prestart, else a new handle that starts one on its first trial."""
+    return _early.pop(slot, None) or SlotProcess(slot)
+
+
+def close_early() -> None:
+    while _early:
+        _early.popitem()[1].close()
 
 
 def run_isolated(

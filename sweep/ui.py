@@ -213,6 +213,29 @@ def _print_search_tables(tables: dict[str, pd.DataFrame]) -> None:
     out.print(t)
     if "importance" in tables and not tables["importance"].empty:
         _print_importance(out, tables["importance"])
+    if "sweep_vs_grid" in tables:
+        _print_sweep_vs_grid(out, tables["sweep_vs_grid"], task)
+
+
+def _print_sweep_vs_grid(out: Console, versus: pd.DataFrame, task: Callable[[dict[str, Any]], str]) -> None:
+    t = Table("model", "task", "grid points", "grid best", "at", "region", "sweep trials", "sweep best", "at",
+              "in region", "trials to noise", "their compute", "sweep / grid",
+              title="the sweep against a full grid of the same trials (region: the grid points within noise "
+                    "of its best)")
+    for r in versus.to_dict("records"):
+        at_grid = f"{r['grid_eta_a']:.2g}, λ {r['grid_lambda']:.3g}, r {r['grid_rank']}"
+        at_sweep = f"{r['sweep_eta_a']:.2g}, λ {r['sweep_lambda']:.3g}, r {r['sweep_rank']}"
+        to_noise = "never" if _missing(r["trials_to_noise"]) else str(int(r["trials_to_noise"]))
+        best = f"{_num(r['grid_best'])} ± {_num(r['grid_se'])}"
+        found = "yes" if r["sweep_best_in_region"] else "no"
+        _row(t, str(r["model"]), task(r), str(r["grid_points"]), best, at_grid, str(r["region_points"]),
+             str(r["sweep_trials"]), _num(r["sweep_best"]), at_sweep, found, to_noise,
+             _percent(r["compute_to_noise"]), _percent(r["sweep_over_grid"]))
+    out.print(t)
+
+
+def _percent(share: Any) -> str:
+    return "-" if _missing(share) else f"{100 * share:.0f} %"
 
 
 def _print_importance(out: Console, shares: pd.DataFrame) -> None:

@@ -15,6 +15,7 @@ the reason before the process exits.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import traceback
@@ -25,17 +26,32 @@ from sweep import search
 from sweep.config import TrialConfig
 from sweep.errors import SweepStopped
 from sweep.hooks import Finished, Hooks
-from sweep.result import EvalPoint, StopReason
+from sweep.result import EvalPoint, StopReason, TrialResult
 from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import StudySpec
 from sweep.stored import FINISHED, RunningTrial, StoredStudy
-from sweep.train import run_trial
-from sweep.trial_process import Slot, SlotProcess, TrialFailed, make_slots
+from sweep.trial_process import (
+    Slot,
+    SlotProcess,
+    TrialFailed,
+    close_early,
+    make_slots,
+    prestart,
+    slot_process,
+)
 
 # A sweep whose trials keep failing has a problem no further trial will fix (a model that does
 # not fit, a broken data set): stop and say so rather than burn the budget.
 MAX_FAILURES_IN_A_ROW = 5
 POLL_S = 2.0  # how often a worker with nothing to do looks again (others' trials may fail)
+
+
+def run_trial(cfg: TrialConfig, **hooks) -> TrialResult:
+    """sweep.train.run_trial, imported on first use: a sweep whose trials run in their own processes
+    never imports torch and transformers for them (its slots' processes start while it checks)."""
+    from sweep.train import run_trial as run
+
+    return run(cfg, **hooks)
 
 
 def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks, slot: SlotProcess,
@@ -123,13 +139,16 @@ class Workers:
     def run(self) -> None:
         """Raises sweep.signals.Interrupted after a SIGINT or SIGTERM, its running trials failed."""
         slots = make_slots(self.spec.devices, self.spec.jobs)
-        with stop_on_signals(self.stop), self._unless_deleted():
-            with self.store.lock():
-                self.store.reclaim()
-            if len(slots) == 1:
-                self._work(slots[0])
-            else:
-                self._work_in_threads(slots)
+        try:
+            with stop_on_signals(self.stop), self._unless_deleted():
+                with self.store.lock():
+                    self.store.reclaim()
+                if len(slots) == 1:
+                    self._work(slots[0])
+                else:
+                    self._work_in_threads(slots)
+        finally:
+            close_early()  # processes started for slots that no worker took
         if self.stop.signum is not None:
             raise Interrupted(self.stop.reason, self.stop.signum)
         if self.failures >= MAX_FAILURES_IN_A_ROW:
@@ -190,7 +209,7 @@ class Workers:
         )
 
     def _work(self, slot: Slot) -> None:
-        with SlotProcess(slot) as process:  # one process serves this slot's trials
+        with slot_process(slot) as process:  # one process serves this slot's trials
             self._work_on(process)
 
     def _work_on(self, slot: SlotProcess) -> None:
@@ -237,6 +256,21 @@ def prepare(spec: StudySpec) -> tuple[StudySpec, StoredStudy]:
     from sweep.checks import preflight
     from sweep.quiet import quiet_libraries
 
-    quiet_libraries()
-    spec = preflight(spec)
-    return spec, open_study(spec)
+    start_slots(spec)
+    try:
+        quiet_libraries()
+        spec = preflight(spec)
+        return spec, open_study(spec)
+    except BaseException:
+        close_early()  # no sweep will take them
+        raise
+
+
+def start_slots(spec: StudySpec) -> None:
+    """Start the trial processes of this sweep's slots while the parent checks the study (their
+    start costs seconds of imports); a spec that fails its checks ends them with this process."""
+    # Only slots the checks will pass: explicit GPU ids may not exist, and --jobs beyond the cores is
+    # refused (preflight says why in its own words); a process each would be memory spent for nothing.
+    if spec.in_process or spec.devices not in ("auto", "cpu") or spec.jobs > (os.cpu_count() or 1):
+        return
+    prestart(make_slots(spec.devices, spec.jobs))

@@ -423,6 +423,16 @@ def test_standard_error_is_nan_with_its_reason_where_it_cannot_be_known():
     assert report.standard_error("accuracy_mismatched", 0.5, {"eval_limit": 100})[0] == pytest.approx(0.05)
 
 
+def test_an_embedded_task_scored_whole_has_the_binomial_standard_error_of_its_split():
+    se, why = report.standard_error("accuracy", 0.9, {"task": "bbc-news", "eval_limit": None})
+    assert se == pytest.approx(math.sqrt(0.9 * 0.1 / 414)) and why == "binomial, n_eval = the whole split 414"
+    # An eval_limit above the split's size scores the split whole: its size is n_eval, not the limit.
+    assert report.standard_error("accuracy", 0.9, {"task": "drug-reviews", "eval_limit": 500})[1] == (
+        "binomial, n_eval = the whole split 196")
+    assert report.standard_error("accuracy", 0.5, {"task": "rotten-tomatoes", "eval_limit": 100})[0] == (
+        pytest.approx(0.05))
+
+
 def test_bins_within_noise_of_the_best_are_reported_as_ties():
     # n_eval 500: SEs 0.0160 and 0.0155, so 0.85 trails 0.86 by less than one SE of the difference.
     df = pd.DataFrame(defined([complete("sst2", 0, 0.70, 1.0), complete("sst2", 1, 0.85, 4.0),

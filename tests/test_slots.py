@@ -1,6 +1,8 @@
 """A slot's process serves one trial after another: a trial's result is the same bit for bit whether it
 ran first or fifth in its slot, and a trial that fails leaves the next one a fresh process."""
 
+import time
+
 import pytest
 
 from sweep import trial_process
@@ -61,3 +63,49 @@ def test_a_failed_trial_leaves_the_next_one_a_fresh_process(tiny_cfg, tmp_path, 
         again = slot.run(cfg)
         assert slot.started == 2
     assert ok.history == again.history
+
+
+def test_a_sweep_starts_its_slot_processes_before_its_checks_and_its_trials_run_in_them(
+        tiny_model, toy_csv, tmp_path, monkeypatch):
+    from sweep import checks, workers
+    from sweep.spec import load_spec
+
+    spawned, alive_at_checks = [], []
+    spawn = SlotProcess.spawn
+    monkeypatch.setattr(SlotProcess, "spawn", lambda self: spawned.append(self) or spawn(self))
+    preflight = checks.preflight
+    monkeypatch.setattr(checks, "preflight", lambda spec, *a: alive_at_checks.append(
+        [p._proc.is_alive() for p in trial_process._early.values()]) or preflight(spec, *a))
+    spec = load_spec(None, {
+        "model": tiny_model, "task": toy_csv, "n_trials": 2, "sampler": "random", "pruner": "none",
+        "eta_a": (1e-3, 1e-2), "lambda": (1.0, 64.0), "rank": (2, 4), "max_steps": 2, "batch_size": 16,
+        "max_length": 32, "eval_every": 2, "device": "cpu", "storage": f"sqlite:///{tmp_path}/s.db",
+    })
+    checked, store = workers.prepare(spec)
+    study = workers.run_study(checked, store=store)
+    assert alive_at_checks == [[True]]  # started before the checks, and running during them
+    assert len(spawned) == 1 and not trial_process._early  # both trials ran in that one process
+    assert sorted(t.state.name for t in study.trials()) == ["COMPLETE"] * 2
+
+
+def test_processes_no_worker_takes_are_ended_at_once_even_while_they_start():
+    trial_process.prestart([trial_process.Slot((), 1, "cpu#9")])
+    (process,) = trial_process._early.values()
+    start = time.monotonic()
+    trial_process.close_early()  # still importing: it would read an "exit" only once ready
+    assert time.monotonic() - start < 5 and process._proc is None and not trial_process._early
+
+
+def test_no_process_starts_for_slots_the_checks_refuse(tiny_model, toy_csv, tmp_path, monkeypatch):
+    from sweep import workers
+    from sweep.errors import SweepError
+    from sweep.spec import load_spec
+
+    spawned = []
+    monkeypatch.setattr(SlotProcess, "spawn", lambda self: spawned.append(self))
+    base = {"model": tiny_model, "task": toy_csv, "n_trials": 1, "storage": f"sqlite:///{tmp_path}/s.db"}
+    with pytest.raises(SweepError, match="more than the"):
+        workers.prepare(load_spec(None, {**base, "jobs": 100_000}))
+    with pytest.raises(SweepError, match="no GPU 7"):
+        workers.prepare(load_spec(None, {**base, "devices": "7"}))
+    assert spawned == [] and not trial_process._early

@@ -1,0 +1,93 @@
+"""A sampled sweep against a full grid of the same trial definition: the grid's best region (the
+points it cannot order), whether the sweep's best lies in it, and the share of the grid's compute
+the sweep spent to get within noise of the grid's best."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from sweep import report
+from sweep.gridcheck import sweep_vs_grid
+
+ETAS, LAMBDAS = (1e-4, 1e-3, 1e-2), (1.0, 4.0, 16.0)
+
+
+def row(number, value, eta_a, lam, sampler, wall=100.0, state="COMPLETE", rank=8):
+    # A grid and a sweep of the same trials: two definitions (their spaces differ), one settings hash.
+    return {"study": f"s-{sampler}", "model": "minilm-l6", "task": "bbc-news", "definition": f"d-{sampler}",
+            "settings": "s1",
+            "metric_name": "accuracy", "number": number, "state": state, "value": value, "eta_a": eta_a,
+            "lambda": lam, "rank": rank, "init": "standard", "tokens": 1000, "wall_time_s": wall,
+            "sampler": sampler, "stop_reason": None, "steps": 10,
+            "config": {"task": "bbc-news", "eval_limit": None}}
+
+
+def grid(values: dict) -> list[dict]:
+    """Every (eta_A, lambda) point, its value from `values` or 0.5."""
+    points = [(e, lam) for e in ETAS for lam in LAMBDAS]
+    return [row(i, values.get(p, 0.5), *p, "grid") for i, p in enumerate(points)]
+
+
+def test_the_sweep_finds_the_grids_best_region_at_a_share_of_its_compute():
+    # Grid: best 0.95 at (1e-3, 16); 0.94 at (1e-3, 4) is within noise of it (414 examples: SE ~0.011).
+    g = grid({(1e-3, 16.0): 0.95, (1e-3, 4.0): 0.94, (1e-2, 16.0): 0.80})
+    sweep = [row(0, 0.60, 1e-4, 1.0, "tpe", wall=50), row(1, 0.85, 2e-3, 2.0, "tpe", wall=50),
+             row(2, 0.945, 1.5e-3, 12.0, "tpe", wall=50), row(3, 0.90, 5e-3, 30.0, "tpe", wall=50),
+             row(4, math.nan, 1e-2, 64.0, "tpe", wall=10, state="FAIL")]
+    (r,) = sweep_vs_grid(pd.DataFrame(g + sweep)).to_dict("records")
+    assert (r["grid_study"], r["sweep_study"], r["settings"]) == ("s-grid", "s-tpe", "s1")
+    assert (r["grid_points"], r["grid_best"], r["grid_eta_a"], r["grid_lambda"]) == (9, 0.95, 1e-3, 16.0)
+    assert r["grid_se"] == pytest.approx(math.sqrt(0.95 * 0.05 / 414))
+    assert r["region_points"] == 2 and "lambda 4" in r["region"] and "lambda 16" in r["region"]
+    assert (r["sweep_trials"], r["sweep_best"], r["sweep_lambda"]) == (5, 0.945, 12.0)
+    assert r["nearest_grid_point"] == "eta_A 0.001, lambda 16, rank 8" and r["sweep_best_in_region"]
+    assert r["sweep_within_noise"] and r["trials_to_noise"] == 3
+    assert r["compute_to_noise"] == pytest.approx(150 / 900)  # three trials of 50 s against 9 of 100 s
+    assert r["sweep_over_grid"] == pytest.approx(210 / 900)  # the failed trial's time counts
+
+
+def test_a_sweep_that_stays_outside_the_region_says_so():
+    g = grid({(1e-3, 16.0): 0.95})
+    sweep = [row(0, 0.70, 1e-4, 1.0, "tpe"), row(1, 0.80, 1e-2, 1.5, "tpe")]
+    (r,) = sweep_vs_grid(pd.DataFrame(g + sweep)).to_dict("records")
+    assert r["region_points"] == 1 and r["nearest_grid_point"] == "eta_A 0.01, lambda 1, rank 8"
+    assert not r["sweep_best_in_region"] and not r["sweep_within_noise"]
+    assert r["trials_to_noise"] is None and math.isnan(r["compute_to_noise"])
+
+
+def test_without_a_grid_study_of_the_same_definition_there_is_no_comparison_and_no_table():
+    sweep = [row(0, 0.70, 1e-4, 1.0, "tpe"), row(1, 0.80, 1e-2, 1.5, "tpe")]
+    other = [{**r, "settings": "s2"} for r in grid({})]
+    assert sweep_vs_grid(pd.DataFrame(sweep + other)).empty
+    assert "sweep_vs_grid" not in report.tables(pd.DataFrame(sweep + other))
+    both = report.tables(pd.DataFrame(sweep + grid({})))
+    assert "sweep_vs_grid" in both
+    # The budget table prices the sweep alone against a grid; the real grid is not part of the sweep.
+    assert both["budget"]["trials"].tolist() == [2]
+
+
+def test_the_rich_report_prints_the_comparison(capsys):
+    from sweep.ui import print_report
+
+    g = grid({(1e-3, 16.0): 0.95})
+    print_report(report.tables(pd.DataFrame(g + [row(0, 0.951, 1e-3, 14.0, "tpe", wall=90)])))
+    out = capsys.readouterr().out
+    assert "the sweep against a full grid" in out and "10 %" in out and "0.95" in out
+
+
+def test_a_grid_and_a_sweep_of_the_same_trials_share_their_settings_hash_and_nothing_else_does():
+    from sweep.spec import find_study_file, load_spec
+    from sweep.stored import settings_hash
+
+    def stored(name, **flags):
+        spec = load_spec(find_study_file(name), flags).fixed_head().replace(data_fingerprint="f00d")
+        return spec, spec.to_dict()
+
+    sweep, sweep_dict = stored("evidence-minilm-bbc-news")
+    grid, grid_dict = stored("evidence-minilm-bbc-news-grid")
+    assert sweep.definition_hash() != grid.definition_hash()  # their spaces differ
+    assert settings_hash(sweep_dict) == settings_hash(grid_dict)
+    assert settings_hash(stored("evidence-minilm-bbc-news-grid", epochs=1.0)[1]) != settings_hash(grid_dict)
+    assert settings_hash({**grid_dict, "data_fingerprint": "beef"}) != settings_hash(grid_dict)
+    assert settings_hash(None) is None
