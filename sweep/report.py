@@ -497,17 +497,11 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Every table of a report, by name; "importance" is per study (sweep.importance)."""
-    from sweep.gridcheck import sweep_vs_grid  # it builds on this module
-
     curve = lambda_curve(df)
-    out = {
+    return {
         "summary": summary(df),
         "lambda_curve": curve,
         "default_lambda": defaults_table(default_lambda_from_curve(curve)),
         "budget": grid_equivalent(df),
         "importance": importance_table(df),
     }
-    versus = sweep_vs_grid(df)
-    if not versus.empty:
-        out["sweep_vs_grid"] = versus
-    return out

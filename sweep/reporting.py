@@ -9,6 +9,7 @@ import pandas as pd
 
 from sweep import confirm, report
 from sweep.errors import SweepError
+from sweep.gridcheck import sweep_vs_grid
 from sweep.stored import StoredStudy, trials_frame
 
 
@@ -34,6 +35,9 @@ def gather(url: str, model: str | None = None, task: str | None = None) -> Repor
     if df.empty:
         raise SweepError("no search trials to report; run a sweep first (loraplus-sweep run)")
     tables = report.tables(df)
+    versus = sweep_vs_grid(df)
+    if not versus.empty:  # only where a grid and a sweep of the same trials are both stored
+        tables["sweep_vs_grid"] = versus
     if confirmations:
         tables["confirm"] = confirm.table(confirmations)
     return Report(df, tables, confirmations)

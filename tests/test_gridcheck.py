@@ -56,22 +56,21 @@ def test_a_sweep_that_stays_outside_the_region_says_so():
     assert r["trials_to_noise"] is None and math.isnan(r["compute_to_noise"])
 
 
-def test_without_a_grid_study_of_the_same_definition_there_is_no_comparison_and_no_table():
+def test_without_a_grid_study_of_the_same_trials_there_is_no_comparison():
     sweep = [row(0, 0.70, 1e-4, 1.0, "tpe"), row(1, 0.80, 1e-2, 1.5, "tpe")]
     other = [{**r, "settings": "s2"} for r in grid({})]
     assert sweep_vs_grid(pd.DataFrame(sweep + other)).empty
-    assert "sweep_vs_grid" not in report.tables(pd.DataFrame(sweep + other))
-    both = report.tables(pd.DataFrame(sweep + grid({})))
-    assert "sweep_vs_grid" in both
+    assert not sweep_vs_grid(pd.DataFrame(sweep + grid({}))).empty
     # The budget table prices the sweep alone against a grid; the real grid is not part of the sweep.
-    assert both["budget"]["trials"].tolist() == [2]
+    assert report.tables(pd.DataFrame(sweep + grid({})))["budget"]["trials"].tolist() == [2]
 
 
 def test_the_rich_report_prints_the_comparison(capsys):
     from sweep.ui import print_report
 
     g = grid({(1e-3, 16.0): 0.95})
-    print_report(report.tables(pd.DataFrame(g + [row(0, 0.951, 1e-3, 14.0, "tpe", wall=90)])))
+    df = pd.DataFrame(g + [row(0, 0.951, 1e-3, 14.0, "tpe", wall=90)])
+    print_report({**report.tables(df), "sweep_vs_grid": sweep_vs_grid(df)})
     out = capsys.readouterr().out
     assert "the sweep against a full grid" in out and "10 %" in out and "0.95" in out
 

@@ -12,13 +12,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     # foundation: no knowledge of trials
-    {"errors", "schema", "quiet", "hub", "signals", "stats", "liveness", "metrics", "outfiles", "hardware"},
+    {"errors", "schema", "quiet", "hub", "signals", "stats", "liveness", "metrics", "outfiles", "hardware",
+     "texts"},
     # what a trial and a study are
     {"config", "spec", "embedded", "tasks", "batches", "lm_tasks", "lm_batches", "result", "hooks"},
     # the engine: one trial, from config to result
     {"models", "kinds", "optim", "train", "checks", "trial_process", "lm_eval", "adapters"},
     # reading results: frames to tables, plots, exported configs
-    {"report", "plots", "outputs", "export", "importance"},
+    {"report", "plots", "outputs", "export", "importance", "gridcheck"},
     # the study wing: stored studies, search, the workers' trial loop, confirm
     {"storage", "search", "stored", "workers", "confirm", "reporting", "dashboard"},
     # presentation
