@@ -103,7 +103,15 @@ class TaskData:
 
     def fingerprint(self) -> str:
         """Hash of the content, so a tokenization cache can never serve stale data, and a changed
-        split (of any of train, validation and test) makes another study."""
+        split (of any of train, validation and test) makes another study. Computed once per task
+        (a slot's process asks for it at every trial)."""
+        known = self.__dict__.get("_fingerprint")
+        if known is None:
+            known = self._hash()
+            object.__setattr__(self, "_fingerprint", known)
+        return known
+
+    def _hash(self) -> str:
         h = hashlib.sha256()  # of the JSON of each split's (texts, pairs, labels), streamed
         for split in (self.train, self.validation):
             hash_json(h, [split.text, split.pair, split.label])
