@@ -28,8 +28,7 @@ from sweep.metrics import sign
 from sweep.schema import short
 from sweep.spec import StudySpec
 from sweep.stored import StoredStudy
-from sweep.trial_process import close_early
-from sweep.workers import Workers, start_slots
+from sweep.workers import Workers, slots_starting
 
 PLAIN = "lora"  # the plain-LoRA arm (lambda = 1); each LoRA+ arm is named after its lambda bin
 ARMS = ("lora+", "lora")  # a comparison's two sides, as Confirmation.curves and .arms name them
@@ -207,14 +206,10 @@ def prepare(study: StoredStudy, run: dict, trust_remote_code: bool, seeds: int, 
     if split not in EVAL_SPLITS:
         raise SweepError(f"--split must be one of {', '.join(EVAL_SPLITS)}; got {short(split)}")
     spec = study.joined_spec(run, trust_remote_code)
-    start_slots(spec)
-    try:
+    with slots_starting(spec):
         quiet_libraries()
         spec = preflight(spec, split)
         return spec, plan(study.frame(), spec, seeds, rank, per_bin, split)
-    except BaseException:
-        close_early()  # no confirm will take them
-        raise
 
 
 def run_confirm(study: StoredStudy, spec: StudySpec, plan: Plan, hooks: Hooks | None = None) -> StoredStudy:

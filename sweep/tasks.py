@@ -49,6 +49,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.text)
 
+    def take(self, rows: np.ndarray) -> Split:
+        """The rows at positions `rows`, sharing this split's text columns."""
+        pair = None if self.pair is None else self.pair.view(rows)
+        return Split(self.text.view(rows), pair, self.label[rows])
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Split) or not np.array_equal(self.label, other.label):
             return False
@@ -219,21 +224,17 @@ def _load_glue(name: str) -> TaskData:
     label_names = None if spec.regression else tuple(ds["train"].features["label"].names)
     dtype = np.float64 if spec.regression else np.int64
 
-    def split(key: str, rows: np.ndarray | None = None) -> Split:
+    def split(key: str) -> Split:
         """A split of the dataset, its texts the dataset's own Arrow columns (memory-mapped)."""
         d = ds[key].with_format("arrow")
-        label = np.asarray(d["label"].to_numpy(), dtype=dtype)
-        text = Texts(d[spec.text])
         pair = None if spec.pair is None else Texts(d[spec.pair])
-        if rows is None:
-            return Split(text, pair, label)
-        return Split(text.view(rows), None if pair is None else pair.view(rows), label[rows])
+        return Split(Texts(d[spec.text]), pair, np.asarray(d["label"].to_numpy(), dtype=dtype))
 
     tests = {MAIN_SPLIT: split(spec.validation), **{n: split(k) for n, k in spec.extra_validation}}
-    train_labels = pd.Series(ds["train"].with_format("arrow")["label"].to_numpy())
-    rest, validation = glue_splits(train_labels, len(tests[MAIN_SPLIT]))
+    train = split("train")
+    rest, validation = glue_splits(pd.Series(train.label), len(tests[MAIN_SPLIT]))
     extra = {n: s for n, s in tests.items() if n != MAIN_SPLIT}
-    return TaskData(name, split("train", rest), split("train", validation), label_names, spec.metrics,
+    return TaskData(name, train.take(rest), train.take(validation), label_names, spec.metrics,
                     test=tests[MAIN_SPLIT], extra_test=extra)
 
 
@@ -379,12 +380,10 @@ def _task(
         codes = np.full(len(labels), -1, dtype=np.int64)
         codes[used] = [index[v] for v in values_used]
 
-    def split(rows: np.ndarray) -> Split:
-        return Split(text.view(rows), None if pair is None else pair.view(rows), codes[rows])
-
+    whole = Split(text, pair, codes)
     train, val, test = parts
-    return TaskData(name, split(train), split(val), names, metrics,
-                    test=None if test is None else split(test))
+    return TaskData(name, whole.take(train), whole.take(val), names, metrics,
+                    test=None if test is None else whole.take(test))
 
 
 def task_summary(task: TaskData) -> dict[str, Any]:

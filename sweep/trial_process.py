@@ -274,9 +274,9 @@ class SlotProcess:
     def _ready(self, deadline: float | None, timeout: float | None, cancel: Stop) -> Connection:
         if not self._waiting and self._proc is not None and self._proc.is_alive() and self._conn is not None:
             return self._conn
-        if not self._waiting or self._proc is None or self._conn is None:
+        if not self._waiting:  # none, or one that died between trials
             self.spawn()
-        assert self._conn is not None
+        assert self._conn is not None  # spawn() set it; _kill() clears _waiting with it
         msg = self._next(self._conn, deadline, timeout, cancel)
         self._waiting = False
         if msg[0] == "error":

@@ -256,21 +256,22 @@ def prepare(spec: StudySpec) -> tuple[StudySpec, StoredStudy]:
     from sweep.checks import preflight
     from sweep.quiet import quiet_libraries
 
-    start_slots(spec)
-    try:
+    with slots_starting(spec):
         quiet_libraries()
         spec = preflight(spec)
         return spec, open_study(spec)
-    except BaseException:
-        close_early()  # no sweep will take them
-        raise
 
 
-def start_slots(spec: StudySpec) -> None:
-    """Start the trial processes of this sweep's slots while the parent checks the study (their
-    start costs seconds of imports); a spec that fails its checks ends them with this process."""
+@contextmanager
+def slots_starting(spec: StudySpec) -> Iterator[None]:
+    """Start the trial processes of this sweep's slots while the body (the parent's checks) runs:
+    their start costs seconds of imports. If the body fails, no sweep will take them: ended."""
     # Only slots the checks will pass: explicit GPU ids may not exist, and --jobs beyond the cores is
     # refused (preflight says why in its own words); a process each would be memory spent for nothing.
-    if spec.in_process or spec.devices not in ("auto", "cpu") or spec.jobs > (os.cpu_count() or 1):
-        return
-    prestart(make_slots(spec.devices, spec.jobs))
+    if not (spec.in_process or spec.devices not in ("auto", "cpu") or spec.jobs > (os.cpu_count() or 1)):
+        prestart(make_slots(spec.devices, spec.jobs))
+    try:
+        yield
+    except BaseException:
+        close_early()
+        raise
