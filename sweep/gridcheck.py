@@ -8,6 +8,7 @@ report.NOISE_SES standard errors of the difference (binomial, see report.standar
 points the grid itself cannot order. The sweep found it when the grid point nearest its best trial
 (eta_A and lambda snapped to the grid's values on a log scale, its rank) lies in the region, and
 reached the grid's best when its best trial's value is within noise of the grid's best value.
+Compute is counted in training tokens (see _cost_column).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ COLUMNS = [
     "model", "task", "settings", "grid_study", "sweep_study", "metric_name", "grid_points", "grid_best",
     "grid_se", "grid_eta_a", "grid_lambda", "grid_rank", "region_points", "region", "sweep_trials",
     "sweep_best", "sweep_eta_a", "sweep_lambda", "sweep_rank", "nearest_grid_point", "sweep_best_in_region",
-    "sweep_within_noise", "trials_to_noise", "compute_to_noise", "sweep_over_grid",
+    "sweep_within_noise", "trials_to_noise", "compute_to_noise", "sweep_over_grid", "compute_unit",
 ]
 
 
@@ -62,11 +63,12 @@ def _compare(grid_all: pd.DataFrame, sweep_all: pd.DataFrame) -> dict:
     reached = sweep[within_noise(sweep)]
     ordered = sweep_all.sort_values("number")
     first = int(reached["number"].min()) if len(reached) else None
-    grid_wall = float(grid_all["wall_time_s"].sum())
-    spent = math.nan if first is None else float(ordered.loc[ordered["number"] <= first, "wall_time_s"].sum())
+    cost = _cost_column(grid_all, sweep_all)
+    grid_cost = float(grid_all[cost].sum())
+    spent = math.nan if first is None else float(ordered.loc[ordered["number"] <= first, cost].sum())
 
-    def share(seconds: float) -> float:
-        return seconds / grid_wall if grid_wall > 0 else math.nan
+    def share(amount: float) -> float:
+        return amount / grid_cost if grid_cost > 0 else math.nan
 
     return {
         "metric_name": metric, "grid_points": len(grid_all), "grid_best": float(best["value"]), "grid_se": se,
@@ -80,8 +82,21 @@ def _compare(grid_all: pd.DataFrame, sweep_all: pd.DataFrame) -> dict:
         "sweep_best_in_region": _key(nearest) in {_key(r) for _, r in region.iterrows()},
         "sweep_within_noise": bool(len(reached)),
         "trials_to_noise": None if first is None else int((ordered["number"] <= first).sum()),
-        "compute_to_noise": share(spent), "sweep_over_grid": share(float(sweep_all["wall_time_s"].sum())),
+        "compute_to_noise": share(spent), "sweep_over_grid": share(float(sweep_all[cost].sum())),
+        "compute_unit": cost,
     }
+
+
+def _cost_column(*frames: pd.DataFrame) -> str:
+    """Compute in training tokens, which neither the machine's load nor its threads per trial move
+    (the grid may run two trials at a time where the sweep ran one); a failed trial counts the tokens
+    it recorded. Wall time where a finished trial has no token count."""
+    def counted(f: pd.DataFrame) -> bool:
+        finished = f[f["state"] != "FAIL"]
+        return "tokens" in f and bool((pd.to_numeric(finished["tokens"]).fillna(0) > 0).all())
+
+    has_tokens = all(counted(f) for f in frames)
+    return "tokens" if has_tokens else "wall_time_s"
 
 
 def _se(metric: str, row: pd.Series) -> float:

@@ -221,7 +221,7 @@ def _print_sweep_vs_grid(out: Console, versus: pd.DataFrame, task: Callable[[dic
     t = Table("model", "task", "grid points", "grid best", "at", "region", "sweep trials", "sweep best", "at",
               "in region", "trials to noise", "their compute", "sweep / grid",
               title="the sweep against a full grid of the same trials (region: the grid points within noise "
-                    "of its best)")
+                    "of its best; compute in training tokens where trials record them)")
     for r in versus.to_dict("records"):
         at_grid = f"{r['grid_eta_a']:.2g}, λ {r['grid_lambda']:.3g}, r {r['grid_rank']}"
         at_sweep = f"{r['sweep_eta_a']:.2g}, λ {r['sweep_lambda']:.3g}, r {r['sweep_rank']}"

@@ -13,12 +13,12 @@ from sweep.gridcheck import sweep_vs_grid
 ETAS, LAMBDAS = (1e-4, 1e-3, 1e-2), (1.0, 4.0, 16.0)
 
 
-def row(number, value, eta_a, lam, sampler, wall=100.0, state="COMPLETE", rank=8):
+def row(number, value, eta_a, lam, sampler, wall=100.0, state="COMPLETE", rank=8, tokens=1000):
     # A grid and a sweep of the same trials: two definitions (their spaces differ), one settings hash.
     return {"study": f"s-{sampler}", "model": "minilm-l6", "task": "bbc-news", "definition": f"d-{sampler}",
             "settings": "s1",
             "metric_name": "accuracy", "number": number, "state": state, "value": value, "eta_a": eta_a,
-            "lambda": lam, "rank": rank, "init": "standard", "tokens": 1000, "wall_time_s": wall,
+            "lambda": lam, "rank": rank, "init": "standard", "tokens": tokens, "wall_time_s": wall,
             "sampler": sampler, "stop_reason": None, "steps": 10,
             "config": {"task": "bbc-news", "eval_limit": None}}
 
@@ -32,9 +32,10 @@ def grid(values: dict) -> list[dict]:
 def test_the_sweep_finds_the_grids_best_region_at_a_share_of_its_compute():
     # Grid: best 0.95 at (1e-3, 16); 0.94 at (1e-3, 4) is within noise of it (414 examples: SE ~0.011).
     g = grid({(1e-3, 16.0): 0.95, (1e-3, 4.0): 0.94, (1e-2, 16.0): 0.80})
+    # The sweep's trials took half the grid's wall time each (a quieter machine), the same tokens.
     sweep = [row(0, 0.60, 1e-4, 1.0, "tpe", wall=50), row(1, 0.85, 2e-3, 2.0, "tpe", wall=50),
              row(2, 0.945, 1.5e-3, 12.0, "tpe", wall=50), row(3, 0.90, 5e-3, 30.0, "tpe", wall=50),
-             row(4, math.nan, 1e-2, 64.0, "tpe", wall=10, state="FAIL")]
+             row(4, math.nan, 1e-2, 64.0, "tpe", wall=10, state="FAIL", tokens=100)]
     (r,) = sweep_vs_grid(pd.DataFrame(g + sweep)).to_dict("records")
     assert (r["grid_study"], r["sweep_study"], r["settings"]) == ("s-grid", "s-tpe", "s1")
     assert (r["grid_points"], r["grid_best"], r["grid_eta_a"], r["grid_lambda"]) == (9, 0.95, 1e-3, 16.0)
@@ -43,8 +44,18 @@ def test_the_sweep_finds_the_grids_best_region_at_a_share_of_its_compute():
     assert (r["sweep_trials"], r["sweep_best"], r["sweep_lambda"]) == (5, 0.945, 12.0)
     assert r["nearest_grid_point"] == "eta_A 0.001, lambda 16, rank 8" and r["sweep_best_in_region"]
     assert r["sweep_within_noise"] and r["trials_to_noise"] == 3
-    assert r["compute_to_noise"] == pytest.approx(150 / 900)  # three trials of 50 s against 9 of 100 s
-    assert r["sweep_over_grid"] == pytest.approx(210 / 900)  # the failed trial's time counts
+    # Compute in tokens: three trials against nine, whatever their wall times; the failed trial's
+    # tokens count.
+    assert r["compute_unit"] == "tokens" and r["compute_to_noise"] == pytest.approx(3 / 9)
+    assert r["sweep_over_grid"] == pytest.approx(4.1 / 9)
+
+
+def test_without_token_counts_compute_is_wall_time():
+    g = [{**r, "tokens": 0} for r in grid({(1e-3, 16.0): 0.95})]
+    sweep = [row(0, 0.60, 1e-4, 1.0, "tpe", wall=50, tokens=0),
+             row(1, 0.95, 1e-3, 16.0, "tpe", wall=50, tokens=0)]
+    (r,) = sweep_vs_grid(pd.DataFrame(g + sweep)).to_dict("records")
+    assert r["compute_unit"] == "wall_time_s" and r["compute_to_noise"] == pytest.approx(100 / 900)
 
 
 def test_a_sweep_that_stays_outside_the_region_says_so():
@@ -72,7 +83,7 @@ def test_the_rich_report_prints_the_comparison(capsys):
     df = pd.DataFrame(g + [row(0, 0.951, 1e-3, 14.0, "tpe", wall=90)])
     print_report({**report.tables(df), "sweep_vs_grid": sweep_vs_grid(df)})
     out = capsys.readouterr().out
-    assert "the sweep against a full grid" in out and "10 %" in out and "0.95" in out
+    assert "the sweep against a full grid" in out and "11 %" in out and "0.95" in out  # one trial of nine, in tokens
 
 
 def test_a_grid_and_a_sweep_of_the_same_trials_share_their_settings_hash_and_nothing_else_does():
