@@ -83,7 +83,8 @@ def test_the_rich_report_prints_the_comparison(capsys):
     df = pd.DataFrame(g + [row(0, 0.951, 1e-3, 14.0, "tpe", wall=90)])
     print_report({**report.tables(df), "sweep_vs_grid": sweep_vs_grid(df)})
     out = capsys.readouterr().out
-    assert "the sweep against a full grid" in out and "11 %" in out and "0.95" in out  # one trial of nine, in tokens
+    # One trial of nine, in tokens.
+    assert "the sweep against a full grid" in out and "11 %" in out and "0.95" in out
 
 
 def test_a_grid_and_a_sweep_of_the_same_trials_share_their_settings_hash_and_nothing_else_does():
