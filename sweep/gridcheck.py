@@ -4,7 +4,7 @@ study and a sampled one (TPE, random, QMC) of the same trials: the same fixed tr
 and data (stored.settings_hash), whatever their search spaces.
 
 The grid's best region is every grid point whose value trails the grid's best by at most
-report.NOISE_SES standard errors of the difference (binomial, see report.standard_error): the
+report.NOISE_SES standard errors of the difference (see report.standard_error): the
 points the grid itself cannot order. The sweep found it when the grid point nearest its best trial
 (eta_A and lambda snapped to the grid's values on a log scale, its rank) lies in the region, and
 reached the grid's best when its best trial's value is within noise of the grid's best value.
@@ -100,7 +100,7 @@ def _cost_column(*frames: pd.DataFrame) -> str:
 
 
 def _se(metric: str, row: pd.Series) -> float:
-    se = report.standard_error(metric, float(row["value"]), row.get("config"))[0]
+    se = report.standard_error(metric, float(row["value"]), row.get("config"), row.get("metric_se"))[0]
     return 0.0 if math.isnan(se) else se  # unknown: only equal values are within noise
 
 

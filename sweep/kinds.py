@@ -24,7 +24,7 @@ from sweep.errors import SweepError
 from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm, pack_lm
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
-from sweep.metrics import compute_splits, main_metric
+from sweep.metrics import MAIN_SPLIT, bootstrap_se, compute_splits, main_metric
 from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id
 from sweep.tasks import Columns, TaskData, load_task
 
@@ -46,6 +46,9 @@ class Prepared:
     metrics: tuple[str, ...]  # every metric `evaluate` returns
     metric: str  # the one a trial is judged by
     worst: dict[str, float]  # the metrics of a run that diverged
+    # The standard error of `metric` at the last evaluation (bootstrap over its examples); NaN where
+    # the kind has none.
+    standard_error: Callable[[], float] = lambda: float("nan")
 
 
 def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | LMTask | None = None) -> Prepared:
@@ -78,10 +81,13 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
     def loss_sum(b: Batch) -> torch.Tensor:
         return model(**b).loss * len(b["labels"])  # the mean over the batch, times its examples
 
+    metric = main_metric(task.metrics, cfg.metric, f"task {task.name}")
+    last: dict[str, np.ndarray] = {}  # the last evaluation's predictions, for its standard error
+
     @torch.inference_mode()
     def evaluate(autocast) -> dict[str, float]:
         model.eval()
-        preds = {}
+        preds = last
         for name, enc in val_enc.items():
             preds[name] = np.empty(len(enc), dtype=np.float64)
             for idx in eval_batches(enc.lengths, *_eval_batch(cfg)):
@@ -94,11 +100,14 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
         model.train()
         return compute_splits(task.metrics, preds, golds)
 
+    def standard_error() -> float:
+        return bootstrap_se(metric, last[MAIN_SPLIT], golds[MAIN_SPLIT]) if last else float("nan")
+
     nan = {name: np.full(len(enc), np.nan) for name, enc in val_enc.items()}
     worst = compute_splits(task.metrics, nan, golds)
     return Prepared("classification", model, tokenizer, train_enc.lengths, batch,
-                    lambda b: len(b["labels"]), loss_sum, evaluate, tuple(worst),
-                    main_metric(task.metrics, cfg.metric, f"task {task.name}"), worst)
+                    lambda b: len(b["labels"]), loss_sum, evaluate, tuple(worst), metric, worst,
+                    standard_error)
 
 
 def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> Prepared:

@@ -182,29 +182,44 @@ def is_proportion(metric: str) -> bool:
     return metric == "accuracy" or metric.startswith("accuracy_")
 
 
-def standard_error(metric: Any, value: float, config: Any) -> tuple[float, str]:
+def standard_error(metric: Any, value: float, config: Any, stored: Any = None) -> tuple[float, str]:
     """The standard error of one trial's value from its evaluation set, and how it was found.
 
-    Binomial, sqrt(p (1 - p) / n_eval), for accuracy scored on n_eval examples: the trial config's
-    eval_limit, or the whole split where the task's split size is known (an embedded task's; the
-    smaller of the two where both are). NaN otherwise, with the reason: no other split's size is
-    stored, and no other metric is a proportion (a loss's per-token spread is not stored either). Not
-    a bootstrap over a bin's trials: those ran at other learning rates and ranks, so resampling them
-    measures how far apart the search looked, not how noisy the best value is.
+    Binomial, sqrt(p (1 - p) / n_eval), for accuracy on an embedded task (its split's size is known;
+    the config's eval_limit where smaller). Else the trial's own `stored` standard error: a bootstrap
+    over the examples it was scored on, which classification trials record (`metric_se`) whatever the
+    metric and split. Else, for a trial stored before that, binomial for accuracy on an eval_limit
+    sample (too small where the split was smaller than the limit and scored whole). NaN otherwise, with
+    the reason (a causal LM's loss has none). Not a bootstrap over a bin's trials: those ran at other
+    learning rates and ranks, so resampling them measures how far apart the search looked, not how
+    noisy the best value is.
     """
-    if not isinstance(metric, str) or not is_proportion(metric):
-        return NAN_F, f"unknown: {metric} is not a proportion"
     config = config if isinstance(config, dict) else {}
     limit = config.get("eval_limit")
     limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+    p = min(max(float(value), 0.0), 1.0) if isinstance(metric, str) and is_proportion(metric) else None
     task = embedded.TASKS.get(config.get("task")) if metric == "accuracy" else None
-    size = task.validation_size if task is not None else None  # the test split's size too
-    if limit is None and size is None:
-        return NAN_F, "unknown: evaluated on the whole split, whose size is not stored"
-    p = min(max(float(value), 0.0), 1.0)
-    if size is not None and (limit is None or size <= limit):
-        return math.sqrt(p * (1.0 - p) / size), f"binomial, n_eval = the whole split {size}"
-    return math.sqrt(p * (1.0 - p) / limit), f"binomial, n_eval = eval_limit {limit}"
+    if p is not None and task is not None:
+        size = task.validation_size  # the test split's size too
+        if limit is None or size <= limit:
+            return math.sqrt(p * (1.0 - p) / size), f"binomial, n_eval = the whole split {size}"
+        return math.sqrt(p * (1.0 - p) / limit), f"binomial, n_eval = eval_limit {limit}"
+    if p is None:
+        return _stored_se(stored, f"unknown: {metric} is not a proportion")
+    if limit is None:
+        return _stored_se(stored, "unknown: evaluated on the whole split, whose size is not stored")
+    se = _stored_se(stored, "")
+    return se if se[1] else (math.sqrt(p * (1.0 - p) / limit), f"binomial, n_eval = eval_limit {limit}")
+
+
+def _stored_se(stored: Any, otherwise: str) -> tuple[float, str]:
+    try:
+        se = float(stored)
+    except (TypeError, ValueError):
+        se = NAN_F
+    if math.isfinite(se) and se >= 0:
+        return se, "bootstrap over the evaluated examples"
+    return NAN_F, otherwise
 
 
 def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
@@ -228,8 +243,9 @@ def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
     keys = KEYS + ["lambda_bin"]
     best = _best_rows(done, keys)
     configs = best["config"] if "config" in best else pd.Series(None, index=best.index, dtype=object)
-    noise = [standard_error(m, v, c) for m, v, c in zip(best["metric_name"], best["value"], configs,
-                                                        strict=True)]
+    stored = best["metric_se"] if "metric_se" in best else pd.Series(None, index=best.index, dtype=object)
+    noise = [standard_error(m, v, c, se) for m, v, c, se in zip(best["metric_name"], best["value"], configs,
+                                                                stored, strict=True)]
     best = best[keys + ["metric_name", "value", "eta_a", "lambda", "rank"]].rename(
         columns={"lambda": "trial_lambda"})
     best.insert(best.columns.get_loc("value") + 1, "se", [n[0] for n in noise])

@@ -215,10 +215,12 @@ def run_trial(
     if unread is not None and stop is StopReason.COMPLETED:
         read(*unread)  # (a loop that ends with an evaluation step has read it already)
 
+    metric_se = math.nan
     if stop is StopReason.DIVERGED:
         final = work.worst  # the weights are no longer meaningful: score the run at its worst, not at random
     else:
         final = history[-1].metrics
+        metric_se = work.standard_error()
         if on_end is not None:
             on_end(model, work.tokenizer)
     main = final[work.metric]
@@ -228,6 +230,7 @@ def run_trial(
         kind=work.kind,
         metric_name=work.metric,
         metric=main,
+        metric_se=metric_se,
         best_metric=best.metric if best else main,
         best_step=best.step if best else step,
         metrics=final,

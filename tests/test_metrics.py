@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from sweep import metrics
@@ -38,3 +39,23 @@ def test_pearson_and_spearman_with_ties():
 def test_nan_predictions_score_worst():
     out = metrics.compute(("accuracy", "pearson"), [float("nan")] * 3, [0, 1, 0])
     assert out == {"accuracy": 0.0, "pearson": -1.0}
+
+
+def test_bootstrap_standard_error_matches_the_binomial_for_accuracy_and_is_seeded():
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, 2, 800)
+    pred = np.where(rng.random(800) < 0.8, gold, 1 - gold)
+    p = metrics.accuracy(pred, gold)
+    se = metrics.bootstrap_se("accuracy", pred, gold)
+    assert se == pytest.approx(math.sqrt(p * (1 - p) / 800), rel=0.1)
+    assert se == metrics.bootstrap_se("accuracy", pred, gold)  # seeded: the same record every time
+    # Four times the examples, half the spread; every metric has one.
+    quadruple = metrics.bootstrap_se("accuracy", np.tile(pred, 4), np.tile(gold, 4))
+    assert quadruple == pytest.approx(se / 2, rel=0.15)
+    for name in ("f1", "macro_f1", "matthews"):
+        assert 0 < metrics.bootstrap_se(name, pred, gold) < 0.1
+
+
+def test_bootstrap_standard_error_is_nan_where_nothing_was_measured():
+    assert math.isnan(metrics.bootstrap_se("accuracy", [1.0, float("nan")], [1, 0]))
+    assert math.isnan(metrics.bootstrap_se("pearson", [0.5], [0.4]))

@@ -433,6 +433,29 @@ def test_an_embedded_task_scored_whole_has_the_binomial_standard_error_of_its_sp
         pytest.approx(0.05))
 
 
+def test_a_metric_that_is_no_proportion_takes_the_trials_stored_bootstrap_standard_error():
+    rows = [complete("cola", 0, 0.40, 1.0), complete("cola", 1, 0.43, 4.0), complete("cola", 2, 0.50, 16.0)]
+    errors = (0.02, 0.02, 0.03)
+    rows = [{**r, "metric_name": "matthews", "metric_se": se} for r, se in zip(rows, errors, strict=True)]
+    curve = report.lambda_curve(pd.DataFrame(defined(rows, "aaaa1111", eval_limit=None)))
+    assert curve["se"].tolist() == [0.02, 0.02, 0.03]
+    assert curve["se_basis"].tolist() == ["bootstrap over the evaluated examples"] * 3
+    # 0.43 trails 0.50 by 0.07 > hypot(0.02, 0.03): apart; with wider errors it would be a tie.
+    assert curve["within_noise"].tolist() == [False, False, True]
+    wide = [{**r, "metric_se": 0.05} for r in rows]
+    curve = report.lambda_curve(pd.DataFrame(defined(wide, "aaaa1111", eval_limit=None)))
+    assert curve["within_noise"].tolist() == [False, True, True]
+    # Accuracy on an embedded task keeps its exact binomial error; elsewhere the stored error of what
+    # was scored wins (a split smaller than eval_limit is scored whole); a trial recorded before
+    # metric_se reads as before.
+    assert report.standard_error("accuracy", 0.5, {"task": "rotten-tomatoes", "eval_limit": 100}, 0.2)[0] == (
+        pytest.approx(0.05))
+    assert report.standard_error("accuracy", 0.5, {"eval_limit": 100}, 0.07) == (
+        0.07, "bootstrap over the evaluated examples")
+    assert report.standard_error("accuracy", 0.5, {"eval_limit": 100}, None)[0] == pytest.approx(0.05)
+    assert math.isnan(report.standard_error("matthews", 0.5, {}, None)[0])
+
+
 def test_bins_within_noise_of_the_best_are_reported_as_ties():
     # n_eval 500: SEs 0.0160 and 0.0155, so 0.85 trails 0.86 by less than one SE of the difference.
     df = pd.DataFrame(defined([complete("sst2", 0, 0.70, 1.0), complete("sst2", 1, 0.85, 4.0),

@@ -20,6 +20,9 @@ def test_a_trial_learns_the_toy_task(tiny_cfg):
     assert r.metric > 0.65 and r.best_metric >= r.metric
     assert [p.step for p in r.history] == [40, 80, 120, 160]
     assert set(r.metrics) == {"accuracy", "f1"}
+    # Its standard error, bootstrapped over the examples scored: about the binomial one for accuracy.
+    n = len(load_task(tiny_cfg.task).validation)
+    assert r.metric_se == pytest.approx(math.sqrt(r.metric * (1 - r.metric) / n), rel=0.15)
     assert r.tokens_per_s > 0 and r.peak_memory_mb > 0 and r.device == "cpu"
     assert {"torch", "transformers", "peft"} <= set(r.versions)
 
@@ -57,6 +60,7 @@ def test_divergence_stops_cleanly_with_a_reason(tiny_cfg):
     assert r.diverged and r.stop_reason.startswith("diverged: ")
     assert r.steps < 16  # well before the end of the epoch
     assert r.metric == 0.0  # scored at its worst, not at a random-weights value
+    assert math.isnan(r.metric_se)  # and that is no measurement with a spread
     assert math.isfinite(r.tokens_per_s)
 
 
