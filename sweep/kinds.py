@@ -46,8 +46,7 @@ class Prepared:
     metrics: tuple[str, ...]  # every metric `evaluate` returns
     metric: str  # the one a trial is judged by
     worst: dict[str, float]  # the metrics of a run that diverged
-    # The standard error of `metric` at the last evaluation (bootstrap over its examples); NaN where
-    # the kind has none.
+    # The standard error of `metric` at the last evaluation (a bootstrap over its examples).
     standard_error: Callable[[], float] = lambda: float("nan")
 
 
@@ -136,19 +135,25 @@ def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> P
     def loss_sum(b: Batch) -> torch.Tensor:
         return nll_per_example(model, b)[0].sum()
 
+    last: dict[str, Callable[[], float]] = {}  # the last evaluation's standard errors, by metric
+
     def evaluate(autocast) -> dict[str, float]:
         with autocast():
             loss = token_loss(model, val_enc, pad_id, batch_size, device)
             out = {"loss": loss.loss, "perplexity": loss.perplexity}
+            last.update(loss=loss.standard_error, perplexity=lambda: loss.standard_error(perplexity=True))
             if choices is not None:
-                out["accuracy"] = score_choices(model, choices, pad_id, batch_size, device).accuracy
+                scores = score_choices(model, choices, pad_id, batch_size, device)
+                out["accuracy"] = scores.accuracy
+                last["accuracy"] = scores.standard_error
         return out
 
     metrics = task.metrics
+    metric = main_metric(metrics, cfg.metric, f"causal-LM task {task.name}")
     worst = {"loss": float("inf"), "perplexity": float("inf"), "accuracy": 0.0}
     return Prepared("causal-lm", model, tokenizer, train_enc.lengths, batch, count, loss_sum, evaluate,
-                    metrics, main_metric(metrics, cfg.metric, f"causal-LM task {task.name}"),
-                    {m: worst[m] for m in metrics})
+                    metrics, metric, {m: worst[m] for m in metrics},
+                    lambda: last[metric]() if metric in last else float("nan"))
 
 
 # Evaluation batches: on a CPU a forward pass of 16 short examples runs well below the matmul peak,

@@ -4,7 +4,7 @@ answers (classification as instruction)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,14 +13,18 @@ import torch.nn.functional as F
 from sweep.batches import eval_batches
 from sweep.errors import SweepError
 from sweep.lm_batches import IGNORE, ChoiceEncoded, LMEncoded, collate_lm
+from sweep.metrics import bootstrap
 
 
 @dataclass(frozen=True)
 class TokenLoss:
-    """Negative log-likelihood summed over every trained token of a data set, and their number."""
+    """Negative log-likelihood summed over every trained token of a data set, and their number (and
+    each example's, for the loss's standard error)."""
 
     nll: float
     tokens: int
+    example_nll: np.ndarray | None = field(default=None, compare=False, repr=False)
+    example_tokens: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def loss(self) -> float:
@@ -31,6 +35,19 @@ class TokenLoss:
     @property
     def perplexity(self) -> float:
         return math.exp(self.loss) if self.loss < 700 else math.inf
+
+    def standard_error(self, perplexity: bool = False) -> float:
+        """Of the loss (or the perplexity) per token: a bootstrap over the examples, each resample's
+        summed NLL over its summed tokens. NaN without the examples' figures."""
+        nll, tokens = self.example_nll, self.example_tokens
+        if nll is None or tokens is None:
+            return math.nan
+
+        def loss(i: np.ndarray) -> float:
+            value = float(nll[i].sum()) / max(int(tokens[i].sum()), 1)
+            return (math.exp(value) if value < 700 else math.inf) if perplexity else value
+
+        return bootstrap(loss, len(nll))
 
 
 @dataclass(frozen=True)
@@ -46,13 +63,17 @@ class ChoiceScores:
     def accuracy(self) -> float:
         return float(np.mean(self.predicted == self.answer))
 
+    def standard_error(self) -> float:
+        right = self.predicted == self.answer
+        return bootstrap(lambda i: float(right[i].mean()), len(right))
+
 
 def token_loss(model, enc: LMEncoded, pad_id: int, batch_size: int, device: torch.device) -> TokenLoss:
     """The loss per trained token over `enc` (validation loss; perplexity is its exp)."""
     nll, tokens = example_nll(model, enc, pad_id, batch_size, device)
     if tokens.sum() == 0:
         raise SweepError("no token to evaluate: every label is masked (is max_length too small?)")
-    return TokenLoss(float(nll.sum()), int(tokens.sum()))
+    return TokenLoss(float(nll.sum()), int(tokens.sum()), nll, tokens)
 
 
 def score_choices(model, choices: ChoiceEncoded, pad_id: int, batch_size: int,

@@ -107,18 +107,25 @@ BOOTSTRAP_RESAMPLES = 1000
 
 def bootstrap_se(name: str, pred: Sequence[float], gold: Sequence[float],
                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
-    """The standard error of metric `name` on these examples: the spread of the metric over seeded
-    resamples of the examples with replacement (for accuracy, about the binomial sqrt(p (1 - p) / n)).
-    NaN for predictions with NaN (a diverged run scores its worst, not a measurement) or one example."""
+    """The standard error of metric `name` on these examples (for accuracy, about the binomial
+    sqrt(p (1 - p) / n)). NaN for predictions with NaN: a diverged run scores its worst, not a
+    measurement."""
     p, g = np.asarray(pred), np.asarray(gold)
-    if len(g) < 2 or np.isnan(p.astype(float)).any():
+    if np.isnan(p.astype(float)).any():
+        return math.nan
+    metric = METRICS[name]
+    return bootstrap(lambda i: metric(p[i], g[i]), len(g), resamples, seed)
+
+
+def bootstrap(statistic: Callable[[np.ndarray], float], n: int,
+              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """The standard error of statistic(indices) over n examples: its spread over seeded resamples of
+    the examples with replacement. NaN for fewer than two examples."""
+    if n < 2:
         return math.nan
     rng = np.random.default_rng(seed)
-    metric = METRICS[name]
-    values = []
-    for _ in range(resamples):  # one resample at a time: QQP's 40,000 examples x 1,000 would be 320 MB
-        i = rng.integers(0, len(g), size=len(g))
-        values.append(metric(p[i], g[i]))
+    # One resample at a time: QQP's 40,000 examples x 1,000 resamples would be 320 MB of indices.
+    values = [statistic(rng.integers(0, n, size=n)) for _ in range(resamples)]
     return float(np.std(values, ddof=1))
 
 

@@ -187,10 +187,10 @@ def standard_error(metric: Any, value: float, config: Any, stored: Any = None) -
 
     Binomial, sqrt(p (1 - p) / n_eval), for accuracy on an embedded task (its split's size is known;
     the config's eval_limit where smaller). Else the trial's own `stored` standard error: a bootstrap
-    over the examples it was scored on, which classification trials record (`metric_se`) whatever the
-    metric and split. Else, for a trial stored before that, binomial for accuracy on an eval_limit
-    sample (too small where the split was smaller than the limit and scored whole). NaN otherwise, with
-    the reason (a causal LM's loss has none). Not a bootstrap over a bin's trials: those ran at other
+    over the examples it was scored on, which trials record (`metric_se`) whatever the metric and
+    split, a causal LM's loss per token included. Else, for a trial stored before that, binomial for
+    accuracy on an eval_limit sample (too small where the split was smaller than the limit and scored
+    whole). NaN otherwise, with the reason. Not a bootstrap over a bin's trials: those ran at other
     learning rates and ranks, so resampling them measures how far apart the search looked, not how
     noisy the best value is.
     """

@@ -57,8 +57,8 @@ class TrialResult:
     precision: str = "fp32"  # what the forward passes ran in: fp32, or bf16 autocast
     setup_time_s: float = 0.0  # loading the task and the model, before the first step
     eval_time_s: float = 0.0  # the evaluations
-    # The standard error of `metric` over the examples it was scored on (bootstrap, see
-    # sweep.metrics.bootstrap_se); NaN for a diverged run or a kind without one (causal LM).
+    # The standard error of `metric` over the examples it was scored on (a bootstrap, see
+    # sweep.metrics.bootstrap); NaN for a diverged run.
     metric_se: float = math.nan
 
     @property

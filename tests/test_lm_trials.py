@@ -83,6 +83,8 @@ def test_a_causal_lm_trial_learns_its_completions_and_reports_the_loss(decoder, 
     assert result.metric < untrained["loss"] - 0.1, (result.metric, untrained)
     assert result.best_metric == min(p.metric for p in result.history)  # lower is better
     assert result.steps == 30 and result.tokens > result.examples > 0
+    # The loss per token has a standard error from its rows: small against the loss, not zero.
+    assert 0 < result.metric_se < 0.5 * result.metric
 
 
 def test_a_trial_with_choices_can_be_judged_by_accuracy(llama, tmp_path):
@@ -93,6 +95,7 @@ def test_a_trial_with_choices_can_be_judged_by_accuracy(llama, tmp_path):
     result = run_trial(_cfg(llama, str(path), metric="accuracy"))
     assert result.metric_name == "accuracy" and set(result.metrics) == {"loss", "perplexity", "accuracy"}
     assert 0.0 <= result.metric <= 1.0
+    assert math.isfinite(result.metric_se) and 0 <= result.metric_se <= 0.5  # judged by accuracy: its SE
     with pytest.raises(SweepError, match="metric 'f1' is not one of causal-LM task choices's: "
                                          "loss, perplexity, accuracy"):
         check_trial(_cfg(llama, str(path), metric="f1"))
