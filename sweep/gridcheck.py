@@ -89,10 +89,10 @@ def _compare(grid_all: pd.DataFrame, sweep_all: pd.DataFrame) -> dict:
 
 def _cost_column(*frames: pd.DataFrame) -> str:
     """Compute in training tokens, which neither the machine's load nor its threads per trial move
-    (the grid may run two trials at a time where the sweep ran one); a failed trial counts the tokens
-    it recorded. Wall time where a finished trial has no token count."""
+    (the grid may run two trials at a time where the sweep ran one); a failed or unfinished trial
+    counts the tokens it recorded. Wall time where a finished trial has no token count."""
     def counted(f: pd.DataFrame) -> bool:
-        finished = f[f["state"] != "FAIL"]
+        finished = f[f["state"].isin(["COMPLETE", "PRUNED"])]
         return "tokens" in f and bool((pd.to_numeric(finished["tokens"]).fillna(0) > 0).all())
 
     has_tokens = all(counted(f) for f in frames)

@@ -35,17 +35,18 @@ def test_the_sweep_finds_the_grids_best_region_at_a_share_of_its_compute():
     # The sweep's trials took half the grid's wall time each (a quieter machine), the same tokens.
     sweep = [row(0, 0.60, 1e-4, 1.0, "tpe", wall=50), row(1, 0.85, 2e-3, 2.0, "tpe", wall=50),
              row(2, 0.945, 1.5e-3, 12.0, "tpe", wall=50), row(3, 0.90, 5e-3, 30.0, "tpe", wall=50),
-             row(4, math.nan, 1e-2, 64.0, "tpe", wall=10, state="FAIL", tokens=100)]
+             row(4, math.nan, 1e-2, 64.0, "tpe", wall=10, state="FAIL", tokens=100),
+             row(5, math.nan, 1e-2, 32.0, "tpe", wall=0, state="RUNNING", tokens=0)]
     (r,) = sweep_vs_grid(pd.DataFrame(g + sweep)).to_dict("records")
     assert (r["grid_study"], r["sweep_study"], r["settings"]) == ("s-grid", "s-tpe", "s1")
     assert (r["grid_points"], r["grid_best"], r["grid_eta_a"], r["grid_lambda"]) == (9, 0.95, 1e-3, 16.0)
     assert r["grid_se"] == pytest.approx(math.sqrt(0.95 * 0.05 / 414))
     assert r["region_points"] == 2 and "lambda 4" in r["region"] and "lambda 16" in r["region"]
-    assert (r["sweep_trials"], r["sweep_best"], r["sweep_lambda"]) == (5, 0.945, 12.0)
+    assert (r["sweep_trials"], r["sweep_best"], r["sweep_lambda"]) == (6, 0.945, 12.0)
     assert r["nearest_grid_point"] == "eta_A 0.001, lambda 16, rank 8" and r["sweep_best_in_region"]
     assert r["sweep_within_noise"] and r["trials_to_noise"] == 3
     # Compute in tokens: three trials against nine, whatever their wall times; the failed trial's
-    # tokens count.
+    # tokens count, and a trial still running (no tokens yet) does not force wall time.
     assert r["compute_unit"] == "tokens" and r["compute_to_noise"] == pytest.approx(3 / 9)
     assert r["sweep_over_grid"] == pytest.approx(4.1 / 9)
 
