@@ -8,9 +8,11 @@ MCC, Pearson; lower for a causal LM's loss and perplexity): "best" and "gain" al
 metric's own direction.
 
 Trials are grouped by (model, task, definition): `definition` is the hash of what a study's trials
-measure (sweep.spec.StudySpec.definition_hash), so two studies of one task with other epochs, data or
-search ranges are never pooled. A frame without the column, or a study stored without a hash, counts
-as one definition per (model, task). `setup` labels a definition where its (model, task) has several.
+measure, its fixed trial settings and data (see _defined), so two studies of one task with other
+epochs or data are never pooled, and two that differ only in their search space (a grid and a TPE
+sweep of the same trials, another range) are. A frame without the column, or a study stored without
+a hash, counts as one definition per (model, task). `setup` labels a definition where its (model,
+task) has several.
 """
 
 from __future__ import annotations
@@ -48,8 +50,15 @@ def _signs(df: pd.DataFrame) -> pd.Series:
 
 
 def _defined(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame with `definition` as text: "" where no hash was stored (one definition per task)."""
-    definition = df["definition"].fillna("").astype(str) if "definition" in df else ""
+    """The frame with `definition` as text: what its trials measure. The stored settings hash where
+    known (sweep.stored.settings_hash: every fixed trial setting and the data), so that studies which
+    differ only in where they searched pool: a grid beside a TPE sweep of the same trials is one task,
+    not two, in the default lambda. Else the study's definition hash (which also holds its search
+    space); "" where neither was stored (one definition per task)."""
+    definition = (df["definition"].fillna("").astype(str) if "definition" in df
+                  else pd.Series("", index=df.index, dtype=object))
+    if "settings" in df:
+        definition = df["settings"].where(df["settings"].notna(), definition).astype(str)
     return df.assign(definition=definition)
 
 

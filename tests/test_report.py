@@ -525,20 +525,25 @@ def test_plot_lambda_curves_draws_each_definition_with_error_bars(two_epochs, tm
 def test_the_stored_report_keeps_two_studies_of_one_task_with_other_epochs_apart(tmp_path):
     from sweep.reporting import gather
     from sweep.spec import load_spec
-    from sweep.stored import StoredStudy
+    from sweep.stored import StoredStudy, settings_hash
 
     url = f"sqlite:///{tmp_path}/sweep.db"
-    hashes = {}
-    for epochs, value in ((1.0, 0.6), (2.0, 0.7)):
+    hashes, names = {}, set()
+    # The third study searches elsewhere at the second's trial settings (head_lr too, which follows
+    # the eta_A range unless set): the same trials, pooled.
+    studies = ((1.0, [1e-4, 1e-2], 0.6), (2.0, [1e-4, 1e-2], 0.7), (2.0, [1e-3, 1e-1], 0.8))
+    for epochs, eta_a, value in studies:
         spec = load_spec(None, {"model": "bert", "task": "sst2", "epochs": epochs, "eval_limit": 100,
-                                "sampler": "random", "storage": url})
+                                "sampler": "random", "storage": url, "eta_a": eta_a, "head_lr": 1e-3})
         store = StoredStudy.create_or_load(spec)
         running = store.ask(spec, draw=0)
         cfg = running.config(spec)  # a trial recorded as a finished one would be, without training
         for key, v in (("config", cfg.to_dict()), ("metric_name", "accuracy"), ("tokens", 10)):
             running.note(key, v)
         store.tell(running, "COMPLETE", value)
-        hashes[epochs] = spec.definition_hash()
+        hashes[epochs] = settings_hash(store.attrs["spec"])
+        names.add(store.name)
+    assert len(names) == 3  # three studies
     summary = gather(url).tables["summary"]
-    assert summary[["definition", "setup", "best"]].values.tolist() == sorted(
-        [[hashes[1.0], "epochs=1", 0.6], [hashes[2.0], "epochs=2", 0.7]])
+    assert summary[["definition", "setup", "best", "trials"]].values.tolist() == sorted(
+        [[hashes[1.0], "epochs=1", 0.6, 1], [hashes[2.0], "epochs=2", 0.8, 2]])
