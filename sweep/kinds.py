@@ -86,7 +86,7 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
     @torch.inference_mode()
     def evaluate(autocast) -> dict[str, float]:
         model.eval()
-        preds = last
+        preds = last  # kept for standard_error()
         for name, enc in val_enc.items():
             preds[name] = np.empty(len(enc), dtype=np.float64)
             for idx in eval_batches(enc.lengths, *_eval_batch(cfg)):

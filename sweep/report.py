@@ -213,22 +213,23 @@ def standard_error(metric: Any, value: float, config: Any, stored: Any = None) -
         if limit is None or size <= limit:
             return math.sqrt(p * (1.0 - p) / size), f"binomial, n_eval = the whole split {size}"
         return math.sqrt(p * (1.0 - p) / limit), f"binomial, n_eval = eval_limit {limit}"
+    recorded = _recorded_se(stored)
+    if recorded is not None:
+        return recorded, "bootstrap over the evaluated examples"
     if p is None:
-        return _stored_se(stored, f"unknown: {metric} is not a proportion")
+        return NAN_F, f"unknown: {metric} is not a proportion"
     if limit is None:
-        return _stored_se(stored, "unknown: evaluated on the whole split, whose size is not stored")
-    se = _stored_se(stored, "")
-    return se if se[1] else (math.sqrt(p * (1.0 - p) / limit), f"binomial, n_eval = eval_limit {limit}")
+        return NAN_F, "unknown: evaluated on the whole split, whose size is not stored"
+    return math.sqrt(p * (1.0 - p) / limit), f"binomial, n_eval = eval_limit {limit}"
 
 
-def _stored_se(stored: Any, otherwise: str) -> tuple[float, str]:
+def _recorded_se(stored: Any) -> float | None:
+    """A trial's stored metric_se, or None where it has none (stored before it existed, or NaN)."""
     try:
         se = float(stored)
     except (TypeError, ValueError):
-        se = NAN_F
-    if math.isfinite(se) and se >= 0:
-        return se, "bootstrap over the evaluated examples"
-    return NAN_F, otherwise
+        return None
+    return se if math.isfinite(se) and se >= 0 else None
 
 
 def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
