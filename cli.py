@@ -260,7 +260,7 @@ def report(
     print_report(shown.tables, fmt)
 
 
-studies_app = typer.Typer(help="List, show and delete stored studies.", no_args_is_help=True)
+studies_app = typer.Typer(help="List, show, copy and delete stored studies.", no_args_is_help=True)
 app.add_typer(studies_app, name="studies")
 
 
@@ -304,6 +304,23 @@ def studies_delete(
         raise typer.Exit(1)
     study.delete()
     err.print(f"deleted study {short(name)} ({n} trials)", highlight=False, markup=False)
+
+
+@studies_app.command("copy")
+def studies_copy(
+    source: Annotated[str, typer.Argument(help="Database URL or journal file to copy from.")],
+    names: Annotated[list[str] | None, typer.Argument(help="Studies to copy (default: all).",
+                                                      show_default=False)] = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+) -> None:
+    """Copy studies with all their trials from SOURCE into --storage (e.g. a sweep run elsewhere);
+    names already stored there are refused, never merged."""
+    from sweep.storage import require_writable
+    from sweep.stored import copy_studies
+
+    require_writable(storage)
+    for name, n in copy_studies(source, storage, names or None):
+        err.print(f"copied {short(name)} ({n} trials)", highlight=False, markup=False)
 
 
 @app.command()

@@ -367,6 +367,32 @@ def study_names(url: str) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
+def copy_studies(source: str, dest: str, names: list[str] | None = None) -> list[tuple[str, int]]:
+    """Copy studies, every trial and attribute, from one storage into another (a sweep run on a GPU
+    box into the results kept at home): the named ones, or all. A name already in `dest` stops the
+    copy before anything is written, so no stored study is ever merged into or replaced."""
+    stored = study_names(source)
+    names = stored if names is None else names
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise SweepError(f"no study {_listed(missing)} in {mask_url(source)} (stored: {_listed(stored)})")
+    target = _open(dest)
+    clash = [n for n in names if n in study_names(dest)]
+    if clash:
+        raise SweepError(f"{mask_url(dest)} already holds {_listed(clash)}; "
+                         "delete it there first (loraplus-sweep studies delete) or copy the others by name")
+    copied = []
+    for name in names:
+        optuna.copy_study(from_study_name=name, from_storage=_open(source, create=False), to_storage=target)
+        copied.append((name, len(optuna.load_study(study_name=name, storage=target).trials)))
+    return copied
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(short(n) for n in names[:most]) + more if names else "none"
+
+
 def list_studies(url: str) -> list[dict[str, Any]]:
     """One row per stored study: name, model, task, trial count, best value (None without one)."""
     rows = []
