@@ -26,6 +26,7 @@ from sweep.errors import SweepError
 from sweep.hooks import Hooks
 from sweep.metrics import sign
 from sweep.schema import short
+from sweep.signals import was_interrupted
 from sweep.spec import StudySpec
 from sweep.stored import StoredStudy
 from sweep.workers import Workers, slots_starting
@@ -262,7 +263,9 @@ def arm_runs(trials: pd.DataFrame, name: str) -> ArmRuns:
     values = {int(r["seed"]): float(r["value"]) for r in finished.to_dict("records")}
     histories = {int(r["seed"]): r["history"] or [] for r in finished.to_dict("records")}
     diverged = frozenset(int(s) for s in finished.loc[finished["state"] == "PRUNED", "seed"])
-    failed = frozenset(int(s) for s in rows.loc[rows["state"] == "FAIL", "seed"]) - set(values)
+    # A run stopped by Ctrl-C or SIGTERM is no result about its arm: the next confirm runs it again.
+    gave_up = (rows["state"] == "FAIL") & ~rows["stop_reason"].map(was_interrupted)
+    failed = frozenset(int(s) for s in rows.loc[gave_up, "seed"]) - set(values)
     return ArmRuns(values, histories, diverged, failed, len(rows), int(rows["tokens"].sum()),
                    float(rows["wall_time_s"].sum()))
 

@@ -28,6 +28,7 @@ import pandas as pd
 from sweep import embedded
 from sweep.importance import importance_table
 from sweep.metrics import sign
+from sweep.signals import was_interrupted
 
 KEYS = ["model", "task", "definition"]
 CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value", "metric_name"]
@@ -382,26 +383,32 @@ def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, task, definition): trials in all and by state, total training tokens, total wall
     time in seconds.
 
-    Columns: model, task, definition, trials, complete, pruned, failed, running, tokens, wall_time_s.
-    Every trial counts, whatever its state; trials in other states (e.g. WAITING) count only in `trials`.
+    Columns: model, task, definition, trials, complete, pruned, failed, running, interrupted, tokens,
+    wall_time_s. Every trial counts, whatever its state; trials in other states (e.g. WAITING) count
+    only in `trials`. A trial stopped by Ctrl-C or SIGTERM (stored as failed) is `interrupted`, not
+    `failed`: its configuration did not fail, and the next run queues it again.
     """
     df = _defined(df)
+    reasons = df["stop_reason"] if "stop_reason" in df else pd.Series("", index=df.index)
+    stopped = df["state"].eq("FAIL") & reasons.map(was_interrupted)
     flags = df.assign(
         **{name: df["state"].eq(state) for name, state in STATES.items()},
         tokens=pd.to_numeric(df["tokens"], errors="coerce"),
         wall_time_s=pd.to_numeric(df["wall_time_s"], errors="coerce"),
     )
+    flags["failed"] &= ~stopped
+    flags["interrupted"] = stopped
     out = (
         flags.groupby(KEYS, sort=True)
         .agg(
             trials=("state", "size"),
-            **{name: (name, "sum") for name in STATES},
+            **{name: (name, "sum") for name in [*STATES, "interrupted"]},
             tokens=("tokens", "sum"),
             wall_time_s=("wall_time_s", "sum"),
         )
         .reset_index()
     )
-    ints = ["trials", *STATES, "tokens"]
+    ints = ["trials", *STATES, "interrupted", "tokens"]
     out[ints] = out[ints].astype("int64")
     return out
 

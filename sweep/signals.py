@@ -18,6 +18,13 @@ from contextlib import contextmanager
 REASONS = {signal.SIGINT: "interrupted by SIGINT (Ctrl-C)", signal.SIGTERM: "interrupted by SIGTERM"}
 
 
+def was_interrupted(reason: object) -> bool:
+    """Whether a failed trial's stored stop reason is a stop that was asked for (REASONS, or the
+    workers' "interrupted by the user"): no failure of its configuration, and the next run queues it
+    again."""
+    return isinstance(reason, str) and reason.startswith("interrupted")
+
+
 class Interrupted(KeyboardInterrupt):
     """Work stopped on request; its message is the reason stored with the trials it ended."""
 

@@ -321,3 +321,16 @@ def test_confirm_fixes_the_head_lr_of_a_study_stored_without_one(searched):
     ran = confirm.runs_spec(older, arms, 4)
     assert ran.base.head_lr == 1e-3 and ran.eta_a == (1e-4, 1e-2)
     assert confirm.runs_spec(spec, arms, 4).base.head_lr == spec.base.head_lr  # a fixed one is kept
+
+
+def test_a_run_stopped_by_ctrl_c_is_not_a_failure_of_its_arm():
+    """Ctrl-C (or SIGTERM) stores its running trials as failed with the reason: no result about the
+    arm, and queued again by the next confirm, so the table does not count it as the arm failing."""
+    rows = pd.DataFrame({
+        "arm": ["lora"] * 4, "seed": [1, 2, 3, 4], "state": ["COMPLETE", "FAIL", "FAIL", "FAIL"],
+        "value": [0.8, None, None, None], "history": [[], None, None, None],
+        "stop_reason": ["completed", "interrupted by SIGINT (Ctrl-C)", "interrupted by SIGTERM",
+                        "RuntimeError: CUDA error"],
+        "tokens": [100, 10, 10, 10], "wall_time_s": [1.0, 0.1, 0.1, 0.1]})
+    runs = confirm.arm_runs(rows, "lora")
+    assert runs.failed == {4} and runs.values == {1: 0.8} and runs.trials == 4

@@ -250,6 +250,15 @@ def test_compute_spent_counts_every_state_and_sums_tokens_and_time(trials):
     assert [mrpc[c] for c in ("trials", "complete", "pruned", "failed", "running")] == [5, 4, 1, 0, 0]
 
 
+def test_compute_spent_counts_a_trial_stopped_by_ctrl_c_as_interrupted_not_failed(trials):
+    stopped = trials.index[(trials["task"] == "sst2") & (trials["state"] == "FAIL")]
+    marked = trials.assign(stop_reason="")
+    marked.loc[stopped, "stop_reason"] = "interrupted by SIGINT (Ctrl-C)"
+    sst2 = row(report.compute_spent(marked), task="sst2")
+    assert [sst2[c] for c in ("trials", "failed", "interrupted")] == [9, 0, 1]
+    assert row(report.compute_spent(trials), task="sst2")["interrupted"] == 0  # no reasons stored
+
+
 @pytest.fixture
 def small() -> pd.DataFrame:
     return pd.DataFrame({"model": ["bert", "a|b"], "rank": [8, 16], "gain": [0.05, np.nan]})
