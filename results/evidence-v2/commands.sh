@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The commands behind results/evidence-v2/ (a 2-core CPU). Re-running continues the stored studies in
-# results/evidence-v2.db instead of starting over. `--jobs 2` runs two trials at a time, a core each:
+# The commands behind results/evidence-v2/ (the MiniLM-L6 cells on a 2-core CPU, SmolLM2's on a GPU).
+# Re-running continues the stored studies in results/evidence-v2.db instead of starting over.
+# `--jobs 2` runs two trials at a time, a core each:
 # the drug-reviews search, the bbc-news grid and the bbc-news and drug-reviews confirms ran so; the
 # rest one at a time.
 set -euo pipefail
@@ -18,6 +19,13 @@ done
 # The full grid over the region the bbc-news sweep searched, at its trial settings (70 points); the
 # report's sweep_vs_grid table compares the two.
 loraplus-sweep run evidence-minilm-bbc-news-grid --storage "$DB" --jobs 2
+# The second model, SmolLM2-135M, on the same three tasks: minutes of a GPU (smollm2-gpu.txt says
+# how they ran). On a GPU machine of its own, with the results copied home afterwards:
+#   bash results/evidence-v2/smollm2.sh sqlite:///smollm2.db
+#   loraplus-sweep studies copy sqlite:///smollm2.db --storage "$DB"
+if python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    bash results/evidence-v2/smollm2.sh "$DB"
+fi
 loraplus-sweep report --storage "$DB" --out results/evidence-v2
 # Why test numbers trail validation on Rotten Tomatoes (README, Evidence).
 python results/evidence-v2/split_gap.py > results/evidence-v2/split-gap.txt
