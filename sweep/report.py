@@ -386,7 +386,7 @@ def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
     Columns: model, task, definition, trials, complete, pruned, failed, running, interrupted, tokens,
     wall_time_s. Every trial counts, whatever its state; trials in other states (e.g. WAITING) count
     only in `trials`. A trial stopped by Ctrl-C or SIGTERM (stored as failed) is `interrupted`, not
-    `failed`: its configuration did not fail, and the next run queues it again.
+    `failed`: its configuration did not fail.
     """
     df = _defined(df)
     reasons = df["stop_reason"] if "stop_reason" in df else pd.Series("", index=df.index)

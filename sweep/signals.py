@@ -20,8 +20,7 @@ REASONS = {signal.SIGINT: "interrupted by SIGINT (Ctrl-C)", signal.SIGTERM: "int
 
 def was_interrupted(reason: object) -> bool:
     """Whether a failed trial's stored stop reason is a stop that was asked for (REASONS, or the
-    workers' "interrupted by the user"): no failure of its configuration, and the next run queues it
-    again."""
+    workers' "interrupted by the user"): no failure of its configuration."""
     return isinstance(reason, str) and reason.startswith("interrupted")
 
 
