@@ -46,9 +46,19 @@ def _lambda_axis(ax, axis: str, lambdas: pd.Series) -> None:
     getattr(ax, f"set_{axis}label")(LAMBDA_LABEL)
 
 
+RANK_MARKERS = ("o", "s", "^", "D", "v", "P")
+DODGE_DECADES = 0.06  # how far apart, along eta_A, the ranks of one (eta_A, lambda) point are drawn
+
+
+def dodged(eta_a: pd.Series, i: int, n: int) -> pd.Series:
+    """eta_A of the i-th of n ranks, moved a little along the log axis so that a grid's ranks at one
+    point sit side by side instead of on top of each other (the middle of the group stays put)."""
+    return eta_a * 10.0 ** (DODGE_DECADES * (i - (n - 1) / 2))
+
+
 def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
-    """Scatter of one study's completed trials over (eta_A, lambda), coloured by value; best starred,
-    pruned trials as grey crosses.
+    """Scatter of one study's completed trials over (eta_A, lambda), coloured by value, one marker per
+    rank; best starred, pruned trials as grey crosses.
 
     Trials are sampled continuously, not on a grid, so each trial is a point rather than a cell.
     """
@@ -66,10 +76,21 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
         if not pruned.empty:  # where the search looked and gave up: part of the answer too
             ax.scatter(pruned["eta_a"], pruned["lambda"], marker="x", c="grey", s=40,
                        label=f"pruned ({len(pruned)})")
-        points = ax.scatter(done["eta_a"], done["lambda"], c=done["value"], cmap="viridis", s=45)
+        ranks = sorted(done["rank"].dropna().unique()) if "rank" in done else []
+        scale = {"cmap": "viridis", "vmin": done["value"].min(), "vmax": done["value"].max()}
+        if len(ranks) < 2:
+            points = ax.scatter(done["eta_a"], done["lambda"], c=done["value"], s=45, **scale)
+        for i, r in enumerate(ranks if len(ranks) > 1 else []):
+            at = done[done["rank"] == r]
+            points = ax.scatter(dodged(at["eta_a"], i, len(ranks)), at["lambda"], c=at["value"], s=45,
+                                marker=RANK_MARKERS[i % len(RANK_MARKERS)], edgecolors="black",
+                                linewidths=0.4, label=f"rank {r:g}", **scale)
         fig.colorbar(points, ax=ax, label=best["metric_name"])
+        best_x = best["eta_a"]
+        if len(ranks) > 1 and best["rank"] in ranks:
+            best_x = dodged(pd.Series([best_x]), ranks.index(best["rank"]), len(ranks)).iloc[0]
         ax.scatter(
-            [best["eta_a"]],
+            [best_x],
             [best["lambda"]],
             marker="*",
             s=350,
@@ -87,9 +108,10 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
         _lambda_axis(ax, "y", shown["lambda"])
         title = f"{best['model']} / {best['task']}: {best['metric_name']}\nstudy {studies[0]}"
         ax.set_title(title, fontsize=10)
-        ax.legend(loc="best")
+        # below the axes: on a grid, every place inside them holds points
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8, frameon=False)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return Path(path)

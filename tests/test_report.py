@@ -309,6 +309,19 @@ def test_plot_heatmap_writes_a_png(trials, tmp_path):
     assert_png(path, plots.plot_heatmap(trials[trials["study"] == "bert-sst2"], path))
 
 
+def test_a_grids_ranks_at_one_point_are_drawn_side_by_side(tmp_path):
+    eta = pd.Series([1e-3, 1e-2])
+    four, eight = plots.dodged(eta, 0, 2), plots.dodged(eta, 1, 2)
+    assert (four < eta).all() and (eight > eta).all()  # apart, one each side of the true eta_A
+    assert np.allclose(np.sqrt(four * eight), eta)  # the middle of the pair stays put
+    assert plots.dodged(eta, 0, 1).equals(eta)  # a single rank is not moved
+    grid = pd.DataFrame([trial("bert", "sst2", n, "COMPLETE", 0.8 + n / 100, eta_a, lam, rank)
+                         for n, (eta_a, lam, rank) in enumerate(
+                             [(e, lam, r) for e in (1e-4, 1e-3) for lam in (1, 8) for r in (4, 8)])])
+    path = tmp_path / "grid.png"
+    assert_png(path, plots.plot_heatmap(grid, path))
+
+
 def test_plot_heatmap_refuses_several_studies(trials, tmp_path):
     with pytest.raises(ValueError, match="one study"):
         plots.plot_heatmap(trials, tmp_path / "heatmap.png")
