@@ -78,17 +78,18 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
                        label=f"pruned ({len(pruned)})")
         ranks = sorted(done["rank"].dropna().unique()) if "rank" in done else []
         scale = {"cmap": "viridis", "vmin": done["value"].min(), "vmax": done["value"].max()}
+        best_x = best["eta_a"]
         if len(ranks) < 2:
             points = ax.scatter(done["eta_a"], done["lambda"], c=done["value"], s=45, **scale)
-        for i, r in enumerate(ranks if len(ranks) > 1 else []):
-            at = done[done["rank"] == r]
-            points = ax.scatter(dodged(at["eta_a"], i, len(ranks)), at["lambda"], c=at["value"], s=45,
-                                marker=RANK_MARKERS[i % len(RANK_MARKERS)], edgecolors="black",
-                                linewidths=0.4, label=f"rank {r:g}", **scale)
+        else:
+            for i, r in enumerate(ranks):
+                at = done[done["rank"] == r]
+                points = ax.scatter(dodged(at["eta_a"], i, len(ranks)), at["lambda"], c=at["value"], s=45,
+                                    marker=RANK_MARKERS[i % len(RANK_MARKERS)], edgecolors="black",
+                                    linewidths=0.4, label=f"rank {r:g}", **scale)
+            if best["rank"] in ranks:
+                best_x = dodged(pd.Series([best_x]), ranks.index(best["rank"]), len(ranks)).iloc[0]
         fig.colorbar(points, ax=ax, label=best["metric_name"])
-        best_x = best["eta_a"]
-        if len(ranks) > 1 and best["rank"] in ranks:
-            best_x = dodged(pd.Series([best_x]), ranks.index(best["rank"]), len(ranks)).iloc[0]
         ax.scatter(
             [best_x],
             [best["lambda"]],
