@@ -393,22 +393,23 @@ def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
     stopped = df["state"].eq("FAIL") & reasons.map(was_interrupted)
     flags = df.assign(
         **{name: df["state"].eq(state) for name, state in STATES.items()},
+        interrupted=stopped,
         tokens=pd.to_numeric(df["tokens"], errors="coerce"),
         wall_time_s=pd.to_numeric(df["wall_time_s"], errors="coerce"),
     )
     flags["failed"] &= ~stopped
-    flags["interrupted"] = stopped
+    counted = [*STATES, "interrupted"]
     out = (
         flags.groupby(KEYS, sort=True)
         .agg(
             trials=("state", "size"),
-            **{name: (name, "sum") for name in [*STATES, "interrupted"]},
+            **{name: (name, "sum") for name in counted},
             tokens=("tokens", "sum"),
             wall_time_s=("wall_time_s", "sum"),
         )
         .reset_index()
     )
-    ints = ["trials", *STATES, "interrupted", "tokens"]
+    ints = ["trials", *counted, "tokens"]
     out[ints] = out[ints].astype("int64")
     return out
 

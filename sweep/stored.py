@@ -363,7 +363,10 @@ def is_ours(study_attrs: dict[str, Any]) -> bool:
 
 
 def study_names(url: str) -> list[str]:
-    storage = _open(url, create=False)
+    return _names(_open(url, create=False))
+
+
+def _names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
@@ -371,19 +374,20 @@ def copy_studies(source: str, dest: str, names: list[str] | None = None) -> list
     """Copy studies, every trial and attribute, from one storage into another (a sweep run on a GPU
     box into the results kept at home): the named ones, or all. A name already in `dest` stops the
     copy before anything is written, so no stored study is ever merged into or replaced."""
-    stored = study_names(source)
+    origin = _open(source, create=False)  # once: opening a storage costs more than reading a study
+    stored = _names(origin)
     names = stored if names is None else names
     missing = [n for n in names if n not in stored]
     if missing:
         raise SweepError(f"no study {_listed(missing)} in {mask_url(source)} (stored: {_listed(stored)})")
     target = _open(dest)
-    clash = [n for n in names if n in study_names(dest)]
+    clash = [n for n in names if n in _names(target)]
     if clash:
         raise SweepError(f"{mask_url(dest)} already holds {_listed(clash)}; "
                          "delete it there first (loraplus-sweep studies delete) or copy the others by name")
     copied = []
     for name in names:
-        optuna.copy_study(from_study_name=name, from_storage=_open(source, create=False), to_storage=target)
+        optuna.copy_study(from_study_name=name, from_storage=origin, to_storage=target)
         copied.append((name, len(optuna.load_study(study_name=name, storage=target).trials)))
     return copied
 
