@@ -6,25 +6,29 @@
 # Usage: bash results/evidence-v2/smollm2.sh [STORAGE]   (default sqlite:///results/evidence-v2.db)
 # Environment: SLOTS, the trial processes of each cell ("--devices 0,0"; "--jobs 1" on a CPU);
 # EXTRA, more options for `run` (a dry run: "--n-trials 3 --train-limit 64 --eval-limit 64");
-# SEEDS, confirm's seeds (10). Re-running continues the stored studies.
+# SEEDS, confirm's seeds (10); CELLS, the studies' name up to the task ("evidence-smollm2"; the cells
+# with the wider eta_A range: "evidence-smollm2-wide"); TASKS, the tasks ("rotten-tomatoes bbc-news
+# drug-reviews"). Re-running continues the stored studies.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DB="${1:-sqlite:///results/evidence-v2.db}"
 SLOTS="${SLOTS:---devices 0,0}"
 SEEDS="${SEEDS:-10}"
+CELLS="${CELLS:-evidence-smollm2}"
+TASKS="${TASKS:-rotten-tomatoes bbc-news drug-reviews}"
 
 cell() {
     local task="$1" name
     # run's summary (standard output) starts with the study's name: "NAME: 24 finished trials ..."
     # shellcheck disable=SC2086  # SLOTS and EXTRA are lists of options
-    name=$(loraplus-sweep run "evidence-smollm2-$task" --storage "$DB" $SLOTS ${EXTRA:-} \
+    name=$(loraplus-sweep run "$CELLS-$task" --storage "$DB" $SLOTS ${EXTRA:-} \
            | tee /dev/stderr | sed -n 's/^\([^ :]*\): [0-9]* finished trials.*/\1/p')
     # shellcheck disable=SC2086
     loraplus-sweep confirm "$name" --seeds "$SEEDS" --storage "$DB" $SLOTS --out results/evidence-v2
 }
 
 pids=()
-for task in rotten-tomatoes bbc-news drug-reviews; do
+for task in $TASKS; do
     cell "$task" > >(sed "s/^/[$task] /") 2>&1 &
     pids+=($!)
 done
