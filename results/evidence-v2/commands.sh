@@ -25,6 +25,8 @@ loraplus-sweep run evidence-minilm-bbc-news-grid --storage "$DB" --jobs 2
 #   loraplus-sweep studies copy sqlite:///smollm2.db --storage "$DB"
 if python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
     bash results/evidence-v2/smollm2.sh "$DB"
+    # The same cells with eta_A up to 2e-2, where plain LoRA's best lies for this model.
+    CELLS=evidence-smollm2-wide SLOTS="--devices 0,0,0,0" bash results/evidence-v2/smollm2.sh "$DB"
 fi
 loraplus-sweep report --storage "$DB" --out results/evidence-v2
 # Why test numbers trail validation on Rotten Tomatoes (README, Evidence).
