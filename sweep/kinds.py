@@ -20,6 +20,7 @@ import torch
 
 from sweep.batches import collate, encode_task, eval_batches, sample_indices
 from sweep.config import TrialConfig
+from sweep.dropout import numpy_dropout
 from sweep.errors import SweepError
 from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm, pack_lm
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
@@ -55,10 +56,14 @@ def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | LMTask | No
     is on `device`."""
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
     if kind == "causal-lm":
-        return _causal_lm(cfg, device, task if isinstance(task, LMTask) else None)
-    if cfg.packing:
+        work = _causal_lm(cfg, device, task if isinstance(task, LMTask) else None)
+    elif cfg.packing:
         raise SweepError(PACKING_NEEDS_LM)
-    return _classification(cfg, device, task if isinstance(task, TaskData) else None)
+    else:
+        work = _classification(cfg, device, task if isinstance(task, TaskData) else None)
+    if device.type == "cpu" and not cfg.gradient_checkpointing:
+        numpy_dropout(work.model, cfg.seed)
+    return work
 
 
 def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | None) -> Prepared:

@@ -225,3 +225,24 @@ def test_a_model_copied_from_the_cache_equals_one_read_from_its_checkpoint(check
             assert not same, f"{arch}: {name} did not follow the seed"
         elif ".lora_" not in name and name not in fresh:
             assert same, f"{arch}: loaded weight {name} changed with the seed"
+
+
+def test_numpy_dropout_replaces_every_dropout_and_a_seed_fixes_the_step(checkpoint):
+    """The CPU's numpy-drawn masks (sweep.dropout) reach every family's dropouts, and a trial's seed
+    still fixes its training step."""
+    from sweep.dropout import NumpyDropout, numpy_dropout
+
+    _, path, pad = checkpoint
+    cfg = _cfg(path)
+
+    def loss(seed: int) -> torch.Tensor:
+        model = load_model(cfg, len(LABELS), LABELS, pad)
+        numpy_dropout(model, seed)
+        assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+        torch.manual_seed(0)  # whatever torch still draws (attention dropout) is the same in every run
+        return model.train()(**_batch(pad)).loss.detach()
+
+    assert torch.equal(loss(1), loss(1))
+    model = load_model(cfg, len(LABELS), LABELS, pad)
+    if numpy_dropout(model, 1) and any(m.p > 0 for m in model.modules() if type(m) is NumpyDropout):
+        assert not torch.equal(loss(1), loss(2))

@@ -1,0 +1,64 @@
+"""Dropout masks drawn by numpy on the CPU (sweep.dropout): the same dropout, other draws."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sweep.dropout import NumpyDropout, numpy_dropout
+from sweep.kinds import prepare
+
+
+def _dropout(p: float, seed: int) -> nn.Module:
+    model = nn.Sequential(nn.Dropout(p))
+    assert numpy_dropout(model, seed) == 1
+    return model.train()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_masks_keep_one_minus_p_and_rescale_the_kept(p):
+    x = torch.ones(200_000)
+    y = _dropout(p, 0)(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    # 5 standard deviations of a binomial fraction at n = 200,000
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / x.numel())
+    assert abs(y.mean().item() - 1) < 0.01  # the expectation is unchanged
+
+
+def test_the_gradient_is_the_mask():
+    x = torch.randn(4, 8, requires_grad=True)
+    y = _dropout(0.3, 1)(x)
+    y.sum().backward()
+    kept = y.detach() != 0
+    assert torch.equal(x.grad, kept.float() * (1 / 0.7))  # 1 / (1 - p) where kept, 0 where dropped
+    assert 0 < kept.sum() < x.numel()
+
+
+def test_a_seed_fixes_the_masks_and_another_seed_changes_them():
+    x = torch.ones(1000)
+    assert torch.equal(_dropout(0.1, 3)(x), _dropout(0.1, 3)(x))
+    assert not torch.equal(_dropout(0.1, 3)(x), _dropout(0.1, 4)(x))
+    module = _dropout(0.1, 3)
+    assert not torch.equal(module(x), module(x))  # each call draws a new mask
+
+
+def test_evaluation_and_p_zero_pass_the_input_through():
+    x = torch.randn(50)
+    assert torch.equal(_dropout(0.5, 0).eval()(x), x)
+    assert torch.equal(_dropout(0.0, 0)(x), x)
+    assert torch.equal(_dropout(1.0, 0)(x), torch.zeros_like(x))
+
+
+def test_a_bf16_input_stays_bf16():
+    assert _dropout(0.1, 0)(torch.ones(64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_a_cpu_trial_draws_its_masks_from_numpy_but_not_under_activation_checkpointing(tiny_cfg):
+    work = prepare(tiny_cfg, torch.device("cpu"))
+    drops = [m for m in work.model.modules() if isinstance(m, nn.Dropout)]
+    assert drops and all(type(m) is NumpyDropout for m in drops)
+    assert len({id(m.rng) for m in drops}) == 1  # one stream per trial, in the order of the forward
+    checkpointed = prepare(tiny_cfg.replace(gradient_checkpointing=True), torch.device("cpu"))
+    # Its recomputation replays torch's random state to redraw the same masks; numpy's would differ.
+    assert not any(type(m) is NumpyDropout for m in checkpointed.model.modules())
