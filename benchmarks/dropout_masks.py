@@ -1,0 +1,104 @@
+"""What dropout masks cost a CPU trial, and what drawing them from numpy (sweep.dropout) saves.
+
+Prints, on this machine:
+  1. the time to draw one mask the size of a MiniLM-L6 layer's activations at batch 32 (32 x 27 x
+     384), torch's way (F.dropout, bernoulli_) and numpy's (PCG64 floats, compared in place);
+  2. a profile of one trial with torch's masks: the share of bernoulli_ and of the matmuls, and the
+     matmuls' rate against this CPU's measured fp32 matmul peak;
+  3. the same trial alternating torch's and numpy's masks, ROUNDS times each, in one process: the
+     median training tokens/s of each and their ratio.
+Usage: python benchmarks/dropout_masks.py [--train N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import logging as hf_logging
+
+import sweep.kinds
+from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.tasks import load_task
+from sweep.train import run_trial
+
+
+def per_call_ms(f, k: int = 50) -> float:
+    f()
+    t = time.perf_counter()
+    for _ in range(k):
+        f()
+    return (time.perf_counter() - t) / k * 1e3
+
+
+def matmul_peak() -> float:
+    """GFLOP/s of a 2048 x 2048 fp32 matmul, the best of three."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return max(2 * 2048**3 / (per_call_ms(lambda: a @ b, 5) / 1e3) / 1e9 for _ in range(3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=1024, help="training examples")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy {np.__version__}")
+
+    x = torch.randn(32, 27, 384)
+    rng = np.random.default_rng(0)
+    torch_ms = per_call_ms(lambda: torch.nn.functional.dropout(x, 0.1, True))
+    numpy_ms = per_call_ms(lambda: x * torch.from_numpy(rng.random(x.numel(), dtype=np.float32))
+                           .view(x.shape).ge_(0.1).mul_(1 / 0.9))
+    print(f"\n1. one mask of {x.numel():,} activations: torch {torch_ms:.2f} ms, numpy {numpy_ms:.2f} ms "
+          f"({torch_ms / numpy_ms:.1f}x)")
+
+    cfg = TrialConfig(model=DEFAULT_MODEL, task=DEFAULT_TASK, eta_a=2e-3, lam=8, rank=8, batch_size=32,
+                      max_length=128, epochs=1, warmup_ratio=0.06, train_limit=args.train, eval_limit=64,
+                      device="cpu", precision="fp32")
+    task = load_task(cfg.task)
+    real = sweep.kinds.numpy_dropout
+    torch_masks = lambda model, seed: 0  # noqa: E731  (leaves the model's nn.Dropout as it is)
+
+    sweep.kinds.numpy_dropout = torch_masks
+    run_trial(cfg, task=task)  # warm: caches, allocator
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        r = run_trial(cfg, task=task)
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    total = sum(ops.values())
+    matmul_s = sum(ops.get(k, 0.0) for k in ("aten::mm", "aten::addmm", "aten::bmm"))
+    flops = sum(e.flops for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    peak = matmul_peak()
+    masks_s = ops.get("aten::bernoulli_", 0.0)
+    print(f"\n2. one trial with torch's masks ({args.train} examples, batch 32), profiled: "
+          f"{total:.1f} s of ops")
+    print(f"   bernoulli_ {masks_s:.2f} s ({masks_s / total:.0%}), "
+          f"matmuls {matmul_s:.2f} s ({matmul_s / total:.0%})")
+    if flops:
+        rate = flops / matmul_s / 1e9
+        print(f"   matmuls at {rate:.0f} GFLOP/s, {rate / peak:.0%} of this CPU's fp32 matmul peak "
+              f"({peak:.0f} GFLOP/s, 2048 x 2048)")
+    else:
+        print(f"   (the profiler counted no FLOPs; fp32 matmul peak {peak:.0f} GFLOP/s)")
+
+    print(f"\n3. the trial, {args.rounds} times each way, alternating (training tokens/s):")
+    runs: dict[str, list[float]] = {"torch": [], "numpy": []}
+    for _ in range(args.rounds):
+        for name in runs:
+            sweep.kinds.numpy_dropout = real if name == "numpy" else torch_masks
+            r = run_trial(cfg, task=task)
+            runs[name].append(r.tokens_per_s)
+            print(f"   {name:<6} {r.tokens_per_s:8,.0f}   accuracy {r.metric:.4f}", flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"   median: torch {med['torch']:,.0f}, numpy {med['numpy']:,.0f}: "
+          f"numpy masks {med['numpy'] / med['torch']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
