@@ -2,9 +2,10 @@
 
 torch draws a CPU dropout mask element by element from one Mersenne Twister (`bernoulli_`): 3.3 ms for
 the 330,000 activations of one MiniLM-L6 layer at batch 32 (dropout whole), 12 % of a trial on two
-cores. numpy's PCG64 does the same in 1.4 ms (benchmarks/dropout_masks.py). The masks are as random
-(keep probability 1 - p, exact to float32's 2^-24) but not torch's: a trial's result depends on its seed
-as before, with other draws.
+cores, and more where texts are long, since an attention's masks grow with the square of the length.
+numpy's PCG64 does the same in 1.4 ms (benchmarks/dropout_masks.py). The masks are as random (keep
+probability 1 - p, exact to float32's 2^-24) but not torch's: a trial's result depends on its seed as
+before, with other draws.
 """
 
 from __future__ import annotations
@@ -12,6 +13,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+# The attention of models that take theirs from transformers' AttentionInterface: SDPA, but in training
+# on the CPU the attention probabilities' dropout draws its mask from numpy.
+ATTENTION = "sdpa_numpy_dropout"
+
+
+def _drop(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
+    u = torch.from_numpy(rng.random(x.numel(), dtype=np.float32)).view(x.shape)
+    return x * u.ge_(p).mul_(1 / (1 - p)).to(x.dtype)  # in place: 0 where dropped, 1 / (1 - p) where kept
 
 
 class NumpyDropout(nn.Dropout):
@@ -23,16 +36,52 @@ class NumpyDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        if self.p == 1:
-            return x * 0
-        u = torch.from_numpy(self.rng.random(x.numel(), dtype=np.float32)).view(x.shape)
-        mask = u.ge_(self.p).mul_(1 / (1 - self.p))  # in place: 0 where dropped, 1 / (1 - p) where kept
-        return x * mask.to(x.dtype)
+        return x * 0 if self.p == 1 else _drop(x, self.p, self.rng)
+
+
+def math_attention(query, key, value, attention_mask, scaling, is_causal, drop) -> torch.Tensor:
+    """softmax(q k^T * scaling + mask) v in (batch, heads, length, dim), with `drop` applied to the
+    probabilities: what SDPA computes, as its reference implementation writes it. A boolean mask keeps
+    what is True; masked scores take the dtype's lowest value, as transformers' eager attention does."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if is_causal:
+        attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool,
+                                    device=query.device).tril()
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = drop(torch.softmax(scores, dim=-1))
+    return torch.matmul(probs.to(value.dtype), value)
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+               **kwargs):
+    rng = getattr(module, "_numpy_rng", None)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = q_len > 1 and attention_mask is None and (
+        is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    if (not module.training or dropout == 0 or rng is None or query.device.type != "cpu"
+            or kwargs.get("position_bias") is not None or (causal and kv_len != q_len)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = math_attention(query, key, value, attention_mask, scale, causal, lambda p: _drop(p, dropout, rng))
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, _attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
 def numpy_dropout(model: nn.Module, seed: int) -> int:
-    """Give every nn.Dropout of `model` its masks from one generator seeded by `seed` (a stream of its
-    own, apart from any other use of the seed); the number of modules changed.
+    """Give every nn.Dropout of `model`, and its attention where it is SDPA from transformers'
+    AttentionInterface, masks from one generator seeded by `seed` (a stream of its own, apart from any
+    other use of the seed); the number of dropout modules changed.
 
     Not with activation checkpointing: its recomputation restores torch's random state to redraw the
     same masks, and would draw new ones from numpy."""
@@ -43,4 +92,9 @@ def numpy_dropout(model: nn.Module, seed: int) -> int:
             module.__class__ = NumpyDropout
             module.rng = rng
             changed += 1
+        module._numpy_rng = rng  # read by _attention, which gets the attention module
+        config = getattr(module, "config", None)
+        if (getattr(type(module), "_supports_attention_backend", False)
+                and getattr(config, "_attn_implementation", None) == "sdpa"):
+            config._attn_implementation = ATTENTION
     return changed

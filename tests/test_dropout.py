@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from sweep.dropout import NumpyDropout, numpy_dropout
+import sweep.dropout
+from sweep.dropout import NumpyDropout, math_attention, numpy_dropout
 from sweep.kinds import prepare
 
 
@@ -62,3 +63,38 @@ def test_a_cpu_trial_draws_its_masks_from_numpy_but_not_under_activation_checkpo
     checkpointed = prepare(tiny_cfg.replace(gradient_checkpointing=True), torch.device("cpu"))
     # Its recomputation replays torch's random state to redraw the same masks; numpy's would differ.
     assert not any(type(m) is NumpyDropout for m in checkpointed.model.modules())
+
+
+def _qkv(heads=2, kv_heads=2, length=5, dim=4):
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(3, h, length, dim, generator=g) for h in (heads, kv_heads, kv_heads))
+
+
+@pytest.mark.parametrize("case", ["padding", "causal", "float mask", "none"])
+def test_math_attention_without_dropout_is_sdpa(case):
+    q, k, v = _qkv()
+    mask = None
+    if case == "padding":  # keys beyond each example's length are masked, as sdpa_mask gives them
+        mask = (torch.arange(5) < torch.tensor([5, 3, 1])[:, None])[:, None, None, :]
+    elif case == "float mask":
+        mask = torch.randn(3, 1, 5, 5)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    want = sdpa(q, k, v, attn_mask=mask, is_causal=case == "causal")
+    got = math_attention(q, k, v, mask, 4 ** -0.5, case == "causal", lambda p: p)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_attention_in_training_draws_its_mask_from_the_modules_generator_and_repeats_kv_heads():
+    q, k, v = _qkv(heads=4, kv_heads=2)
+    module = nn.Module().train()
+    module.num_key_value_groups, module.is_causal = 2, False
+    module._numpy_rng = np.random.default_rng(5)
+    out, _ = sweep.dropout._attention(module, q, k, v, None, dropout=0.2, scaling=0.5)
+    rng = np.random.default_rng(5)
+    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    want = math_attention(q, kk, vv, None, 0.5, False, lambda p: sweep.dropout._drop(p, 0.2, rng))
+    assert torch.equal(out, want.transpose(1, 2))
+    module.eval()  # evaluation: SDPA itself, no dropout
+    out, _ = sweep.dropout._attention(module, q, k, v, None, dropout=0.0, scaling=0.5)
+    want = torch.nn.functional.scaled_dot_product_attention(q, kk, vv, scale=0.5)
+    assert torch.allclose(out, want.transpose(1, 2), atol=1e-6)

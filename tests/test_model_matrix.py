@@ -244,5 +244,10 @@ def test_numpy_dropout_replaces_every_dropout_and_a_seed_fixes_the_step(checkpoi
 
     assert torch.equal(loss(1), loss(1))
     model = load_model(cfg, len(LABELS), LABELS, pad)
+    numpy_dropout(model, 1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.train()(**_batch(pad)).loss.backward()
+    assert "aten::bernoulli_" not in {e.key for e in prof.key_averages()}  # no mask left to torch
+    model = load_model(cfg, len(LABELS), LABELS, pad)
     if numpy_dropout(model, 1) and any(m.p > 0 for m in model.modules() if type(m) is NumpyDropout):
         assert not torch.equal(loss(1), loss(2))
