@@ -5,9 +5,10 @@ Prints, on this machine:
      384), torch's way (F.dropout, bernoulli_) and numpy's (PCG64 floats, compared in place);
   2. a profile of one trial with torch's masks: the share of bernoulli_ and of the matmuls, and the
      matmuls' rate against this CPU's measured fp32 matmul peak;
-  3. the same trial alternating torch's and numpy's masks, ROUNDS times each, in one process: the
-     median training tokens/s of each and their ratio.
-Usage: python benchmarks/dropout_masks.py [--train N] [--rounds R]
+  3. the same trial alternating three ways, ROUNDS times each, in one process: torch's masks, numpy's
+     for the dropout modules only (the attention's own dropout left to torch), numpy's for both (what
+     a CPU trial does); the median training tokens/s of each and their ratios to torch's.
+Usage: python benchmarks/dropout_masks.py [--task T] [--max-length L] [--train N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import logging as hf_logging
 
+import sweep.dropout
 import sweep.kinds
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
 from sweep.tasks import load_task
@@ -44,6 +46,8 @@ def matmul_peak() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default=DEFAULT_TASK)
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--train", type=int, default=1024, help="training examples")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -59,12 +63,20 @@ def main() -> None:
     print(f"\n1. one mask of {x.numel():,} activations: torch {torch_ms:.2f} ms, numpy {numpy_ms:.2f} ms "
           f"({torch_ms / numpy_ms:.1f}x)")
 
-    cfg = TrialConfig(model=DEFAULT_MODEL, task=DEFAULT_TASK, eta_a=2e-3, lam=8, rank=8, batch_size=32,
-                      max_length=128, epochs=1, warmup_ratio=0.06, train_limit=args.train, eval_limit=64,
-                      device="cpu", precision="fp32")
+    cfg = TrialConfig(model=DEFAULT_MODEL, task=args.task, eta_a=2e-3, lam=8, rank=8, batch_size=32,
+                      max_length=args.max_length, epochs=1, warmup_ratio=0.06, train_limit=args.train,
+                      eval_limit=64, device="cpu", precision="fp32")
     task = load_task(cfg.task)
     real = sweep.kinds.numpy_dropout
     torch_masks = lambda model, seed: 0  # noqa: E731  (leaves the model's nn.Dropout as it is)
+
+    def modules_only(model, seed: int) -> int:
+        changed = real(model, seed)
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if getattr(config, "_attn_implementation", None) == sweep.dropout.ATTENTION:
+                config._attn_implementation = "sdpa"
+        return changed
 
     sweep.kinds.numpy_dropout = torch_masks
     run_trial(cfg, task=task)  # warm: caches, allocator
@@ -76,7 +88,7 @@ def main() -> None:
     flops = sum(e.flops for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
     peak = matmul_peak()
     masks_s = ops.get("aten::bernoulli_", 0.0)
-    print(f"\n2. one trial with torch's masks ({args.train} examples, batch 32), profiled: "
+    print(f"\n2. one trial with torch's masks ({task.name}, {args.train} examples, batch 32), profiled: "
           f"{total:.1f} s of ops")
     print(f"   bernoulli_ {masks_s:.2f} s ({masks_s / total:.0%}), "
           f"matmuls {matmul_s:.2f} s ({matmul_s / total:.0%})")
@@ -88,17 +100,16 @@ def main() -> None:
         print(f"   (the profiler counted no FLOPs; fp32 matmul peak {peak:.0f} GFLOP/s)")
 
     print(f"\n3. the trial, {args.rounds} times each way, alternating (training tokens/s):")
-    runs: dict[str, list[float]] = {"torch": [], "numpy": []}
+    ways = {"torch": torch_masks, "numpy modules": modules_only, "numpy all": real}
+    runs: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.rounds):
-        for name in runs:
-            sweep.kinds.numpy_dropout = real if name == "numpy" else torch_masks
+        for name, way in ways.items():
+            sweep.kinds.numpy_dropout = way
             r = run_trial(cfg, task=task)
             runs[name].append(r.tokens_per_s)
-            print(f"   {name:<6} {r.tokens_per_s:8,.0f}   accuracy {r.metric:.4f}", flush=True)
+            print(f"   {name:<14} {r.tokens_per_s:8,.0f}   {r.metric_name} {r.metric:.4f}", flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    print(f"   median: torch {med['torch']:,.0f}, numpy {med['numpy']:,.0f}: "
-          f"numpy masks {med['numpy'] / med['torch']:.2f}x")
-
+    print("   median: " + ", ".join(f"{k} {v:,.0f} ({v / med['torch']:.2f}x)" for k, v in med.items()))
 
 if __name__ == "__main__":
     main()

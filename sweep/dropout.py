@@ -43,15 +43,17 @@ def math_attention(query, key, value, attention_mask, scaling, is_causal, drop) 
     """softmax(q k^T * scaling + mask) v in (batch, heads, length, dim), with `drop` applied to the
     probabilities: what SDPA computes, as its reference implementation writes it. A boolean mask keeps
     what is True; masked scores take the dtype's lowest value, as transformers' eager attention does."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    # Scaled before the product, as SDPA does: length x dim numbers to scale rather than length^2. The
+    # scores are this function's own, so masks go in in place.
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))
     if is_causal:
         attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool,
                                     device=query.device).tril()
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask
+            scores.add_(attention_mask)
     probs = drop(torch.softmax(scores, dim=-1))
     return torch.matmul(probs.to(value.dtype), value)
 
