@@ -3,7 +3,7 @@
 torch draws a CPU dropout mask element by element from one Mersenne Twister (`bernoulli_`): 3.3 ms for
 the 330,000 activations of one MiniLM-L6 layer at batch 32 (dropout whole), 12 % of a trial on two
 cores, and more where texts are long, since an attention's masks grow with the square of the length.
-numpy's PCG64 does the same in 1.4 ms (benchmarks/dropout_masks.py). The masks are as random (keep
+numpy's PCG64 does the same in 1.2 ms (benchmarks/dropout_masks.py). The masks are as random (keep
 probability 1 - p, exact to float32's 2^-24) but not torch's: a trial's result depends on its seed as
 before, with other draws.
 """
