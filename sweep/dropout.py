@@ -64,7 +64,7 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = q_len > 1 and attention_mask is None and (
         is_causal if is_causal is not None else getattr(module, "is_causal", True))
-    if (not module.training or dropout == 0 or rng is None or query.device.type != "cpu"
+    if (not module.training or not 0 < dropout < 1 or rng is None or query.device.type != "cpu"
             or kwargs.get("position_bias") is not None or (causal and kv_len != q_len)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
