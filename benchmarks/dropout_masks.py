@@ -2,7 +2,7 @@
 
 Prints, on this machine:
   1. the time to draw one mask the size of a MiniLM-L6 layer's activations at batch 32 (32 x 27 x
-     384), torch's way (F.dropout, bernoulli_) and numpy's (PCG64 floats, compared in place);
+     384), torch's way (F.dropout, bernoulli_) and the engine's (sweep.dropout: PCG64 floats);
   2. a profile of one trial with torch's masks: the share of bernoulli_ and of the matmuls, and the
      matmuls' rate against this CPU's measured fp32 matmul peak;
   3. the same trial alternating three ways, ROUNDS times each, in one process: torch's masks, numpy's
@@ -58,8 +58,7 @@ def main() -> None:
     x = torch.randn(32, 27, 384)
     rng = np.random.default_rng(0)
     torch_ms = per_call_ms(lambda: torch.nn.functional.dropout(x, 0.1, True))
-    numpy_ms = per_call_ms(lambda: x * torch.from_numpy(rng.random(x.numel(), dtype=np.float32))
-                           .view(x.shape).ge_(0.1).mul_(1 / 0.9))
+    numpy_ms = per_call_ms(lambda: sweep.dropout._drop(x, 0.1, rng))  # what a CPU trial runs
     print(f"\n1. one mask of {x.numel():,} activations: torch {torch_ms:.2f} ms, numpy {numpy_ms:.2f} ms "
           f"({torch_ms / numpy_ms:.1f}x)")
 

@@ -29,14 +29,14 @@ def _drop(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
 
 class NumpyDropout(nn.Dropout):
     """nn.Dropout (same `p`, so code that reads `module.p` sees no change) whose training masks on the
-    CPU come from `rng`; on other devices it is nn.Dropout."""
+    CPU come from `numpy_rng`; on other devices it is nn.Dropout."""
 
-    rng: np.random.Generator
+    numpy_rng: np.random.Generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        return x * 0 if self.p == 1 else _drop(x, self.p, self.rng)
+        return x * 0 if self.p == 1 else _drop(x, self.p, self.numpy_rng)
 
 
 def math_attention(query, key, value, attention_mask, scaling, is_causal, drop) -> torch.Tensor:
@@ -60,7 +60,7 @@ def math_attention(query, key, value, attention_mask, scaling, is_causal, drop) 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                **kwargs):
-    rng = getattr(module, "_numpy_rng", None)
+    rng = getattr(module, "numpy_rng", None)
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = q_len > 1 and attention_mask is None and (
         is_causal if is_causal is not None else getattr(module, "is_causal", True))
@@ -90,11 +90,11 @@ def numpy_dropout(model: nn.Module, seed: int) -> int:
     rng = np.random.default_rng([seed, 0xD80])
     changed = 0
     for module in model.modules():
+        # every module: NumpyDropout reads it, and so does _attention, from the attention module it gets
+        module.numpy_rng = rng
         if type(module) is nn.Dropout:
             module.__class__ = NumpyDropout
-            module.rng = rng
             changed += 1
-        module._numpy_rng = rng  # read by _attention, which gets the attention module
         config = getattr(module, "config", None)
         if (getattr(type(module), "_supports_attention_backend", False)
                 and getattr(config, "_attn_implementation", None) == "sdpa"):

@@ -59,7 +59,7 @@ def test_a_cpu_trial_draws_its_masks_from_numpy_but_not_under_activation_checkpo
     work = prepare(tiny_cfg, torch.device("cpu"))
     drops = [m for m in work.model.modules() if isinstance(m, nn.Dropout)]
     assert drops and all(type(m) is NumpyDropout for m in drops)
-    assert len({id(m.rng) for m in drops}) == 1  # one stream per trial, in the order of the forward
+    assert len({id(m.numpy_rng) for m in drops}) == 1  # one stream per trial, in the order of the forward
     checkpointed = prepare(tiny_cfg.replace(gradient_checkpointing=True), torch.device("cpu"))
     # Its recomputation replays torch's random state to redraw the same masks; numpy's would differ.
     assert not any(type(m) is NumpyDropout for m in checkpointed.model.modules())
@@ -88,7 +88,7 @@ def test_attention_in_training_draws_its_mask_from_the_modules_generator_and_rep
     q, k, v = _qkv(heads=4, kv_heads=2)
     module = nn.Module().train()
     module.num_key_value_groups, module.is_causal = 2, False
-    module._numpy_rng = np.random.default_rng(5)
+    module.numpy_rng = np.random.default_rng(5)
     out, _ = sweep.dropout._attention(module, q, k, v, None, dropout=0.2, scaling=0.5)
     rng = np.random.default_rng(5)
     kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
