@@ -1,0 +1,69 @@
+"""The engine's throughput in fp32 against bf16 autocast on one model and task: what precision "auto"
+should pick on a machine.
+
+Each precision first runs one untimed whole trial: on a GPU, CUDA loads each kernel on its first use,
+and a trial over batches of many widths uses many (its figure is printed: what the first trial of a
+trial process pays). Then ROUNDS timed trials per precision, the precisions alternating; it prints
+each precision's median tokens/s (real training tokens over training time), its metric and the
+peak memory of the device. Same seed, data and hyperparameters on each side.
+Usage: python benchmarks/precision.py [--model M] [--task T] [--train N] [--eval N] [--epochs E]
+                                      [--batch B] [--max-length L] [--eta-a X] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from engine_vs_trainer import machine, quiet
+
+from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.lm_tasks import task_kind
+from sweep.train import resolve_device, run_trial
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--task", default=DEFAULT_TASK)
+    parser.add_argument("--train", type=int, default=2048, help="training examples (rows)")
+    parser.add_argument("--eval", type=int, default=500, help="validation examples (rows)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=None, help="default: 32 (classification), 8 (causal LM)")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--eta-a", type=float, default=None, help="default: 2e-3 (classification), 2e-4 (LM)")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    quiet()
+
+    lm = task_kind(args.task, "auto", None) == "causal-lm"
+    cfg = TrialConfig(model=args.model, task=args.task, eta_a=args.eta_a or (2e-4 if lm else 2e-3),
+                      lam=16.0 if lm else 8.0, rank=8, batch_size=args.batch or (8 if lm else 32),
+                      max_length=args.max_length, epochs=args.epochs, warmup_ratio=0.06,
+                      train_limit=args.train, eval_limit=args.eval, device="auto")
+    print(machine())
+    print(f"{cfg.model} on {cfg.task} ({'causal LM' if lm else 'classification'}): {args.train} training "
+          f"examples x {cfg.epochs:g} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
+          f"eta_A {cfg.eta_a:g}, rank {cfg.rank}, on {resolve_device(cfg.device)}", flush=True)
+    first = {p: run_trial(cfg.replace(precision=p)) for p in PRECISIONS}
+    runs: dict[str, list] = {p: [] for p in PRECISIONS}
+    for _ in range(args.rounds):
+        for p in PRECISIONS:
+            runs[p].append(run_trial(cfg.replace(precision=p)))
+    base = statistics.median(r.tokens_per_s for r in runs["fp32"])
+    metric = first["fp32"].metric_name
+    print(f"\n{'precision':<10} {'first trial tok/s':>18} {'tokens/s (median)':>18} {'vs fp32':>8} "
+          f"{metric:>10} {'peak MB':>9}")
+    for p in PRECISIONS:
+        tps = statistics.median(r.tokens_per_s for r in runs[p])
+        last = runs[p][-1]
+        print(f"{p:<10} {first[p].tokens_per_s:>18,.0f} {tps:>18,.0f} {tps / base:>7.2f}x "
+              f"{last.metric:>10.4f} {last.peak_memory_mb:>9,.0f}")
+    print("(tokens/s of each round: " + "; ".join(
+        f"{p} " + ", ".join(f"{r.tokens_per_s:,.0f}" for r in runs[p]) for p in PRECISIONS) + ")")
+
+
+if __name__ == "__main__":
+    main()
