@@ -105,8 +105,8 @@ class TrialConfig:
     seed: int = setting(0, "Seed of the LoRA and head init, the batch order and dropout.", "run")
     eval_every: int = setting(0, "Evaluate every N steps (0: at the end of each epoch), and always at the "
                                  "end.", "run")
-    precision: str = setting("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), "
-                             "fp32 or bf16.", "run")
+    precision: str = setting("auto", "auto (bf16 autocast on a CPU with native bf16, else fp32: on a GPU "
+                             "too, where fp32 was the faster at trial sizes), fp32 or bf16.", "run")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", "run")
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: less memory "
                                                   "for about a third more compute.", "run")

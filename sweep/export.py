@@ -369,8 +369,8 @@ def _bf16(cfg: TrialConfig) -> Key:
         return Key("bf16", False, ("the trial ran in fp32",))
     if cfg.precision == "bf16":
         return Key("bf16", True)
-    return Key("bf16", True, ("precision auto: bf16 on a GPU, as a trial there runs "
-                              "(a CPU without native bf16: fp32)",))
+    return Key("bf16", False, ("precision auto: fp32, as a trial runs on a GPU (bf16 autocast only on a "
+                               "CPU with native bf16)",))
 
 
 def _data(cfg: TrialConfig, kind: str, placeholder: tuple[str, ...]) -> Key:

@@ -1,4 +1,4 @@
-"""The CUDA path: a trial trains on the GPU with fused AdamW under bf16 autocast (precision auto),
+"""The CUDA path: a trial trains on the GPU with fused AdamW, in fp32 (precision auto) or bf16 autocast,
 lambda = 1 is plain LoRA there too, and a trial in its own process runs on the card its slot names.
 
 Skipped where torch sees no GPU; benchmarks/cuda_check.sh runs it on a machine with one.
@@ -63,7 +63,7 @@ def test_a_training_step_runs_on_the_gpu_with_fused_adamw(tiny_cfg):
 
 
 @torch.no_grad()
-def test_precision_auto_is_bf16_autocast_on_cuda_and_fp32_is_not(tiny_cfg):
+def test_precision_auto_is_fp32_on_cuda_and_bf16_is_autocast(tiny_cfg):
     model = load_model(tiny_cfg.replace(device="cuda"), len(LABELS), LABELS).to(CUDA).eval()
     batch = _batch()
     batch.pop("labels")
@@ -72,20 +72,21 @@ def test_precision_auto_is_bf16_autocast_on_cuda_and_fp32_is_not(tiny_cfg):
         cfg = tiny_cfg.replace(device="cuda", precision=precision)
         with autocast(cfg, CUDA):
             dtypes[precision] = model(**batch).logits.dtype
-    assert dtypes == {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    assert dtypes == {"auto": torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def test_trials_in_auto_and_fp32_both_train_on_the_card_and_differ(tiny_cfg):
+def test_trials_in_bf16_and_fp32_both_train_on_the_card_and_differ(tiny_cfg):
     card = torch.cuda.get_device_name(0)
     cfg = tiny_cfg.replace(device="auto", max_steps=8, eval_every=4)
-    auto, fp32 = run_trial(cfg), run_trial(cfg.replace(precision="fp32"))
-    for r in (auto, fp32):
+    bf16, fp32 = run_trial(cfg.replace(precision="bf16")), run_trial(cfg)
+    assert (bf16.precision, fp32.precision) == ("bf16", "fp32")  # fp32: what auto picks on a GPU
+    for r in (bf16, fp32):
         assert r.device == card and r.stop_reason == "completed" and r.steps == 8
         assert math.isfinite(r.metric) and r.tokens_per_s > 0
         assert 0 < r.peak_memory_mb < torch.cuda.get_device_properties(0).total_memory / 2**20
         assert all(v > 0 for v in r.update_norms.values()), r.update_norms
     # bf16 autocast changes the arithmetic: identical updates would mean it never applied.
-    assert auto.update_norms != fp32.update_norms
+    assert bf16.update_norms != fp32.update_norms
 
 
 def test_lambda_one_in_fp32_is_a_single_group_adamw(tiny_cfg):

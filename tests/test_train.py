@@ -105,7 +105,7 @@ def test_schedule_warms_up_then_decays(tiny_cfg, schedule):
     assert f(99) == pytest.approx(1.0 if schedule == "constant" else 0.0, abs=0.02)
 
 
-def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(tiny_cfg):
+def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16_and_fp32_on_a_gpu(tiny_cfg):
     from sweep.hardware import cpu_flags
     from sweep.train import precision
 
@@ -114,6 +114,9 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16(tiny_cfg):
     assert precision(tiny_cfg.replace(precision="auto"), cpu, cpu_bf16=False) == "fp32"
     assert precision(tiny_cfg.replace(precision="fp32"), cpu, cpu_bf16=True) == "fp32"
     assert precision(tiny_cfg.replace(precision="bf16"), cpu, cpu_bf16=False) == "bf16"
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert precision(tiny_cfg.replace(precision="auto"), cuda, cpu_bf16=True) == "fp32"
+    assert precision(tiny_cfg.replace(precision="bf16"), cuda) == "bf16"
     # The flags line of /proc/cpuinfo decides: AVX512-BF16 or AMX-BF16, not AVX-512 alone.
     amd = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
     older = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni\n"
