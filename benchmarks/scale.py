@@ -6,24 +6,30 @@ articles; label 1 when the second is the first with a few words dropped (a parap
 else 0 (another random sentence). Each step runs in this one process, its peak resident memory
 measured from a fresh start of the count (Linux VmHWM, reset through /proc/self/clear_refs). Two
 short trials then train on a sample of it one after the other, as a slot's process would run them:
-the first tokenizes all 400,000 rows (the cache is empty), the second reads the cached ids.
+the first tokenizes all 400,000 rows (the cache is empty), the second reads the cached ids. Last, the
+same trial on the embedded tasks (thousands of rows, not 400,000) in a process of its own each: what
+a trial's memory is without the big file.
 Usage: python benchmarks/scale.py [--rows 400000]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import functools
+import multiprocessing
 import os
 import platform
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
 from sweep import embedded
 from sweep.batches import encode_task
@@ -85,6 +91,21 @@ def step(name: str, fn):
     return out
 
 
+def _trial_peak(cfg: TrialConfig) -> float:
+    """The peak resident MiB of this process through one trial."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    transformers.logging.set_verbosity_error()  # the new head's load report, as in the main process
+    warnings.filterwarnings("ignore")
+    run_trial(cfg)
+    return memory_mb()[1]
+
+
+def fresh_process_peak(cfg: TrialConfig) -> float:
+    """The peak resident memory of one trial in a new process: no big file was ever loaded there."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_trial_peak, cfg).result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400_000)
@@ -120,6 +141,13 @@ def main() -> None:
             print(f"{name}: setup {r.setup_time_s:.1f} s (task, tokens, model), "
                   f"training {r.train_time_s:.1f} s, evaluation {r.eval_time_s:.1f} s, "
                   f"peak {r.peak_memory_mb:.0f} MiB")
+        print("\nthe same trial on an embedded task, each in a process of its own:")
+        for name in ("rotten-tomatoes", "drug-reviews"):
+            enc, _ = encode_task(load_task(name), tokenizer, 128)
+            at_max = float(np.mean(enc.lengths >= 128))
+            peak = fresh_process_peak(cfg.replace(task=name))
+            print(f"  {name}: {len(enc):,} training rows, mean {enc.lengths.mean():.0f} tokens, "
+                  f"{at_max:.0%} at max length 128: peak {peak:.0f} MiB")
 
 
 if __name__ == "__main__":
