@@ -384,9 +384,11 @@ def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
     time in seconds.
 
     Columns: model, task, definition, trials, complete, pruned, failed, running, interrupted, tokens,
-    wall_time_s. Every trial counts, whatever its state; trials in other states (e.g. WAITING) count
-    only in `trials`. A trial stopped by Ctrl-C or SIGTERM (stored as failed) is `interrupted`, not
-    `failed`: its configuration did not fail.
+    wall_time_s, ran_on. Every trial counts, whatever its state; trials in other states (e.g. WAITING)
+    count only in `trials`. A trial stopped by Ctrl-C or SIGTERM (stored as failed) is `interrupted`,
+    not `failed`: its configuration did not fail. `ran_on`: the precision and device of the finished
+    trials, each pair with its count where they differ (a study continued on other hardware, or with
+    `precision = "auto"` where auto means another precision).
     """
     df = _defined(df)
     reasons = df["stop_reason"] if "stop_reason" in df else pd.Series("", index=df.index)
@@ -411,7 +413,27 @@ def compute_spent(df: pd.DataFrame) -> pd.DataFrame:
     )
     ints = ["trials", *counted, "tokens"]
     out[ints] = out[ints].astype("int64")
-    return out
+    ran = [(*key, _ran_on(g)) for key, g in df.groupby(KEYS, sort=True)]
+    return out.merge(pd.DataFrame(ran, columns=[*KEYS, "ran_on"]), on=KEYS, how="left")
+
+
+def _ran_on(rows: pd.DataFrame) -> str:
+    """"fp32, cpu" where every finished trial of `rows` ran so; else each (precision, device) with its
+    count, the most common first; "" without a finished trial. "?" for what a trial did not store."""
+    done = rows[rows["state"].isin(["COMPLETE", "PRUNED"])]
+    if done.empty:
+        return ""
+    counts = (_text(done, "precision") + ", " + _text(done, "device")).value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "; ".join(f"{name} ({n})" for name, n in ordered)
+
+
+def _text(rows: pd.DataFrame, column: str) -> pd.Series:
+    if column not in rows:
+        return pd.Series("?", index=rows.index)
+    return rows[column].where(rows[column].notna(), "?").astype(str)
 
 
 # The resolution of the grid a sweep is compared with: eta_A every half decade, lambda every power of

@@ -569,3 +569,18 @@ def test_the_stored_report_keeps_two_studies_of_one_task_with_other_epochs_apart
     summary = gather(url).tables["summary"]
     assert summary[["definition", "setup", "best", "trials"]].values.tolist() == sorted(
         [[hashes[1.0], "epochs=1", 0.6, 1], [hashes[2.0], "epochs=2", 0.8, 2]])
+
+
+def test_compute_spent_says_what_the_finished_trials_ran_in_and_on(trials):
+    # The fixture stores neither: "?" for each, one pair.
+    assert row(report.compute_spent(trials), task="sst2")["ran_on"] == "?, ?"
+    ran = trials.assign(precision="fp32", device="cpu")
+    sst2 = ran.index[ran["task"] == "sst2"]
+    ran.loc[sst2[:2], ["precision", "device"]] = ["bf16", "NVIDIA H100 80GB HBM3"]
+    ran.loc[sst2[-1], "precision"] = "bf16"  # RUNNING: not finished, not counted
+    spent = report.compute_spent(ran)
+    assert row(spent, task="sst2")["ran_on"] == "fp32, cpu (5); bf16, NVIDIA H100 80GB HBM3 (2)"
+    assert row(spent, task="mrpc")["ran_on"] == "fp32, cpu"
+    llama = ran.index[ran["model"] == "llama"]
+    ran.loc[llama, "state"] = "FAIL"
+    assert row(report.compute_spent(ran), task="mnli")["ran_on"] == ""
