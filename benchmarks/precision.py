@@ -19,9 +19,20 @@ from engine_vs_trainer import machine, quiet
 
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
 from sweep.lm_tasks import task_kind
+from sweep.result import TrialResult
 from sweep.train import resolve_device, run_trial
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def compare(cfg: TrialConfig, rounds: int) -> tuple[dict[str, TrialResult], dict[str, list[TrialResult]]]:
+    """(each precision's first trial, its `rounds` timed trials): the same trial, precision aside."""
+    first = {p: run_trial(cfg.replace(precision=p)) for p in PRECISIONS}
+    runs: dict[str, list[TrialResult]] = {p: [] for p in PRECISIONS}
+    for _ in range(rounds):
+        for p in PRECISIONS:
+            runs[p].append(run_trial(cfg.replace(precision=p)))
+    return first, runs
 
 
 def main() -> None:
@@ -47,11 +58,7 @@ def main() -> None:
     print(f"{cfg.model} on {cfg.task} ({'causal LM' if lm else 'classification'}): {args.train} training "
           f"examples x {cfg.epochs:g} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
           f"eta_A {cfg.eta_a:g}, rank {cfg.rank}, on {resolve_device(cfg.device)}", flush=True)
-    first = {p: run_trial(cfg.replace(precision=p)) for p in PRECISIONS}
-    runs: dict[str, list] = {p: [] for p in PRECISIONS}
-    for _ in range(args.rounds):
-        for p in PRECISIONS:
-            runs[p].append(run_trial(cfg.replace(precision=p)))
+    first, runs = compare(cfg, args.rounds)
     base = statistics.median(r.tokens_per_s for r in runs["fp32"])
     metric = first["fp32"].metric_name
     print(f"\n{'precision':<10} {'first trial tok/s':>18} {'tokens/s (median)':>18} {'vs fp32':>8} "
