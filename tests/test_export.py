@@ -171,6 +171,13 @@ def test_settings_a_tool_cannot_express_are_comments_not_dropped(tuned, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["axolotl", "llama-factory"])
+def test_precision_auto_is_written_as_fp32_as_a_trial_on_a_gpu_runs(tuned, fmt):
+    text = render(_best(tuned.replace(precision="auto")), fmt)
+    assert yaml.safe_load(text)["bf16"] is False
+    assert "precision auto: fp32, as a trial runs on a GPU" in text.replace("\n#   ", " ")
+
+
+@pytest.mark.parametrize("fmt", ["axolotl", "llama-factory"])
 def test_an_embedded_model_is_written_as_its_local_path_with_a_comment(fmt):
     text = render(_best(TrialConfig(model="minilm-l6", rank=4)), fmt)
     key = "base_model" if fmt == "axolotl" else "model_name_or_path"
