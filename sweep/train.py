@@ -49,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
 def precision(cfg: TrialConfig, device: torch.device, cpu_bf16: bool | None = None) -> str:
     """What `auto` means here: bf16 autocast on a CPU with native bf16 (`cpu_bf16`, detected unless
     given), fp32 on any other CPU, where bf16 is emulated and slower than fp32, and fp32 on CUDA:
-    at a trial's batch sizes a GPU waits on the host, not on arithmetic, and autocast adds a cast
+    at a trial's batch sizes arithmetic is not what a GPU waits for, and autocast adds a cast
     before every matmul (benchmarks/precision.py: fp32 was faster on an H100 for every shape from
     MiniLM-L6 to Llama-1B's blocks, and autocast's first trial in a process loads its kernels)."""
     if cfg.precision != "auto":
