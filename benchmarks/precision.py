@@ -6,23 +6,34 @@ and a trial over batches of many widths uses many (its figure is printed: what t
 trial process pays). Then ROUNDS timed trials per precision, the precisions alternating; it prints
 each precision's median tokens/s (real training tokens over training time), its metric and the
 peak memory of the device. Same seed, data and hyperparameters on each side.
+With --flops it also prints the useful matmul FLOP rate of each precision against that precision's
+matmul peak on the device: a training token's matmul FLOPs, counted by the profiler over the steps
+of two short fp32 trials that differ only in their number of steps (so that their evaluations,
+the same, cancel), times the median tokens/s. The bf16 peak is measured only where bf16 is native
+(a GPU, or a CPU with AVX512-BF16 or AMX-BF16).
 Usage: python benchmarks/precision.py [--model M] [--task T] [--train N] [--eval N] [--epochs E]
-                                      [--batch B] [--max-length L] [--eta-a X] [--rounds R]
+                                      [--batch B] [--max-length L] [--eta-a X] [--rounds R] [--flops]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
+import torch
 from engine_vs_trainer import machine, quiet
+from torch.profiler import ProfilerActivity, profile
 
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.hardware import native_cpu_bf16
 from sweep.lm_tasks import task_kind
 from sweep.result import TrialResult
 from sweep.train import resolve_device, run_trial
 
 PRECISIONS = ("fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")  # the products the profiler counts FLOPs of
 
 
 def compare(cfg: TrialConfig, rounds: int) -> tuple[dict[str, TrialResult], dict[str, list[TrialResult]]]:
@@ -33,6 +44,43 @@ def compare(cfg: TrialConfig, rounds: int) -> tuple[dict[str, TrialResult], dict
         for p in PRECISIONS:
             runs[p].append(run_trial(cfg.replace(precision=p)))
     return first, runs
+
+
+def train_flops_per_token(cfg: TrialConfig) -> float:
+    """Matmul FLOPs per real training token of `cfg`'s trial (forward and backward): the difference
+    between fp32 trials of 2 and 6 steps, each evaluated once at its end on the same examples."""
+    counted = []
+    for steps in (2, 6):
+        short = cfg.replace(precision="fp32", max_steps=steps, eval_every=steps)
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            result = run_trial(short)
+        counted.append((sum(e.flops for e in prof.key_averages() if e.key in MATMULS), result.tokens))
+    (flops_2, tokens_2), (flops_6, tokens_6) = counted
+    return (flops_6 - flops_2) / (tokens_6 - tokens_2)
+
+
+def matmul_peak(device: torch.device, precision: str) -> float | None:
+    """GFLOP/s of a square matmul in `precision` on `device` (2048 on a CPU, 8192 on a GPU), the best
+    of three timings of five; None for bf16 where it is not native (emulated: no peak to speak of)."""
+    if precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
+        return None
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[precision]) for _ in range(2))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def seconds() -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        sync()
+        return (time.perf_counter() - start) / 5
+
+    seconds()  # warm-up
+    return max(2 * n**3 / seconds() / 1e9 for _ in range(3))
 
 
 def main() -> None:
@@ -46,6 +94,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--eta-a", type=float, default=None, help="default: 2e-3 (classification), 2e-4 (LM)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--flops", action="store_true",
+                        help="useful matmul GFLOP/s against each precision's peak")
     args = parser.parse_args()
     quiet()
 
@@ -70,6 +120,17 @@ def main() -> None:
               f"{last.metric:>10.4f} {last.peak_memory_mb:>9,.0f}")
     print("(tokens/s of each round: " + "; ".join(
         f"{p} " + ", ".join(f"{r.tokens_per_s:,.0f}" for r in runs[p]) for p in PRECISIONS) + ")")
+    if not args.flops:
+        return
+    per_token = train_flops_per_token(cfg)
+    device = resolve_device(cfg.device)
+    print(f"\nmatmul FLOPs per training token: {per_token / 1e6:,.1f} M")
+    for p in PRECISIONS:
+        useful = per_token * statistics.median(r.tokens_per_s for r in runs[p]) / 1e9
+        peak = matmul_peak(device, p)
+        of_peak = (f"{useful / peak:.0%} of its matmul peak, {peak:,.0f} GFLOP/s" if peak
+                   else "no native bf16 here: no peak measured")
+        print(f"{p}: {useful:,.1f} GFLOP/s useful, {of_peak}")
 
 
 if __name__ == "__main__":

@@ -35,3 +35,17 @@ def test_rounds_repeat_one_trial_and_the_precisions_differ_by_autocast(bench, ti
             assert r.update_norms == first[precision].update_norms
             assert r.metric == first[precision].metric
     assert first["bf16"].update_norms != first["fp32"].update_norms  # autocast changed the arithmetic
+
+
+def test_a_training_tokens_matmul_flops_are_those_of_its_forward_and_backward(bench, tiny_model, toy_csv):
+    """The tiny BERT (2 layers, width 32, FFN 64, LoRA rank 4 on query and value): a token's linear
+    layers take 2 * 2 * (4 * 32 * 32 + 2 * 32 * 64) = 32,768 FLOPs forward. Training adds their input
+    gradients (all but the first layer's query, key and value, whose input needs none) and the
+    attention's products, which grow with the length: between 1.5 and 3.5 times the forward's linear
+    FLOPs. The evaluation counted in (its 64 examples are twice the 32 that the difference trains on)
+    would leave that range."""
+    cfg = TrialConfig(model=tiny_model, task=toy_csv, max_length=32, batch_size=8, eval_limit=64, eta_a=1e-2,
+                      lam=8.0, rank=4, device="cpu")
+    per_token = bench.train_flops_per_token(cfg)
+    forward = 2 * 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    assert 1.5 * forward < per_token < 3.5 * forward, per_token / forward
