@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 import torch
+from precision import MATMULS, matmul_peak
 from torch.profiler import ProfilerActivity, profile
 from transformers import logging as hf_logging
 
@@ -36,12 +37,6 @@ def per_call_ms(f, k: int = 50) -> float:
     for _ in range(k):
         f()
     return (time.perf_counter() - t) / k * 1e3
-
-
-def matmul_peak() -> float:
-    """GFLOP/s of a 2048 x 2048 fp32 matmul, the best of three."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    return max(2 * 2048**3 / (per_call_ms(lambda: a @ b, 5) / 1e3) / 1e9 for _ in range(3))
 
 
 def main() -> None:
@@ -83,9 +78,9 @@ def main() -> None:
         r = run_trial(cfg, task=task)
     ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
     total = sum(ops.values())
-    matmul_s = sum(ops.get(k, 0.0) for k in ("aten::mm", "aten::addmm", "aten::bmm"))
-    flops = sum(e.flops for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
-    peak = matmul_peak()
+    matmul_s = sum(ops.get(k, 0.0) for k in MATMULS)
+    flops = sum(e.flops for e in prof.key_averages() if e.key in MATMULS)
+    peak = matmul_peak(torch.device("cpu"), "fp32")
     masks_s = ops.get("aten::bernoulli_", 0.0)
     print(f"\n2. one trial with torch's masks ({task.name}, {args.train} examples, batch 32), profiled: "
           f"{total:.1f} s of ops")

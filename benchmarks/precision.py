@@ -104,29 +104,28 @@ def main() -> None:
                       lam=16.0 if lm else 8.0, rank=8, batch_size=args.batch or (8 if lm else 32),
                       max_length=args.max_length, epochs=args.epochs, warmup_ratio=0.06,
                       train_limit=args.train, eval_limit=args.eval, device="auto")
+    device = resolve_device(cfg.device)
     print(machine())
     print(f"{cfg.model} on {cfg.task} ({'causal LM' if lm else 'classification'}): {args.train} training "
           f"examples x {cfg.epochs:g} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
-          f"eta_A {cfg.eta_a:g}, rank {cfg.rank}, on {resolve_device(cfg.device)}", flush=True)
+          f"eta_A {cfg.eta_a:g}, rank {cfg.rank}, on {device}", flush=True)
     first, runs = compare(cfg, args.rounds)
-    base = statistics.median(r.tokens_per_s for r in runs["fp32"])
+    median = {p: statistics.median(r.tokens_per_s for r in runs[p]) for p in PRECISIONS}
     metric = first["fp32"].metric_name
     print(f"\n{'precision':<10} {'first trial tok/s':>18} {'tokens/s (median)':>18} {'vs fp32':>8} "
           f"{metric:>10} {'peak MB':>9}")
     for p in PRECISIONS:
-        tps = statistics.median(r.tokens_per_s for r in runs[p])
         last = runs[p][-1]
-        print(f"{p:<10} {first[p].tokens_per_s:>18,.0f} {tps:>18,.0f} {tps / base:>7.2f}x "
-              f"{last.metric:>10.4f} {last.peak_memory_mb:>9,.0f}")
+        print(f"{p:<10} {first[p].tokens_per_s:>18,.0f} {median[p]:>18,.0f} "
+              f"{median[p] / median['fp32']:>7.2f}x {last.metric:>10.4f} {last.peak_memory_mb:>9,.0f}")
     print("(tokens/s of each round: " + "; ".join(
         f"{p} " + ", ".join(f"{r.tokens_per_s:,.0f}" for r in runs[p]) for p in PRECISIONS) + ")")
     if not args.flops:
         return
     per_token = train_flops_per_token(cfg)
-    device = resolve_device(cfg.device)
     print(f"\nmatmul FLOPs per training token: {per_token / 1e6:,.1f} M")
     for p in PRECISIONS:
-        useful = per_token * statistics.median(r.tokens_per_s for r in runs[p]) / 1e9
+        useful = per_token * median[p] / 1e9
         peak = matmul_peak(device, p)
         of_peak = (f"{useful / peak:.0%} of its matmul peak, {peak:,.0f} GFLOP/s" if peak
                    else "no native bf16 here: no peak measured")
