@@ -34,7 +34,8 @@ SHAPES = {
 
 def main() -> None:
     if len(sys.argv) != 3 or sys.argv[1] not in SHAPES:
-        sys.exit(f"usage: python benchmarks/random_model.py {{{','.join(SHAPES)}}} OUTDIR")
+        print(f"usage: python benchmarks/random_model.py {{{','.join(SHAPES)}}} OUTDIR", file=sys.stderr)
+        sys.exit(2)
     shape, out = sys.argv[1:]
     model_class, config_class, dims = SHAPES[shape]
     # A decoder's rows end with an EOS: the tokenizer's [SEP] plays it.
