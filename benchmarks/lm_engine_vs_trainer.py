@@ -45,8 +45,9 @@ from sweep.lm_batches import LMEncoded, collate_lm, encode_lm
 from sweep.lm_eval import TokenLoss, token_loss
 from sweep.lm_tasks import load_lm_task
 from sweep.models import load_causal_lm, load_tokenizer, pad_token_id
+from sweep.precision import autocast
 from sweep.result import TrialResult
-from sweep.train import autocast, lr_factor, resolve_device, run_trial
+from sweep.train import lr_factor, resolve_device, run_trial
 
 
 @dataclass(frozen=True)

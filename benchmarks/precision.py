@@ -4,8 +4,9 @@ should pick on a machine.
 Each precision first runs one untimed whole trial: on a GPU, CUDA loads each kernel on its first use,
 and a trial over batches of many widths uses many (its figure is printed: what the first trial of a
 trial process pays). Then ROUNDS timed trials per precision, the precisions alternating; it prints
-each precision's median tokens/s (real training tokens over training time), its metric and the
-peak memory of the device. Same seed, data and hyperparameters on each side.
+each precision's median tokens/s (real training tokens over training time), its metric with the
+metric's bootstrap standard error, and the peak memory of the device. Same seed, data and
+hyperparameters on each side.
 With --flops it also prints the useful matmul FLOP rate of each precision against that precision's
 matmul peak on the device: a training token's matmul FLOPs, counted by the profiler over the steps
 of two short fp32 trials that differ only in their number of steps (so that their evaluations,
@@ -113,11 +114,14 @@ def main() -> None:
     median = {p: statistics.median(r.tokens_per_s for r in runs[p]) for p in PRECISIONS}
     metric = first["fp32"].metric_name
     print(f"\n{'precision':<10} {'first trial tok/s':>18} {'tokens/s (median)':>18} {'vs fp32':>8} "
-          f"{metric:>10} {'peak MB':>9}")
+          f"{metric + ' +- se':>18} {'peak MB':>9}")
     for p in PRECISIONS:
         last = runs[p][-1]
         print(f"{p:<10} {first[p].tokens_per_s:>18,.0f} {median[p]:>18,.0f} "
-              f"{median[p] / median['fp32']:>7.2f}x {last.metric:>10.4f} {last.peak_memory_mb:>9,.0f}")
+              f"{median[p] / median['fp32']:>7.2f}x {last.metric:>9.4f} +- {last.metric_se:.4f} "
+              f"{last.peak_memory_mb:>9,.0f}")
+    # The two precisions score the same examples: their difference against each one's bootstrap error.
+    print(f"{metric} bf16 - fp32: {runs['bf16'][-1].metric - runs['fp32'][-1].metric:+.4f}")
     print("(tokens/s of each round: " + "; ".join(
         f"{p} " + ", ".join(f"{r.tokens_per_s:,.0f}" for r in runs[p]) for p in PRECISIONS) + ")")
     if not args.flops:

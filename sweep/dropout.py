@@ -54,7 +54,9 @@ def math_attention(query, key, value, attention_mask, scaling, is_causal, drop) 
             scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores.add_(attention_mask)
-    probs = drop(torch.softmax(scores, dim=-1))
+    # The softmax in fp32 whatever the scores' dtype, as SDPA's kernels compute it; on a CPU a bf16
+    # softmax is also slower than an fp32 one.
+    probs = drop(torch.softmax(scores, dim=-1, dtype=torch.float32))
     return torch.matmul(probs.to(value.dtype), value)
 
 

@@ -16,7 +16,8 @@ if not torch.cuda.is_available():
 
 from sweep.models import load_model
 from sweep.optim import build_optimizer
-from sweep.train import autocast, run_trial
+from sweep.precision import autocast
+from sweep.train import run_trial
 from sweep.trial_process import make_slots, run_isolated
 
 pytestmark = pytest.mark.cuda

@@ -84,6 +84,18 @@ def test_math_attention_without_dropout_is_sdpa(case):
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_bf16_attention_takes_its_softmax_and_drops_its_probabilities_in_fp32():
+    """As SDPA's kernels do: in bf16, the probabilities it drops are fp32, and the output is within
+    bf16's rounding of fp32 attention's."""
+    q, k, v = _qkv(length=9)
+    seen = []
+    got = math_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, 0.5, False,
+                         lambda p: seen.append(p.dtype) or p)
+    assert seen == [torch.float32] and got.dtype == torch.bfloat16
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+
+
 def test_attention_in_training_draws_its_mask_from_the_modules_generator_and_repeats_kv_heads():
     q, k, v = _qkv(heads=4, kv_heads=2)
     module = nn.Module().train()

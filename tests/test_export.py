@@ -25,6 +25,7 @@ from sweep.lm_eval import token_loss
 from sweep.lm_tasks import load_lm_task
 from sweep.metrics import compute
 from sweep.models import pad_token_id, resolve_model_path
+from sweep.precision import autocast
 from sweep.tasks import load_task
 from sweep.train import run_trial
 
@@ -419,8 +420,9 @@ def test_export_adapter_of_a_causal_lm_gives_the_same_validation_loss(lm_study, 
     tokenizer = tf.AutoTokenizer.from_pretrained(dest)
     validation = encode_lm(load_lm_task(cfg.task).validation, tokenizer, cfg.max_length)
 
-    def loss(model) -> float:
-        return token_loss(model, validation, pad_token_id(tokenizer), 8, torch.device("cpu")).loss
+    def loss(model) -> float:  # in the trial's precision (auto: bf16 on a CPU with native bf16)
+        with autocast(cfg, torch.device("cpu")):
+            return token_loss(model, validation, pad_token_id(tokenizer), 8, torch.device("cpu")).loss
 
     assert stored["metric_name"] == "loss" and loss(loaded) == pytest.approx(stored["value"], rel=1e-5)
     untrained = tf.AutoModelForCausalLM.from_pretrained(cfg.model)

@@ -20,6 +20,7 @@ from sweep.checks import check_trial
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.export import best_trial
+from sweep.hardware import native_cpu_bf16
 from sweep.kinds import prepare
 from sweep.lm_batches import IGNORE, collate_lm, encode_lm, pack_lm
 from sweep.lm_tasks import load_lm_task, task_kind
@@ -168,7 +169,8 @@ def test_a_study_of_a_causal_lm_minimises_the_loss_and_reports_and_exports_the_l
     assert curve["normalised"].max() == pytest.approx(1.0) and (curve["normalised"] <= 1.0 + 1e-12).all()
     # A trial states what it was.
     trial = study.trials[0]
-    assert trial.user_attrs["task_kind"] == "causal-lm" and trial.user_attrs["precision"] == "fp32"
+    here = "bf16" if native_cpu_bf16() else "fp32"  # what the study's precision, auto, means on this CPU
+    assert trial.user_attrs["task_kind"] == "causal-lm" and trial.user_attrs["precision"] == here
     assert StoredStudy.load(spec.storage, "lm").attrs["metric_name"] == "loss"
 
 

@@ -107,7 +107,7 @@ def test_schedule_warms_up_then_decays(tiny_cfg, schedule):
 
 def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16_and_fp32_on_a_gpu(tiny_cfg):
     from sweep.hardware import cpu_flags
-    from sweep.train import precision
+    from sweep.precision import precision
 
     cpu = torch.device("cpu")
     assert precision(tiny_cfg.replace(precision="auto"), cpu, cpu_bf16=True) == "bf16"
