@@ -11,9 +11,12 @@ With --flops it also prints the useful matmul FLOP rate of each precision agains
 matmul peak on the device: a training token's matmul FLOPs, counted by the profiler over the steps
 of two short fp32 trials that differ only in their number of steps (so that their evaluations,
 the same, cancel), times the median tokens/s. The bf16 peak is measured only where bf16 is native
-(a GPU, or a CPU with AVX512-BF16 or AMX-BF16).
+(a GPU, or a CPU with AVX512-BF16 or AMX-BF16). With --profile (a CPU) it prints where each
+precision's training steps spend their CPU time, the same difference of two profiled trials: the
+matmuls' share and their GFLOP/s against the peak, then the other ops that take most.
 Usage: python benchmarks/precision.py [--model M] [--task T] [--train N] [--eval N] [--epochs E]
                                       [--batch B] [--max-length L] [--eta-a X] [--rounds R] [--flops]
+                                      [--profile]
 """
 
 from __future__ import annotations
@@ -60,6 +63,20 @@ def train_flops_per_token(cfg: TrialConfig) -> float:
     return (flops_6 - flops_2) / (tokens_6 - tokens_2)
 
 
+def training_op_times(cfg: TrialConfig, precision: str) -> dict[str, tuple[float, float]]:
+    """{op: (self CPU seconds, FLOPs)} of `cfg`'s training steps in `precision`: the difference between
+    profiled trials of 2 and 32 steps, each evaluated once at its end on the same 64 examples."""
+    counted = []
+    for steps in (2, 32):
+        short = cfg.replace(precision=precision, max_steps=steps, eval_every=steps, eval_limit=64)
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            run_trial(short)
+        counted.append({e.key: (e.self_cpu_time_total / 1e6, e.flops) for e in prof.key_averages()})
+    few, many = counted
+    return {key: (secs - few.get(key, (0.0, 0))[0], flops - few.get(key, (0.0, 0))[1])
+            for key, (secs, flops) in many.items()}
+
+
 def matmul_peak(device: torch.device, precision: str) -> float | None:
     """GFLOP/s of a square matmul in `precision` on `device` (2048 on a CPU, 8192 on a GPU), the best
     of three timings of five; None for bf16 where it is not native (emulated: no peak to speak of)."""
@@ -95,6 +112,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--eta-a", type=float, default=None, help="default: 2e-3 (classification), 2e-4 (LM)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", action="store_true",
+                        help="CPU: each precision's training time by op, and the matmuls' share and rate")
     parser.add_argument("--flops", action="store_true",
                         help="useful matmul GFLOP/s against each precision's peak")
     args = parser.parse_args()
@@ -124,6 +143,8 @@ def main() -> None:
     print(f"{metric} bf16 - fp32: {runs['bf16'][-1].metric - runs['fp32'][-1].metric:+.4f}")
     print("(tokens/s of each round: " + "; ".join(
         f"{p} " + ", ".join(f"{r.tokens_per_s:,.0f}" for r in runs[p]) for p in PRECISIONS) + ")")
+    if args.profile:
+        print_profile(cfg, device)
     if not args.flops:
         return
     per_token = train_flops_per_token(cfg)
@@ -134,6 +155,28 @@ def main() -> None:
         of_peak = (f"{useful / peak:.0%} of its matmul peak, {peak:,.0f} GFLOP/s" if peak
                    else "no native bf16 here: no peak measured")
         print(f"{p}: {useful:,.1f} GFLOP/s useful, {of_peak}")
+
+
+
+def print_profile(cfg: TrialConfig, device: torch.device) -> None:
+    """Where each precision's training steps spend their CPU time: the matmuls' share and rate, then the
+    other ops that take most."""
+    if device.type != "cpu":
+        print("\n--profile: CPU only (on a GPU the CPU's op times are launch times)")
+        return
+    for p in PRECISIONS:
+        ops = training_op_times(cfg, p)
+        total = sum(max(secs, 0.0) for secs, _ in ops.values())
+        mm_secs = sum(ops[k][0] for k in MATMULS if k in ops)
+        mm_flops = sum(ops[k][1] for k in MATMULS if k in ops)
+        peak = matmul_peak(device, p)
+        rate = mm_flops / mm_secs / 1e9
+        of_peak = f", {rate / peak:.0%} of the peak, {peak:,.0f}" if peak else ""
+        print(f"\n{p}: training steps 3-32, {total:.2f} s of CPU op time: matmuls "
+              f"{mm_secs / total:.0%} of it, at {rate:,.0f} GFLOP/s{of_peak}")
+        others = sorted(((secs, k) for k, (secs, _) in ops.items() if k not in MATMULS), reverse=True)
+        print("  then " + ", ".join(f"{k.removeprefix('aten::')} {secs / total:.0%}"
+                                    for secs, k in others[:8]))
 
 
 if __name__ == "__main__":
