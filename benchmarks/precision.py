@@ -79,7 +79,8 @@ def training_op_times(cfg: TrialConfig, precision: str) -> dict[str, tuple[float
 
 def matmul_peak(device: torch.device, precision: str) -> float | None:
     """GFLOP/s of a square matmul in `precision` on `device` (2048 on a CPU, 8192 on a GPU), the best
-    of three timings of five; None for bf16 where it is not native (emulated: no peak to speak of)."""
+    of ten timings of five (a shared machine's neighbours can slow a few); None for bf16 where it is
+    not native (emulated: no peak to speak of)."""
     if precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
         return None
     n = 2048 if device.type == "cpu" else 8192
@@ -98,7 +99,7 @@ def matmul_peak(device: torch.device, precision: str) -> float | None:
         return (time.perf_counter() - start) / 5
 
     seconds()  # warm-up
-    return max(2 * n**3 / seconds() / 1e9 for _ in range(3))
+    return max(2 * n**3 / seconds() / 1e9 for _ in range(10))
 
 
 def main() -> None:
