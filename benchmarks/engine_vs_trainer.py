@@ -16,8 +16,12 @@ With --compile, one more row: the engine with its model under torch.compile (dyn
 compilation counted in its training time, as a trial would pay it.
 Precision auto (the default) runs every side in fp32, and again in bf16 autocast where the CPU has
 native bf16 (or on a GPU); a CPU without it emulates bf16, many times slower, and gets fp32 alone.
+With --rounds R every side runs R times, the sides in turn each round (a slow spell of a shared
+machine then lands on every side alike), and the table gives each side's median tokens/s; --no-pad
+leaves out (c), the slowest side.
 Usage: python benchmarks/engine_vs_trainer.py [--train N] [--eval N] [--epochs E] [--task T] [--eta-a X]
                                               [--max-length L] [--precision auto|fp32|bf16] [--compile]
+                                              [--rounds R] [--no-pad]
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 import warnings
@@ -211,6 +217,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="bf16: autocast on both sides; auto: fp32, then bf16 where it is native")
     parser.add_argument("--compile", action="store_true", help="add the engine under torch.compile")
+    parser.add_argument("--rounds", type=int, default=1, help="every side this many times in turn; medians")
+    parser.add_argument("--no-pad", action="store_true", help="leave out (c), the slowest side")
     args = parser.parse_args()
     quiet()
 
@@ -240,32 +248,52 @@ def main() -> None:
 
     for precision in precisions:
         cfg_p = cfg.replace(precision=precision)
-        rows = []
+        first = []
         if cuda:
             # CUDA loads a kernel on its first use, and batches of many widths use many kernels: a first
             # pass in this precision loads them, so no timed side pays for it. Its row is what the
             # first trial of a trial process pays.
             r = run_trial(cfg_p, task=task)
-            rows.append(("(a0) the engine's first pass in this process and precision", r.tokens_per_s,
-                         r.metric, r.train_time_s))
-        r = run_trial(cfg_p, task=task)
-        rows.append(("(a) loraplus-sweep engine", r.tokens_per_s, r.metric, r.train_time_s))
+            first.append(("(a0) the engine's first pass in this process and precision", r.tokens_per_s,
+                          r.metric, r.train_time_s))
+
+        trainer = functools.partial(run_trainer, cfg_p, task, train_enc, val_enc, tokenizer)
+        sides = [("(a) loraplus-sweep engine", functools.partial(run_engine, cfg_p, task))]
         if args.compile:
-            r = run_compiled(cfg_p, task)
-            rows.append(("(a') the engine, model under torch.compile(dynamic=True)", r.tokens_per_s, r.metric,
-                         r.train_time_s))
-        rows.append(("(b) Trainer + create_loraplus_optimizer, dynamic padding",
-                     *run_trainer(cfg_p, task, train_enc, val_enc, tokenizer, pad_to_max=False)))
-        rows.append(("(b') the same + length-grouped sampling",
-                     *run_trainer(cfg_p, task, train_enc, val_enc, tokenizer, pad_to_max=False, group=True)))
-        rows.append(("(c) Trainer + create_loraplus_optimizer, pad to max_length",
-                     *run_trainer(cfg_p, task, train_enc, val_enc, tokenizer, pad_to_max=True)))
+            sides.append(("(a') the engine, model under torch.compile(dynamic=True)",
+                          functools.partial(run_engine, cfg_p, task, compiled=True)))
+        sides += [
+            ("(b) Trainer + create_loraplus_optimizer, dynamic padding",
+             functools.partial(trainer, pad_to_max=False)),
+            ("(b') the same + length-grouped sampling",
+             functools.partial(trainer, pad_to_max=False, group=True)),
+        ]
+        if not args.no_pad:
+            sides.append(("(c) Trainer + create_loraplus_optimizer, pad to max_length",
+                          functools.partial(trainer, pad_to_max=True)))
+        # Rounds of every side in turn: a slow spell of a shared machine lands on all sides alike.
+        runs: dict[str, list] = {name: [] for name, _ in sides}
+        for _ in range(args.rounds):
+            for name, side in sides:
+                runs[name].append(side())
+        rows = first + [(name, statistics.median(tps for tps, _, _ in results), *results[-1][1:])
+                        for name, results in runs.items()]
 
         base = rows[1 if cuda else 0][1]
-        print(f"\n{precision}:")
+        median = " (median of each side's rounds)" if args.rounds > 1 else ""
+        print(f"\n{precision}{median}:")
         print(f"{'side':<62} {'tokens/s':>9} {'(a)/x':>6} {task.main_metric:>9} {'train s':>8}")
         for name, tps, metric, secs in rows:
             print(f"{name:<62} {tps:>9,.0f} {base / tps:>6.2f} {metric:>9.4f} {secs:>8.1f}")
+        if args.rounds > 1:
+            print("(tokens/s of each round: " + "; ".join(
+                f"{name.split()[0]} " + ", ".join(f"{tps:,.0f}" for tps, _, _ in results)
+                for name, results in runs.items()) + ")")
+
+def run_engine(cfg: TrialConfig, task, compiled: bool = False) -> tuple[float, float, float]:
+    """(tokens/s, metric, training seconds) of one engine trial, its model compiled or not."""
+    r = run_compiled(cfg, task) if compiled else run_trial(cfg, task=task)
+    return r.tokens_per_s, r.metric, r.train_time_s
 
 
 def run_compiled(cfg: TrialConfig, task):
