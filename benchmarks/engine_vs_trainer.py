@@ -132,6 +132,17 @@ def cpu_name() -> str:
     return f"{name} ({platform.machine()}; bf16 instructions: {', '.join(bf16) or 'none'})"
 
 
+def rounds(text: str) -> int:
+    """argparse type of --rounds: a whole number of at least 1 (a median needs a round)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return n
+
+
 def machine() -> str:
     cuda = torch.cuda.is_available()
     gpu = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}" if cuda else "no GPU"
@@ -217,7 +228,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="bf16: autocast on both sides; auto: fp32, then bf16 where it is native")
     parser.add_argument("--compile", action="store_true", help="add the engine under torch.compile")
-    parser.add_argument("--rounds", type=int, default=1, help="every side this many times in turn; medians")
+    parser.add_argument("--rounds", type=rounds, default=1, help="each side this many times, medians")
     parser.add_argument("--no-pad", action="store_true", help="leave out (c), the slowest side")
     args = parser.parse_args()
     quiet()
@@ -289,6 +300,7 @@ def main() -> None:
             print("(tokens/s of each round: " + "; ".join(
                 f"{name.split()[0]} " + ", ".join(f"{tps:,.0f}" for tps, _, _ in results)
                 for name, results in runs.items()) + ")")
+
 
 def run_engine(cfg: TrialConfig, task, compiled: bool = False) -> tuple[float, float, float]:
     """(tokens/s, metric, training seconds) of one engine trial, its model compiled or not."""

@@ -26,7 +26,7 @@ import statistics
 import time
 
 import torch
-from engine_vs_trainer import machine, quiet
+from engine_vs_trainer import machine, quiet, rounds
 from torch.profiler import ProfilerActivity, profile
 
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
@@ -50,31 +50,28 @@ def compare(cfg: TrialConfig, rounds: int) -> tuple[dict[str, TrialResult], dict
     return first, runs
 
 
-def train_flops_per_token(cfg: TrialConfig) -> float:
-    """Matmul FLOPs per real training token of `cfg`'s trial (forward and backward): the difference
-    between fp32 trials of 2 and 6 steps, each evaluated once at its end on the same examples."""
+def profiled_steps(cfg: TrialConfig, precision: str, steps: tuple[int, int]) -> tuple[dict, int]:
+    """({op: (self CPU seconds, FLOPs)}, real tokens) of the training steps that a trial of steps[1]
+    steps runs beyond one of steps[0], in `precision`: the difference of the two profiled trials, each
+    evaluated once at its end on the same examples (so that the evaluations cancel)."""
     counted = []
-    for steps in (2, 6):
-        short = cfg.replace(precision="fp32", max_steps=steps, eval_every=steps)
+    for n in steps:
+        short = cfg.replace(precision=precision, max_steps=n, eval_every=n)
         with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
             result = run_trial(short)
-        counted.append((sum(e.flops for e in prof.key_averages() if e.key in MATMULS), result.tokens))
-    (flops_2, tokens_2), (flops_6, tokens_6) = counted
-    return (flops_6 - flops_2) / (tokens_6 - tokens_2)
-
-
-def training_op_times(cfg: TrialConfig, precision: str) -> dict[str, tuple[float, float]]:
-    """{op: (self CPU seconds, FLOPs)} of `cfg`'s training steps in `precision`: the difference between
-    profiled trials of 2 and 32 steps, each evaluated once at its end on the same 64 examples."""
-    counted = []
-    for steps in (2, 32):
-        short = cfg.replace(precision=precision, max_steps=steps, eval_every=steps, eval_limit=64)
-        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
-            run_trial(short)
-        counted.append({e.key: (e.self_cpu_time_total / 1e6, e.flops) for e in prof.key_averages()})
-    few, many = counted
-    return {key: (secs - few.get(key, (0.0, 0))[0], flops - few.get(key, (0.0, 0))[1])
+        ops = {e.key: (e.self_cpu_time_total / 1e6, e.flops) for e in prof.key_averages()}
+        counted.append((ops, result.tokens))
+    (few, few_tokens), (many, many_tokens) = counted
+    diff = {key: (secs - few.get(key, (0.0, 0))[0], flops - few.get(key, (0.0, 0))[1])
             for key, (secs, flops) in many.items()}
+    return diff, many_tokens - few_tokens
+
+
+def train_flops_per_token(cfg: TrialConfig) -> float:
+    """Matmul FLOPs per real training token of `cfg`'s trial (forward and backward): the difference
+    between fp32 trials of 2 and 6 steps."""
+    ops, tokens = profiled_steps(cfg, "fp32", (2, 6))
+    return sum(ops[k][1] for k in MATMULS if k in ops) / tokens
 
 
 def matmul_peak(device: torch.device, precision: str) -> float | None:
@@ -112,7 +109,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 32 (classification), 8 (causal LM)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--eta-a", type=float, default=None, help="default: 2e-3 (classification), 2e-4 (LM)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=rounds, default=2)
     parser.add_argument("--profile", action="store_true",
                         help="CPU: each precision's training time by op, and the matmuls' share and rate")
     parser.add_argument("--flops", action="store_true",
@@ -144,33 +141,35 @@ def main() -> None:
     print(f"{metric} bf16 - fp32: {runs['bf16'][-1].metric - runs['fp32'][-1].metric:+.4f}")
     print("(tokens/s of each round: " + "; ".join(
         f"{p} " + ", ".join(f"{r.tokens_per_s:,.0f}" for r in runs[p]) for p in PRECISIONS) + ")")
+    if not (args.profile or args.flops):
+        return
+    peaks = {p: matmul_peak(device, p) for p in PRECISIONS}
     if args.profile:
-        print_profile(cfg, device)
+        print_profile(cfg, device, peaks)
     if not args.flops:
         return
     per_token = train_flops_per_token(cfg)
     print(f"\nmatmul FLOPs per training token: {per_token / 1e6:,.1f} M")
     for p in PRECISIONS:
         useful = per_token * median[p] / 1e9
-        peak = matmul_peak(device, p)
+        peak = peaks[p]
         of_peak = (f"{useful / peak:.0%} of its matmul peak, {peak:,.0f} GFLOP/s" if peak
                    else "no native bf16 here: no peak measured")
         print(f"{p}: {useful:,.1f} GFLOP/s useful, {of_peak}")
 
 
-
-def print_profile(cfg: TrialConfig, device: torch.device) -> None:
-    """Where each precision's training steps spend their CPU time: the matmuls' share and rate, then the
-    other ops that take most."""
+def print_profile(cfg: TrialConfig, device: torch.device, peaks: dict[str, float | None]) -> None:
+    """Where each precision's training steps spend their CPU time (steps 3-32, evaluated on 64
+    examples): the matmuls' share and rate against `peaks`, then the other ops that take most."""
     if device.type != "cpu":
         print("\n--profile: CPU only (on a GPU the CPU's op times are launch times)")
         return
     for p in PRECISIONS:
-        ops = training_op_times(cfg, p)
+        ops, _ = profiled_steps(cfg.replace(eval_limit=64), p, (2, 32))
         total = sum(max(secs, 0.0) for secs, _ in ops.values())
         mm_secs = sum(ops[k][0] for k in MATMULS if k in ops)
         mm_flops = sum(ops[k][1] for k in MATMULS if k in ops)
-        peak = matmul_peak(device, p)
+        peak = peaks[p]
         rate = mm_flops / mm_secs / 1e9
         of_peak = f", {rate / peak:.0%} of the peak, {peak:,.0f}" if peak else ""
         print(f"\n{p}: training steps 3-32, {total:.2f} s of CPU op time: matmuls "
