@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from sweep.config import TrialConfig
 from sweep.hardware import native_cpu_bf16
@@ -28,3 +29,34 @@ def autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractConte
     if precision(cfg, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+Cast = list[tuple[torch.nn.Parameter, torch.Tensor]]
+
+
+@torch.no_grad()
+def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> Cast:
+    """Cast the frozen floating weights and biases of `model`'s linear layers (nn.Linear, GPT-2's
+    Conv1D) to `dtype` in place; each parameter cast with its former tensor, for uncast(). In a bf16
+    trial autocast would otherwise cast each of them again at every forward pass (it keeps the casts
+    of trained leaves only): cast once ahead, they give the same bf16 products, bit for bit, without
+    the copies. A parameter that another kind of module shares (an LM head tied to the input
+    embeddings) stays as it is: the embedding does not autocast."""
+    linear = (torch.nn.Linear, Conv1D)
+    others = (m for m in model.modules() if not isinstance(m, linear))
+    shared = {id(p) for m in others for p in m.parameters(recurse=False)}
+    cast: Cast = []
+    for module in model.modules():
+        if not isinstance(module, linear):
+            continue
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and id(p) not in shared:
+                cast.append((p, p.data))
+                p.data = p.data.to(dtype)
+    return cast
+
+
+def uncast(cast: Cast) -> None:
+    """Give the parameters that cast_frozen_linears cast their former tensors back."""
+    for p, data in cast:
+        p.data = data

@@ -23,7 +23,7 @@ from sweep.kinds import prepare
 from sweep.lm_tasks import LMTask
 from sweep.metrics import sign
 from sweep.optim import build_optimizer
-from sweep.precision import autocast, precision
+from sweep.precision import autocast, cast_frozen_linears, precision, uncast
 from sweep.result import EvalPoint, StopReason, TrialResult, library_versions
 from sweep.tasks import TaskData
 
@@ -105,6 +105,11 @@ def run_trial(
     _reset_peak_memory(device)
     work = prepare(cfg, device, task)
     model = work.model
+    # autocast's casts of the frozen weights made once, not at every step; the fp32 weights are kept
+    # only for on_end, which gets the model as it was loaded
+    cast = cast_frozen_linears(model, torch.bfloat16) if precision(cfg, device) == "bf16" else []
+    if on_end is None:
+        cast.clear()
     if cfg.gradient_checkpointing:
         # Not the reentrant kind: it needs inputs that require grads, which frozen embeddings never give.
         base = model.get_base_model()
@@ -204,6 +209,7 @@ def run_trial(
         final = history[-1].metrics
         metric_se = work.standard_error()
         if on_end is not None:
+            uncast(cast)
             on_end(model, work.tokenizer)
     main = final[work.metric]
     best = max(history, key=lambda p: sign(work.metric) * p.metric, default=None)

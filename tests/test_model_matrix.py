@@ -251,3 +251,36 @@ def test_numpy_dropout_replaces_every_dropout_and_a_seed_fixes_the_step(checkpoi
     model = load_model(cfg, len(LABELS), LABELS, pad)
     if numpy_dropout(model, 1) and any(m.p > 0 for m in model.modules() if type(m) is NumpyDropout):
         assert not torch.equal(loss(1), loss(2))
+
+
+def test_frozen_linears_cast_to_bf16_ahead_train_bit_for_bit_as_autocast_alone(checkpoint):
+    """A bf16 trial casts its frozen Linear weights once (sweep.precision.cast_frozen_linears) instead
+    of letting autocast cast them at every step: the losses and the trained weights stay the same."""
+    from sweep.precision import cast_frozen_linears, uncast
+
+    arch, path, pad = checkpoint
+    cfg = _cfg(path)
+    runs = []
+    for ahead in (False, True):
+        model = load_model(cfg, len(LABELS), LABELS, pad)
+        cast = cast_frozen_linears(model, torch.bfloat16) if ahead else []
+        if ahead:
+            assert cast and all(p.dtype == torch.bfloat16 for p, _ in cast), arch
+            assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        opt = build_optimizer(model, cfg, torch.device("cpu"))
+        losses = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(**_batch(pad)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        uncast(cast)
+        runs.append((losses, {n: p.detach() for n, p in model.named_parameters()}))
+    (losses, weights), (losses_ahead, weights_ahead) = runs
+    assert all(torch.equal(a, b) for a, b in zip(losses, losses_ahead, strict=True)), arch
+    for name, w in weights.items():
+        ahead = weights_ahead[name]
+        assert torch.equal(w, ahead), f"{arch}: {name} differs"  # frozen ones uncast: the checkpoint's

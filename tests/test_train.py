@@ -136,3 +136,33 @@ def test_a_trial_says_where_its_time_went(tiny_cfg):
     r = run_trial(tiny_cfg.replace(max_steps=6, eval_every=3))
     assert r.setup_time_s > 0 and r.train_time_s > 0 and r.eval_time_s > 0
     assert r.setup_time_s + r.train_time_s + r.eval_time_s <= r.wall_time_s
+
+
+def test_bf16_casts_frozen_linears_but_not_a_head_tied_to_the_embeddings():
+    import transformers as tf
+
+    from sweep.precision import cast_frozen_linears
+
+    for config in (tf.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, tie_word_embeddings=True),
+                   tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2)):
+        model = tf.AutoModelForCausalLM.from_config(config).requires_grad_(False)
+        assert model.lm_head.weight is model.get_input_embeddings().weight
+        assert cast_frozen_linears(model, torch.bfloat16)
+        assert model.lm_head.weight.dtype == torch.float32  # an embedding in bf16 would change the sums
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+        assert linears or config.model_type == "gpt2"
+        assert all(m.weight.dtype == torch.bfloat16 for m in linears)
+
+
+def test_a_bf16_trial_hands_on_end_its_frozen_weights_as_loaded(tiny_cfg):
+    from sweep.models import load_model
+    from sweep.tasks import load_task
+
+    task = load_task(tiny_cfg.task)
+    loaded = load_model(tiny_cfg, task.num_labels, task.label_names).state_dict()
+    seen = {}
+    run_trial(tiny_cfg.replace(precision="bf16", max_steps=2),
+              on_end=lambda model, tokenizer: seen.update(model.state_dict()))
+    frozen = [n for n in loaded if ".lora_" not in n and "classifier" not in n]
+    assert len(frozen) > 10 and all(torch.equal(seen[n], loaded[n]) for n in frozen)  # fp32, unrounded
