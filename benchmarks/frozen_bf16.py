@@ -1,0 +1,96 @@
+"""What casting the frozen weights to bf16 once saves a bf16 training step, against autocast casting
+them at every forward pass; measured step by step, not trial by trial.
+
+One model and optimizer, one stream of training batches; each round runs every side in turn (the
+order rotating), each side one untimed step (so that it starts from its own allocations) and three
+timed ones on the round's batches. A shared machine's slow spells then land on every side alike,
+and differences of a few percent, which whole trials on such a machine cannot resolve, show. The
+third side is the engine's own step again: its ratio to the second is what the method resolves.
+The products are the same on every side (tests/test_model_matrix.py checks it bit for bit).
+Usage: python benchmarks/frozen_bf16.py [--model M] [--task T] [--batch B] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from engine_vs_trainer import machine, quiet, rounds
+
+from sweep.batches import train_batches
+from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.kinds import prepare
+from sweep.optim import build_optimizer
+from sweep.precision import autocast, cast_frozen_linears
+
+SIDES = ("autocast casts the frozen weights every step", "cast to bf16 once (the engine)",
+         "cast once, again (the control)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--task", default=DEFAULT_TASK)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--rounds", type=rounds, default=60)
+    args = parser.parse_args()
+    quiet()
+
+    cfg = TrialConfig(model=args.model, task=args.task, rank=8, eta_a=2e-3, lam=8.0, batch_size=args.batch,
+                      max_length=args.max_length, train_limit=2048, eval_limit=64, precision="bf16",
+                      device="cpu")
+    device = torch.device("cpu")
+    work = prepare(cfg, device, None)
+    model = work.model.train()
+    optimizer = build_optimizer(model, cfg, device)
+    cast = cast_frozen_linears(model, torch.bfloat16)
+    fp32 = [data for _, data in cast]
+    bf16 = [p.data for p, _ in cast]
+    batches = train_batches(work.lengths, cfg.batch_size, np.random.default_rng(0))
+
+    def frozen(tensors: list[torch.Tensor]) -> None:
+        for (p, _), data in zip(cast, tensors, strict=True):
+            p.data = data
+
+    def step(idx: np.ndarray) -> None:
+        b = work.collate(idx)
+        with autocast(cfg, device):
+            loss = work.loss_sum(b) / work.count(b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for idx in batches[:4]:
+        step(idx)  # warm: the first steps allocate, and bf16 kernels are made for their shapes
+    seconds = {s: [] for s in SIDES}
+    tokens = dict.fromkeys(SIDES, 0)
+    for r in range(args.rounds):
+        order = SIDES[r % 3:] + SIDES[:r % 3]
+        for side in order:
+            frozen(fp32 if side == SIDES[0] else bf16)
+            step(batches[(r * 3 + 7) % len(batches)])
+            spent = 0.0
+            for j in range(3):
+                idx = batches[(r * 3 + j) % len(batches)]
+                start = time.perf_counter()
+                step(idx)
+                spent += time.perf_counter() - start
+                tokens[side] += int(work.lengths[idx].sum())
+            seconds[side].append(spent)
+
+    print(machine())
+    print(f"{cfg.model} on {cfg.task}, bf16 autocast, batch {cfg.batch_size}, LoRA rank {cfg.rank}: "
+          f"{len(cast)} frozen weights and biases; {args.rounds} rounds of 3 timed steps per side\n")
+    print(f"{'side':<48} {'tokens/s':>9} {'vs first (median of rounds)':>28}")
+    for side in SIDES:
+        ratio = statistics.median(a / b for a, b in zip(seconds[SIDES[0]], seconds[side], strict=True))
+        print(f"{side:<48} {tokens[side] / sum(seconds[side]):>9,.0f} {ratio:>27.3f}x")
+
+
+if __name__ == "__main__":
+    main()
