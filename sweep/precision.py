@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
 from sweep.config import TrialConfig
@@ -40,14 +41,17 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> Cast:
     Conv1D) to `dtype` in place; each parameter cast with its former tensor, for uncast(). In a bf16
     trial autocast would otherwise cast each of them again at every forward pass (it keeps the casts
     of trained leaves only): cast once ahead, they give the same bf16 products, bit for bit, without
-    the copies. A parameter that another kind of module shares (an LM head tied to the input
-    embeddings) stays as it is: the embedding does not autocast."""
+    the copies. Left as they are: a parameter that another kind of module shares (an LM head tied to
+    the input embeddings; the embedding does not autocast), and the base layers of DoRA, which
+    takes its weight's norm outside autocast."""
     linear = (torch.nn.Linear, Conv1D)
     others = (m for m in model.modules() if not isinstance(m, linear))
     shared = {id(p) for m in others for p in m.parameters(recurse=False)}
+    dora = {id(m.get_base_layer()) for m in model.modules()
+            if isinstance(m, LoraLayer) and any(m.use_dora.values())}
     cast: Cast = []
     for module in model.modules():
-        if not isinstance(module, linear):
+        if not isinstance(module, linear) or id(module) in dora:
             continue
         for p in module.parameters(recurse=False):
             if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and id(p) not in shared:

@@ -253,13 +253,15 @@ def test_numpy_dropout_replaces_every_dropout_and_a_seed_fixes_the_step(checkpoi
         assert not torch.equal(loss(1), loss(2))
 
 
-def test_frozen_linears_cast_to_bf16_ahead_train_bit_for_bit_as_autocast_alone(checkpoint):
-    """A bf16 trial casts its frozen Linear weights once (sweep.precision.cast_frozen_linears) instead
-    of letting autocast cast them at every step: the losses and the trained weights stay the same."""
+@pytest.mark.parametrize("dora", [False, True])
+def test_frozen_linears_cast_to_bf16_ahead_train_bit_for_bit_as_autocast_alone(checkpoint, dora):
+    """A bf16 trial casts its frozen linear weights once (sweep.precision.cast_frozen_linears) instead
+    of letting autocast cast them at every step: the losses and the trained weights stay the same,
+    with DoRA too (it norms its base weights outside autocast: those are not cast)."""
     from sweep.precision import cast_frozen_linears, uncast
 
     arch, path, pad = checkpoint
-    cfg = _cfg(path)
+    cfg = _cfg(path, use_dora=dora)
     runs = []
     for ahead in (False, True):
         model = load_model(cfg, len(LABELS), LABELS, pad)
