@@ -202,12 +202,18 @@ def test_ctrl_c_during_a_single_trial_is_one_line_and_exit_130(tiny_model, toy_c
     cache = tmp_path / "cache"
     log = tmp_path / "trial.log"
     args = ["trial", "--model", tiny_model, "--task", toy_csv, "--max-length", "32", "--max-steps", "100000"]
-    proc = start(args, log, env={"LORAPLUS_SWEEP_CACHE": str(cache)})
+    proc = start(args, log, env={"LORAPLUS_SWEEP_CACHE": str(cache), "PYTHONFAULTHANDLER": "1"})
     try:
         # The tokenized data is cached just before training starts.
         wait_for(lambda: list(cache.glob("tokens/*.npz")), 120, "the trial's tokenized data")
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            proc.wait(timeout=10)
+            pytest.fail("no exit within 60 s of SIGINT; where its threads were:\n" + log.read_text()[-6000:])
+        assert code == 130
     finally:
         stop(proc)
     out = log.read_text()
