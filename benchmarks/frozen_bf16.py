@@ -61,7 +61,8 @@ def main() -> None:
         with autocast(cfg, device):
             loss = work.loss_sum(b) / work.count(b)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if cfg.max_grad_norm is not None:  # as the engine's step (sweep.train.run_trial)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
