@@ -7,7 +7,11 @@ timed ones on the round's batches. A shared machine's slow spells then land on e
 and differences of a few percent, which whole trials on such a machine cannot resolve, show. The
 third side is the engine's own step again: its ratio to the second is what the method resolves.
 The products are the same on every side (tests/test_model_matrix.py checks it bit for bit).
+With --fp32 a fourth side runs the step in fp32 (no autocast, the frozen weights fp32): what
+precision "auto" picks on a GPU, against the bf16 step as the engine now runs it. On CUDA each timed
+step ends with a synchronize, so its time is the device's.
 Usage: python benchmarks/frozen_bf16.py [--model M] [--task T] [--batch B] [--rounds R]
+                                        [--device cpu|cuda] [--fp32]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from sweep.precision import autocast, cast_frozen_linears
 
 SIDES = ("autocast casts the frozen weights every step", "cast to bf16 once (the engine)",
          "cast once, again (the control)")
+FP32 = "fp32, no autocast"
 
 
 def main() -> None:
@@ -37,13 +42,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=rounds, default=60)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--fp32", action="store_true", help=f"a fourth side: {FP32}")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     quiet()
+    sides = SIDES + ((FP32,) if args.fp32 else ())
 
     cfg = TrialConfig(model=args.model, task=args.task, rank=8, eta_a=2e-3, lam=8.0, batch_size=args.batch,
                       max_length=args.max_length, train_limit=2048, eval_limit=64, precision="bf16",
-                      device="cpu")
-    device = torch.device("cpu")
+                      device=args.device)
+    device = torch.device(args.device)
     work = prepare(cfg, device, None)
     model = work.model.train()
     optimizer = build_optimizer(model, cfg, device)
@@ -56,9 +66,13 @@ def main() -> None:
         for (p, _), data in zip(cast, tensors, strict=True):
             p.data = data
 
-    def step(idx: np.ndarray) -> None:
-        b = work.collate(idx)
-        with autocast(cfg, device):
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def step(idx: np.ndarray, precision: str = "bf16") -> None:
+        b = {k: v.to(device, non_blocking=True) for k, v in work.collate(idx).items()}
+        with autocast(cfg.replace(precision=precision), device):
             loss = work.loss_sum(b) / work.count(b)
         loss.backward()
         if cfg.max_grad_norm is not None:  # as the engine's step (sweep.train.run_trial)
@@ -66,29 +80,36 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for idx in batches[:4]:
-        step(idx)  # warm: the first steps allocate, and bf16 kernels are made for their shapes
-    seconds = {s: [] for s in SIDES}
-    tokens = dict.fromkeys(SIDES, 0)
+    # Warm: the first steps allocate, and kernels are made (CUDA: loaded) for their shapes.
+    for side in sides:
+        frozen(fp32 if side in (SIDES[0], FP32) else bf16)
+        for idx in batches[:4]:
+            step(idx, "fp32" if side == FP32 else "bf16")
+    seconds = {s: [] for s in sides}
+    tokens = dict.fromkeys(sides, 0)
     for r in range(args.rounds):
-        order = SIDES[r % 3:] + SIDES[:r % 3]
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
         for side in order:
-            frozen(fp32 if side == SIDES[0] else bf16)
-            step(batches[(r * 3 + 7) % len(batches)])
+            frozen(fp32 if side in (SIDES[0], FP32) else bf16)
+            precision = "fp32" if side == FP32 else "bf16"
+            step(batches[(r * 3 + 7) % len(batches)], precision)
             spent = 0.0
             for j in range(3):
                 idx = batches[(r * 3 + j) % len(batches)]
+                sync()
                 start = time.perf_counter()
-                step(idx)
+                step(idx, precision)
+                sync()
                 spent += time.perf_counter() - start
                 tokens[side] += int(work.lengths[idx].sum())
             seconds[side].append(spent)
 
     print(machine())
-    print(f"{cfg.model} on {cfg.task}, bf16 autocast, batch {cfg.batch_size}, LoRA rank {cfg.rank}: "
-          f"{len(cast)} frozen weights and biases; {args.rounds} rounds of 3 timed steps per side\n")
+    print(f"{cfg.model} on {cfg.task}, bf16 autocast, batch {cfg.batch_size}, LoRA rank {cfg.rank}, on "
+          f"{device.type}: {len(cast)} frozen weights and biases; {args.rounds} rounds of 3 timed steps per "
+          "side\n")
     print(f"{'side':<48} {'tokens/s':>9} {'vs first (median of rounds)':>28}")
-    for side in SIDES:
+    for side in sides:
         ratio = statistics.median(a / b for a, b in zip(seconds[SIDES[0]], seconds[side], strict=True))
         print(f"{side:<48} {tokens[side] / sum(seconds[side]):>9,.0f} {ratio:>27.3f}x")
 

@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 from sweep.models import load_model
 from sweep.optim import build_optimizer
-from sweep.precision import autocast
+from sweep.precision import autocast, cast_frozen_linears, uncast
 from sweep.train import run_trial
 from sweep.trial_process import make_slots, run_isolated
 
@@ -130,3 +130,24 @@ def test_on_the_gpu_losses_are_read_a_step_late_yet_every_check_and_callback_sti
                   on_step=lambda s, total, loss: steps.append(s), on_eval=lambda p: evals.append(p.step))
     assert steps == list(range(1, 9)) and evals == [4, 8] and r.steps == 8
     assert math.isfinite(r.history[-1].train_loss)
+
+
+def test_frozen_weights_cast_to_bf16_once_train_bit_for_bit_as_autocast_alone_on_the_gpu(tiny_cfg):
+    """A bf16 trial on the card casts its frozen linear weights once (as on the CPU): the same
+    losses and trained weights as autocast casting them at every step."""
+    cfg = tiny_cfg.replace(device="cuda", precision="bf16", lam=8.0, eta_a=1e-2)
+    runs = []
+    for ahead in (False, True):
+        model = load_model(cfg, len(LABELS), LABELS).to(CUDA)
+        cast = cast_frozen_linears(model, torch.bfloat16) if ahead else []
+        assert all(p.dtype == torch.bfloat16 and p.device.type == "cuda" for p, _ in cast)
+        assert bool(cast) == ahead
+        optimizer = build_optimizer(model, cfg, CUDA)
+        losses = [_step(model, optimizer, cfg, seed) for seed in range(3)]
+        uncast(cast)
+        runs.append((losses, {n: p.detach().cpu() for n, p in model.named_parameters()}))
+    (losses, weights), (losses_ahead, weights_ahead) = runs
+    assert losses == losses_ahead
+    for name, w in weights.items():
+        gap = (w - weights_ahead[name]).abs().max()
+        assert torch.equal(w, weights_ahead[name]), f"{name} differs by {gap}"
