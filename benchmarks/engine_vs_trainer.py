@@ -18,10 +18,10 @@ Precision auto (the default) runs every side in fp32, and again in bf16 autocast
 native bf16 (or on a GPU); a CPU without it emulates bf16, many times slower, and gets fp32 alone.
 With --rounds R every side runs R times, the sides in turn each round (a slow spell of a shared
 machine then lands on every side alike), and the table gives each side's median tokens/s; --no-pad
-leaves out (c), the slowest side.
+leaves out (c), the slowest side, and --no-trainer every Trainer side.
 Usage: python benchmarks/engine_vs_trainer.py [--train N] [--eval N] [--epochs E] [--task T] [--eta-a X]
                                               [--max-length L] [--precision auto|fp32|bf16] [--compile]
-                                              [--rounds R] [--no-pad]
+                                              [--rounds R] [--no-pad] [--no-trainer]
 """
 
 from __future__ import annotations
@@ -230,6 +230,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add the engine under torch.compile")
     parser.add_argument("--rounds", type=rounds, default=1, help="each side this many times, medians")
     parser.add_argument("--no-pad", action="store_true", help="leave out (c), the slowest side")
+    parser.add_argument("--no-trainer", action="store_true",
+                        help="the engine's rows alone (with --compile: what compiling does to it)")
     args = parser.parse_args()
     quiet()
 
@@ -273,13 +275,13 @@ def main() -> None:
         if args.compile:
             sides.append(("(a') the engine, model under torch.compile(dynamic=True)",
                           functools.partial(run_engine, cfg_p, task, compiled=True)))
-        sides += [
+        sides += [] if args.no_trainer else [
             ("(b) Trainer + create_loraplus_optimizer, dynamic padding",
              functools.partial(trainer, pad_to_max=False)),
             ("(b') the same + length-grouped sampling",
              functools.partial(trainer, pad_to_max=False, group=True)),
         ]
-        if not args.no_pad:
+        if not args.no_pad and not args.no_trainer:
             sides.append(("(c) Trainer + create_loraplus_optimizer, pad to max_length",
                           functools.partial(trainer, pad_to_max=True)))
         # Rounds of every side in turn: a slow spell of a shared machine lands on all sides alike.
