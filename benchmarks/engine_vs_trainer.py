@@ -269,6 +269,8 @@ def main() -> None:
             r = run_trial(cfg_p, task=task)
             first.append(("(a0) the engine's first pass in this process and precision", r.tokens_per_s,
                           r.metric, r.train_time_s))
+            print(f"  {precision}, (a0): {r.tokens_per_s:,.0f} tokens/s, training {r.train_time_s:.1f} s",
+                  flush=True)
 
         trainer = functools.partial(run_trainer, cfg_p, task, train_enc, val_enc, tokenizer)
         sides = [("(a) loraplus-sweep engine", functools.partial(run_engine, cfg_p, task))]
@@ -286,9 +288,14 @@ def main() -> None:
                           functools.partial(trainer, pad_to_max=True)))
         # Rounds of every side in turn: a slow spell of a shared machine lands on all sides alike.
         runs: dict[str, list] = {name: [] for name, _ in sides}
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for name, side in sides:
+                start = time.perf_counter()
                 runs[name].append(side())
+                # As it goes, so that a run stopped early (a time limit) still says what it measured.
+                tps, _, secs = runs[name][-1]
+                print(f"  {precision}, round {r + 1}, {name.split()[0]}: {tps:,.0f} tokens/s, training "
+                      f"{secs:.1f} s, the whole side {time.perf_counter() - start:.1f} s", flush=True)
         rows = first + [(name, statistics.median(tps for tps, _, _ in results), *results[-1][1:])
                         for name, results in runs.items()]
 
