@@ -10,7 +10,16 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from sweep.commandline import DEBUG_ENV, Edge, err, error, interrupted, setting, with_trial_settings
+from sweep.commandline import (
+    DEBUG_ENV,
+    Edge,
+    err,
+    error,
+    interrupted,
+    plain_help,
+    setting,
+    with_trial_settings,
+)
 from sweep.config import REMOTE_CODE_HELP, TrialConfig
 from sweep.errors import SweepError
 from sweep.schema import short
@@ -393,6 +402,9 @@ def dashboard(
         serve(storage, host, port, listening)
     except KeyboardInterrupt:
         err.print("dashboard stopped", highlight=False, markup=False)
+
+
+plain_help(app)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from sweep.config import GROUPS, TrialConfig, flag
@@ -63,6 +64,19 @@ class Edge(typer.core.TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+def plain_help(app: typer.Typer) -> None:
+    """Each command's docstring as its help, as plain text (rich would read "[dashboard]" in an
+    install hint as markup and drop it), and its first paragraph as one line in the list of
+    commands (typer keeps the docstring's line breaks there), for `app` and its command groups."""
+    for info in app.registered_commands:
+        doc = inspect.cleandoc(info.help or (info.callback.__doc__ if info.callback else None) or "")
+        info.help = escape(doc)
+        info.short_help = info.short_help or escape(" ".join(doc.split("\n\n")[0].split()))
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            plain_help(group.typer_instance)
 
 
 def _debug(argv: list[str]) -> bool:

@@ -62,3 +62,19 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_model, toy_csv, args, messag
     assert r.exit_code == 2
     assert message in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.output
+
+
+def test_help_keeps_bracketed_install_hints_and_lists_each_command_in_flowing_lines():
+    """Rich reads help text as markup: an install hint's "[dashboard]" would vanish, and typer's list of
+    commands kept the docstrings' line breaks (a summary broken mid-sentence)."""
+    wide = runner.invoke(app, ["--help"], env={"COLUMNS": "250"}, terminal_width=250)
+    assert wide.exit_code == 0
+    assert "pip install 'loraplus-sweep[dashboard]'" in wide.stdout
+    # Wide enough for every summary: each on one line of the commands panel.
+    assert "over fresh seeds paired by seed: means, the gain with its 95% interval" in wide.stdout
+    assert "the lambda curve, the recommended default lambda per model" in wide.stdout
+    page = runner.invoke(app, ["dashboard", "--help"], env={"COLUMNS": "250"}, terminal_width=250)
+    assert "pip install 'loraplus-sweep[dashboard]'" in page.stdout
+    group = runner.invoke(app, ["studies", "--help"], env={"COLUMNS": "250"}, terminal_width=250)
+    assert "Copy studies with all their trials from SOURCE into --storage (e.g. a sweep run elsewhere);" \
+        " names already stored there are refused" in group.stdout
