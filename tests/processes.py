@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,12 +27,21 @@ def sweep_args(model: str, task: str) -> list[str]:
             "--heartbeat", "1"]
 
 
+def _ctrl_c_at_its_default() -> None:
+    # A shell starts a background job with SIGINT ignored, and an ignored signal stays ignored in
+    # the programs it starts: a suite run in the background would pass that on to the CLI, where
+    # Python then installs no KeyboardInterrupt. A command typed at a terminal gets the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    """The CLI with `args`, output to `log`, in a process group of its own (as a terminal starts a
-    command: os.killpg reaches it and its trials' processes, as Ctrl-C does)."""
+    """The CLI with `args`, output to `log`, in a process group of its own and with Ctrl-C at its
+    default, as a terminal starts a command: os.killpg reaches it and its trials' processes, as
+    Ctrl-C does."""
     out = log.open("w")
     return subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+                            env={**os.environ, **(env or {})}, start_new_session=True,
+                            preexec_fn=_ctrl_c_at_its_default)
 
 
 def children(pid: int) -> list[int]:
