@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the CUDA path end to end and prints figures: the GPU tests (tests/test_cuda.py), a short
-# sweep of the embedded default model and task with one trial process per GPU, its report, and the
-# engine-vs-Trainer benchmark in bf16 and in fp32.
+# sweep of the embedded default model and task with one trial process per GPU, its report, the
+# engine-vs-Trainer benchmark in bf16 and in fp32, and on a GPU the engine alone in fp32 against
+# bf16 (benchmarks/precision.py: the figures behind what precision "auto" picks on a GPU).
 #
 # Usage, from anywhere: bash benchmarks/cuda_check.sh [OUTDIR]
 # OUTDIR (default: a new temporary folder) receives cuda_check.log (everything printed), the study
@@ -131,6 +132,9 @@ step report "$PYTHON" -c 'import cli; cli.main()' report --storage "$db" --out "
 for precision in $precisions; do
   step "benchmark-$precision" "$PYTHON" benchmarks/engine_vs_trainer.py --train "$bench_train" --precision "$precision"
 done
+if [ "$devices" != cpu ] && [ -n "$precisions" ]; then
+  step precision "$PYTHON" benchmarks/precision.py --train "$bench_train" --eval "$eval_n"
+fi
 
 echo
 if [ "${#failed[@]}" -gt 0 ]; then
