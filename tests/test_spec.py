@@ -112,6 +112,11 @@ def test_several_plain_lora_baselines_spread_over_the_eta_range():
     ]
     with pytest.raises(SweepError, match="baselines must be an integer from 1 to n_trials"):
         load_spec(None, {"baselines": 0})
+    with pytest.raises(SweepError, match="baselines must be an integer from 1 to n_trials"):
+        load_spec(None, {"baselines": 4, "n_trials": 3})
+    with pytest.raises(SweepError) as bad_budget:  # the default baselines (1) is not to blame
+        load_spec(None, {"n_trials": -3})
+    assert str(bad_budget.value).endswith("n_trials must be an integer >= 1, got -3")
 
 
 @pytest.mark.slow
