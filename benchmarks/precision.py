@@ -42,11 +42,18 @@ MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")  # the products the profiler 
 
 def compare(cfg: TrialConfig, rounds: int) -> tuple[dict[str, TrialResult], dict[str, list[TrialResult]]]:
     """(each precision's first trial, its `rounds` timed trials): the same trial, precision aside."""
-    first = {p: run_trial(cfg.replace(precision=p)) for p in PRECISIONS}
+    def trial(precision: str, which: str) -> TrialResult:
+        r = run_trial(cfg.replace(precision=precision))
+        # As it goes, so that a run stopped early (a time limit) still says what it measured.
+        print(f"  {precision}, {which}: {r.tokens_per_s:,.0f} tokens/s, training {r.train_time_s:.1f} s",
+              flush=True)
+        return r
+
+    first = {p: trial(p, "first trial") for p in PRECISIONS}
     runs: dict[str, list[TrialResult]] = {p: [] for p in PRECISIONS}
-    for _ in range(rounds):
+    for i in range(rounds):
         for p in PRECISIONS:
-            runs[p].append(run_trial(cfg.replace(precision=p)))
+            runs[p].append(trial(p, f"round {i + 1}"))
     return first, runs
 
 
