@@ -62,9 +62,13 @@ def main() -> None:
     bf16 = [p.data for p, _ in cast]
     batches = train_batches(work.lengths, cfg.batch_size, np.random.default_rng(0))
 
-    def frozen(tensors: list[torch.Tensor]) -> None:
+    def arm(side: str) -> str:
+        """Give the frozen weights `side`'s tensors (fp32 where autocast casts them, or fp32 alone);
+        its step's precision."""
+        tensors = fp32 if side in (SIDES[0], FP32) else bf16
         for (p, _), data in zip(cast, tensors, strict=True):
             p.data = data
+        return "fp32" if side == FP32 else "bf16"
 
     def sync() -> None:
         if device.type == "cuda":
@@ -82,16 +86,15 @@ def main() -> None:
 
     # Warm: the first steps allocate, and kernels are made (CUDA: loaded) for their shapes.
     for side in sides:
-        frozen(fp32 if side in (SIDES[0], FP32) else bf16)
+        precision = arm(side)
         for idx in batches[:4]:
-            step(idx, "fp32" if side == FP32 else "bf16")
+            step(idx, precision)
     seconds = {s: [] for s in sides}
     tokens = dict.fromkeys(sides, 0)
     for r in range(args.rounds):
         order = sides[r % len(sides):] + sides[:r % len(sides)]
         for side in order:
-            frozen(fp32 if side in (SIDES[0], FP32) else bf16)
-            precision = "fp32" if side == FP32 else "bf16"
+            precision = arm(side)
             step(batches[(r * 3 + 7) % len(batches)], precision)
             spent = 0.0
             for j in range(3):
