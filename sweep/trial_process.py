@@ -155,14 +155,16 @@ def _serve(conn: Connection, runner: str, env: dict[str, str], threads: int | No
         torch.set_num_threads(threads)
     try:
         conn.send(("ready",))
-        while True:
-            msg = conn.recv()
-            if msg[0] != "trial" or not _run_one(conn, run_trial, msg[1]):
-                return
+        while (msg := conn.recv())[0] == "trial" and _run_one(conn, run_trial, msg[1]):
+            pass
     except (_ParentGone, BrokenPipeError, ConnectionResetError, EOFError):
-        return  # killed with the parent in a moment (_die_with_parent); nobody to tell
-    finally:
-        conn.close()
+        pass  # killed with the parent in a moment (_die_with_parent); nobody to tell
+    conn.close()
+    # Done, results sent: skip the interpreter's teardown, which with torch and transformers loaded
+    # takes about a second that the parent spends waiting for this process to end (close()).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run_one(conn: Connection, run_trial: Callable, cfg: TrialConfig) -> bool:

@@ -253,10 +253,11 @@ def run_study(spec: StudySpec, hooks: Hooks | None = None, store: StoredStudy | 
 def prepare(spec: StudySpec) -> tuple[StudySpec, StoredStudy]:
     """What `run` and `worker` start from: the spec checked before any trial (a bad task or model
     fails here, before a study is created) with its data fingerprint, and its study opened."""
-    from sweep.checks import preflight
-    from sweep.quiet import quiet_libraries
-
     with slots_starting(spec):
+        # Imported once the slots' processes are starting: torch and transformers take seconds.
+        from sweep.checks import preflight
+        from sweep.quiet import quiet_libraries
+
         quiet_libraries()
         spec = preflight(spec)
         return spec, open_study(spec)

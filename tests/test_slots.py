@@ -1,6 +1,8 @@
 """A slot's process serves one trial after another: a trial's result is the same bit for bit whether it
 ran first or fifth in its slot, and a trial that fails leaves the next one a fresh process."""
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -86,6 +88,24 @@ def test_a_sweep_starts_its_slot_processes_before_its_checks_and_its_trials_run_
     assert alive_at_checks == [[True]]  # started before the checks, and running during them
     assert len(spawned) == 1 and not trial_process._early  # both trials ran in that one process
     assert sorted(t.state.name for t in study.trials()) == ["COMPLETE"] * 2
+
+
+def test_a_sweeps_slot_process_starts_before_the_parent_imports_torch(tiny_model, toy_csv, tmp_path):
+    # In a fresh interpreter: this one imported torch long ago. Both processes import torch and
+    # transformers (seconds each); the child's start must not wait for the parent's.
+    code = f"""
+import sys
+from sweep import trial_process, workers
+from sweep.spec import load_spec
+trial_process.SlotProcess.spawn = lambda self: print("torch loaded at spawn:", "torch" in sys.modules)
+spec = load_spec(None, {{"model": {tiny_model!r}, "task": {toy_csv!r}, "n_trials": 1, "device": "cpu",
+                        "storage": "sqlite:///{tmp_path}/s.db"}})
+workers.prepare(spec)
+print("torch loaded after the checks:", "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["torch loaded at spawn: False", "torch loaded after the checks: True"]
 
 
 def test_processes_no_worker_takes_are_ended_at_once_even_while_they_start():
