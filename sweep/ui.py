@@ -15,6 +15,7 @@ from rich.text import Text
 
 from sweep.config import TrialConfig
 from sweep.hooks import Finished, Hooks
+from sweep.metrics import sign
 from sweep.result import EvalPoint, TrialResult
 
 err = Console(stderr=True)
@@ -36,22 +37,33 @@ def _progress() -> Progress:
     )
 
 
+def _line(text: str) -> None:
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 class _TrialBar:
-    """One trial's bar: step, smoothed loss and the last evaluation."""
+    """One trial's bar: step, smoothed loss and the last evaluation. Where stderr is not a terminal (a
+    log file, a batch job's output) rich draws no bars, so each evaluation is also a line there."""
 
     def __init__(self, progress: Progress, title: str) -> None:
         self.progress = progress
+        self.title = title
         self.id: TaskID = progress.add_task(title, total=None, count="starting", info="")
         self.loss = self.metric = ""
+        self.total: int | None = None
 
     def step(self, step: int, total: int, loss: float) -> None:
         self.loss = f"loss {loss:.4f}"
+        self.total = total
         self.progress.update(self.id, completed=step, total=total, count=f"step {step}/{total}",
                              info=f"{self.loss} {self.metric}")
 
     def eval(self, point: EvalPoint) -> None:
         self.metric = f"eval {point.metric:.4f}"
         self.progress.update(self.id, info=f"{self.loss} {self.metric}")
+        if not err.is_terminal:
+            _line(f"{self.title}: step {point.step}/{self.total}, {self.metric}, "
+                  f"train loss {point.train_loss:.4f}")
 
 
 class TrialProgress:
@@ -73,7 +85,9 @@ class TrialProgress:
 class SweepProgress:
     """A bar for the trials finished (complete / pruned / failed, best so far), one per running trial."""
 
-    def __init__(self, study_name: str, done: int, total: int) -> None:
+    def __init__(self, study_name: str, done: int, total: int, sign: float = 1.0) -> None:
+        """`sign`: +1 where a higher value is better, -1 where lower is (a loss; sweep.metrics.sign)."""
+        self.sign = sign
         self.progress = _progress()
         self.sweep = self.progress.add_task(study_name, total=total, completed=done,
                                             count=f"{done}/{total} trials", info="")
@@ -109,7 +123,7 @@ class SweepProgress:
         state = trial.state
         self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and trial.value is not None:
-            if self.best_value is None or trial.value > self.best_value:
+            if self.best_value is None or self.sign * (trial.value - self.best_value) > 0:
                 self.best_value = trial.value
                 p = trial.params
                 self.best = (f"best {trial.value:.4f} (eta_A {p['eta_a']:.2e}, lambda {p['lambda']:.3g}, "
@@ -118,11 +132,20 @@ class SweepProgress:
             self.progress.advance(self.sweep)
         done = int(self.progress.tasks[0].completed)
         c = self.counts
-        self.progress.update(
-            self.sweep,
-            count=f"{done}/{self.total} trials",
-            info=f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed  {self.best}",
-        )
+        counts = f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed"
+        self.progress.update(self.sweep, count=f"{done}/{self.total} trials", info=f"{counts}  {self.best}")
+        if not err.is_terminal:  # no bars in a log: a line per finished trial instead
+            p = trial.params
+            what = (f"#{trial.number} eta_A {p['eta_a']:.2e} lambda {p['lambda']:.3g} r {p['rank']}"
+                    if {"eta_a", "lambda", "rank"} <= p.keys() else f"#{trial.number}")
+            how = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
+            if trial.value is not None:
+                how += f" {trial.value:.4f}"
+            reason = trial.attrs.get("stop_reason")
+            if reason and state != "COMPLETE":
+                how += f" ({reason})"
+            best = f", {self.best}" if self.best else ""
+            _line(f"{what}: {how}; {done}/{self.total} trials, {counts}{best}")
 
 
 def print_result(r: TrialResult) -> None:
@@ -401,7 +424,7 @@ def sweep_live(spec: Any, store: Any) -> None:
     err.print(Text.assemble("study ", (spec.study_name, "bold"), f" in {mask_url(spec.storage)}: {done} of "
                             f"{spec.n_trials} trials finished"), highlight=False, soft_wrap=True)
     with (tracking(spec.track, store.name, spec.track_dir, warn=_warn) as tracked,
-          SweepProgress(spec.study_name, done, spec.n_trials) as progress):
+          SweepProgress(spec.study_name, done, spec.n_trials, _sign(spec)) as progress):
         run_study(spec, chain(progress.hooks(), tracked), store)
     print_study_summary(store.name, report.summary(store.frame()))
     missing = store.missing_grid_points(spec)
@@ -409,6 +432,11 @@ def sweep_live(spec: Any, store: Any) -> None:
         err.print(f"{len(missing)} of {len(spec.grid)} grid points have no result (last failure: "
                   f"{missing[-1] or 'no reason recorded'}); run the same command again to retry them",
                   highlight=False, soft_wrap=True, markup=False)
+
+
+def _sign(spec: Any) -> float:
+    """Which way the study's metric is better: a spec without an objective maximizes (sweep.stored)."""
+    return sign(spec.objective) if spec.objective else 1.0
 
 
 def _warn(message: str) -> None:
@@ -441,6 +469,6 @@ def confirm_live(study: Any, spec: Any, plan: Any) -> list[Any]:
                   highlight=False, markup=False)
     done = confirm.runs_stored(spec.storage, plan)
     with (tracking(spec.track, plan.name, spec.track_dir, warn=_warn) as tracked,
-          SweepProgress(plan.name, done, plan.runs) as progress):
+          SweepProgress(plan.name, done, plan.runs, _sign(spec)) as progress):
         result = confirm.run_confirm(study, spec, plan, chain(progress.hooks(), tracked))
     return confirm.summaries(result, tuple(a.name for a in plan.challengers))

@@ -51,6 +51,14 @@ def test_run_then_rerun_merges_into_one_study_and_report_shows_it(run_args, db, 
     assert "2 of 3 trials finished" in second.stderr and "toy: 3 finished trials" in second.stdout
     study = optuna.load_study(study_name="toy", storage=db)
     assert len(study.trials) == 3
+    # stderr is no terminal here, so no bars: a line per evaluation and per finished trial instead
+    first_two = [line for line in first.stderr.splitlines() if line.startswith("#")]
+    for t in study.trials[:2]:
+        mine = [line for line in first_two if line.startswith(f"#{t.number} eta_A {t.params['eta_a']:.2e} ")]
+        evals = [any(f"step {step}/" in line and f"eval {value:.4f}," in line for line in mine)
+                 for step, value in sorted(t.intermediate_values.items())]
+        assert len(mine) == len(evals) + 1 and all(evals) and t.intermediate_values
+        assert f": complete {t.value:.4f}; {t.number + 1}/2 trials, {t.number + 1} complete" in mine[-1]
 
     rep = invoke("report", "--storage", db, "--format", "json", "--out", tmp_path / "rep")
     assert rep.exit_code == 0, rep.output
@@ -110,3 +118,18 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, one_trial_db, args, mes
     assert "secret" not in r.output
     stored = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path}/results/loraplus.db")
     assert len(stored.trials) == 1
+
+
+def test_the_sweeps_progress_shows_the_best_trial_in_the_metrics_direction(capsys):
+    from sweep.hooks import Finished
+    from sweep.ui import SweepProgress
+
+    params = {"eta_a": 1e-3, "lambda": 4.0, "rank": 8}
+    for sign, best in ((1.0, "best 2.5000"), (-1.0, "best 1.5000")):  # accuracy, then a loss
+        with SweepProgress("s", 0, 3, sign) as progress:
+            for n, value in enumerate((2.0, 1.5, 2.5)):
+                progress.trial_end(Finished(n, "COMPLETE", value, params))
+        assert progress.best.startswith(best)
+        lines = [line for line in capsys.readouterr().err.splitlines() if line]  # no terminal: a line a trial
+        last = lines[-1]
+        assert last.endswith(f"3/3 trials, 3 complete, 0 pruned, 0 failed, {progress.best}")
