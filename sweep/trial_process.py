@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+import typing
 from collections.abc import Callable, Iterator
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -240,7 +241,7 @@ class SlotProcess:
         ok = False
         try:
             conn = self._ready(deadline, timeout, cancel)
-            conn.send(("trial", cfg))
+            self._send(conn, ("trial", cfg), cancel)
             result = self._follow(conn, on_eval, on_step, deadline, timeout, cancel)
             ok = True
             return result
@@ -293,13 +294,23 @@ class SlotProcess:
             if conn.poll(wait):
                 try:
                     return conn.recv()
-                except EOFError:
+                except (EOFError, ConnectionResetError):  # a reset: it died before reading what we sent
                     break  # the process died; its exit code says how
             elif not self._proc.is_alive():
                 break
             cancel.check()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TrialFailed(f"timed out after {timeout:g} s")
+        self._died(cancel)
+
+    def _send(self, conn: Connection, msg: object, cancel: Stop) -> None:
+        try:
+            conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError):
+            self._died(cancel)
+
+    def _died(self, cancel: Stop) -> typing.NoReturn:
+        assert self._proc is not None
         self._proc.join(timeout=30)
         cancel.check()  # a SIGTERM to the process group ends the child too: the stop is the reason
         raise TrialFailed(_describe_exit(self._proc.exitcode))
@@ -312,7 +323,7 @@ class SlotProcess:
             if kind == "step" and on_step is not None:
                 on_step(*msg[1:])
             elif kind == "eval":
-                conn.send(bool(on_eval(EvalPoint(**msg[1]))) if on_eval is not None else False)
+                self._send(conn, bool(on_eval(EvalPoint(**msg[1]))) if on_eval is not None else False, cancel)
             elif kind == "result":
                 return TrialResult.from_dict(msg[1])
             elif kind == "error":

@@ -1,6 +1,8 @@
 """Trials in child processes: a raise, an OOM, a hang, a kill and a divergence each end the trial
 with the right state and reason, and the study goes on to finish its other trials."""
 
+import time
+
 import optuna
 import pytest
 
@@ -95,6 +97,36 @@ rank = [2]
     assert outcome[4.0] == ("FAIL", "timed out after 15 s")
     assert outcome[5.0] == ("FAIL", "trial process killed by SIGKILL (out of host memory?)")
     assert outcome[6.0][0] == "PRUNED" and outcome[6.0][1].startswith("diverged: ")
+
+
+# Children that die mid-conversation, as a SIGTERM to the process group kills them: before the parent
+# answers their evaluation (its answer meets a closed pipe), or with that answer sent and unread (on
+# Linux the parent's next read is then a connection reset, not an end of file).
+DYING = """
+import os, signal, time
+from multiprocessing.connection import Connection
+
+def dies_mid_eval(cfg, on_eval=None, on_step=None):
+    # on_eval's send without its wait for the answer
+    conn = next(c.cell_contents for c in on_eval.__closure__ if isinstance(c.cell_contents, Connection))
+    conn.send(("eval", {"step": 1, "examples": 1, "metric": 0.5, "metrics": {}, "train_loss": 0.7}))
+    # lambda 2: the parent answers at once and this process never reads it; lambda 1: it dies while
+    # the parent takes a second to answer
+    time.sleep(1.0 if cfg.lam == 2.0 else 0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_child_that_dies_mid_conversation_fails_its_trial_with_the_reason(tiny_cfg, tmp_path, monkeypatch):
+    (tmp_path / "dying.py").write_text(DYING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(trial_process, "RUNNER", "dying:dies_mid_eval")
+    with trial_process.SlotProcess() as slot:
+        with pytest.raises(TrialFailed, match="^trial process killed by SIGKILL"):
+            slot.run(tiny_cfg.replace(lam=2.0), on_eval=lambda p: False)
+    with trial_process.SlotProcess() as slot:
+        with pytest.raises(TrialFailed, match="^trial process killed by SIGKILL"):
+            slot.run(tiny_cfg.replace(lam=1.0), on_eval=lambda p: time.sleep(1.0) or False)
 
 
 def test_slots_split_the_cpu_or_take_one_gpu_each(monkeypatch):
