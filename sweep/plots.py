@@ -56,6 +56,19 @@ def dodged(eta_a: pd.Series, i: int, n: int) -> pd.Series:
     return eta_a * 10.0 ** (DODGE_DECADES * (i - (n - 1) / 2))
 
 
+def colour_range(done: pd.DataFrame) -> tuple[float, float]:
+    """The colour scale of completed trials' values: their range, widened where narrower to one median
+    standard error either side of its middle, so that trials within noise of each other look alike
+    instead of taking the two ends of the scale."""
+    lo, hi = float(done["value"].min()), float(done["value"].max())
+    se = math.nan
+    if "metric_se" in done:
+        se = float(pd.to_numeric(done["metric_se"], errors="coerce").median())
+    if math.isfinite(se) and hi - lo < 2 * se:
+        lo, hi = (lo + hi) / 2 - se, (lo + hi) / 2 + se
+    return lo, hi
+
+
 def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
     """Scatter of one study's completed trials over (eta_A, lambda), coloured by value, one marker per
     rank; best starred, pruned trials as grey crosses.
@@ -77,7 +90,8 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
             ax.scatter(pruned["eta_a"], pruned["lambda"], marker="x", c="grey", s=40,
                        label=f"pruned ({len(pruned)})")
         ranks = sorted(done["rank"].dropna().unique()) if "rank" in done else []
-        scale = {"cmap": "viridis", "vmin": done["value"].min(), "vmax": done["value"].max()}
+        vmin, vmax = colour_range(done)
+        scale = {"cmap": "viridis", "vmin": vmin, "vmax": vmax}
         best_x = best["eta_a"]
         if len(ranks) < 2:
             points = ax.scatter(done["eta_a"], done["lambda"], c=done["value"], s=45, **scale)

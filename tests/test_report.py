@@ -584,3 +584,14 @@ def test_compute_spent_says_what_the_finished_trials_ran_in_and_on(trials):
     llama = ran.index[ran["model"] == "llama"]
     ran.loc[llama, "state"] = "FAIL"
     assert row(report.compute_spent(ran), task="mnli")["ran_on"] == ""
+
+
+def test_the_heatmaps_colours_span_at_least_a_standard_error_either_side():
+    close = pd.DataFrame({"value": [0.788, 0.792], "metric_se": [0.018, 0.0182]})
+    lo, hi = plots.colour_range(close)  # within noise of each other: no longer the scale's two ends
+    assert lo == pytest.approx(0.79 - 0.0181) and hi == pytest.approx(0.79 + 0.0181)
+    apart = pd.DataFrame({"value": [0.6, 0.8], "metric_se": [0.02, 0.02]})
+    assert plots.colour_range(apart) == (0.6, 0.8)
+    unknown = pd.DataFrame({"value": [0.788, 0.792], "metric_se": [None, None]})
+    assert plots.colour_range(unknown) == (0.788, 0.792)
+    assert plots.colour_range(pd.DataFrame({"value": [1.0, 2.0]})) == (1.0, 2.0)
