@@ -139,13 +139,12 @@ class SweepProgress:
             what = (f"#{trial.number} eta_A {p['eta_a']:.2e} lambda {p['lambda']:.3g} r {p['rank']}"
                     if {"eta_a", "lambda", "rank"} <= p.keys() else f"#{trial.number}")
             how = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
-            if trial.value is not None:
-                how += f" {trial.value:.4f}"
             reason = trial.attrs.get("stop_reason")
-            if reason and state != "COMPLETE":
-                how += f" ({reason})"
+            if reason and state != "COMPLETE":  # "pruned at step 160", "failed (out of memory: ...)"
+                how = reason if reason.startswith(how) else f"{how} ({reason})"
+            value = f"{trial.value:.4f}, " if trial.value is not None else ""
             best = f", {self.best}" if self.best else ""
-            _line(f"{what}: {how}; {done}/{self.total} trials, {counts}{best}")
+            _line(f"{what}: {value}{how}; {done}/{self.total} trials, {counts}{best}")
 
 
 def print_result(r: TrialResult) -> None:

@@ -58,7 +58,7 @@ def test_run_then_rerun_merges_into_one_study_and_report_shows_it(run_args, db, 
         evals = [any(f"step {step}/" in line and f"eval {value:.4f}," in line for line in mine)
                  for step, value in sorted(t.intermediate_values.items())]
         assert len(mine) == len(evals) + 1 and all(evals) and t.intermediate_values
-        assert f": complete {t.value:.4f}; {t.number + 1}/2 trials, {t.number + 1} complete" in mine[-1]
+        assert f": {t.value:.4f}, complete; {t.number + 1}/2 trials, {t.number + 1} complete" in mine[-1]
 
     rep = invoke("report", "--storage", db, "--format", "json", "--out", tmp_path / "rep")
     assert rep.exit_code == 0, rep.output
@@ -133,3 +133,20 @@ def test_the_sweeps_progress_shows_the_best_trial_in_the_metrics_direction(capsy
         lines = [line for line in capsys.readouterr().err.splitlines() if line]  # no terminal: a line a trial
         last = lines[-1]
         assert last.endswith(f"3/3 trials, 3 complete, 0 pruned, 0 failed, {progress.best}")
+
+
+def test_a_logged_sweep_says_how_each_trial_ended(capsys):
+    from sweep.hooks import Finished
+    from sweep.ui import SweepProgress
+
+    params = {"eta_a": 1e-3, "lambda": 4.0, "rank": 8}
+    with SweepProgress("s", 0, 3) as progress:
+        progress.trial_end(Finished(0, "PRUNED", 0.61, params, {"stop_reason": "pruned at step 160"}))
+        progress.trial_end(Finished(0, "PRUNED", None, params, {"stop_reason": "diverged: loss exploded"}))
+        progress.trial_end(Finished(0, "FAIL", None, params, {"stop_reason": "timed out after 8 s"}))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert [line.removeprefix("#0 eta_A 1.00e-03 lambda 4 r 8: ") for line in lines] == [
+        "0.6100, pruned at step 160; 1/3 trials, 0 complete, 1 pruned, 0 failed",
+        "pruned (diverged: loss exploded); 2/3 trials, 0 complete, 2 pruned, 0 failed",
+        "failed (timed out after 8 s); 2/3 trials, 0 complete, 2 pruned, 1 failed",
+    ]
