@@ -109,9 +109,9 @@ class StoredStudy:
         """The spec's study, created or loaded (same name: same definition), its definition stored
         for `worker`s that join it."""
         storage = _open(spec.storage)
-        study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=_direction(spec),
-                                    sampler=search.sampler(spec), pruner=search.pruner(spec),
-                                    load_if_exists=True)
+        study = optuna.create_study(study_name=spec.study_name, storage=storage,
+                                    direction=study_direction(spec), sampler=search.sampler(spec),
+                                    pruner=search.pruner(spec), load_if_exists=True)
         store = cls(study, storage, spec.storage)
         _same_direction(study, spec)
         stored = store.attrs.get("definition_hash")
@@ -136,7 +136,7 @@ class StoredStudy:
     def create_or_load_named(cls, url: str, name: str, spec: StudySpec) -> StoredStudy:
         """A study of queued trials only (a confirm study): no search, never pruned."""
         storage = _open(url)
-        study = optuna.create_study(study_name=name, storage=storage, direction=_direction(spec),
+        study = optuna.create_study(study_name=name, storage=storage, direction=study_direction(spec),
                                     sampler=search.sampler(spec), pruner=optuna.pruners.NopPruner(),
                                     load_if_exists=True)
         _same_direction(study, spec)
@@ -407,14 +407,14 @@ def list_studies(url: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _direction(spec: StudySpec) -> str:
+def study_direction(spec: StudySpec) -> str:
     """Which way the study's metric is better; a spec not preflighted (no objective) maximizes, as
     every study did before metrics that are better when lower."""
     return direction(spec.objective) if spec.objective else "maximize"
 
 
 def _same_direction(study: optuna.Study, spec: StudySpec) -> None:
-    wanted = _direction(spec)
+    wanted = study_direction(spec)
     if study.direction.name.lower() != wanted:
         raise SweepError(f"study {short(study.study_name)} was created to {study.direction.name.lower()} its "
                          f"metric, and this one is to {wanted} {spec.objective}; pick another --study-name")

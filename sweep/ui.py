@@ -15,7 +15,6 @@ from rich.text import Text
 
 from sweep.config import TrialConfig
 from sweep.hooks import Finished, Hooks
-from sweep.metrics import sign
 from sweep.result import EvalPoint, TrialResult
 
 err = Console(stderr=True)
@@ -135,9 +134,7 @@ class SweepProgress:
         counts = f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed"
         self.progress.update(self.sweep, count=f"{done}/{self.total} trials", info=f"{counts}  {self.best}")
         if not err.is_terminal:  # no bars in a log: a line per finished trial instead
-            p = trial.params
-            what = (f"#{trial.number} eta_A {p['eta_a']:.2e} lambda {p['lambda']:.3g} r {p['rank']}"
-                    if {"eta_a", "lambda", "rank"} <= p.keys() else f"#{trial.number}")
+            what = bar.title if bar is not None else f"#{trial.number}"
             how = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
             reason = trial.attrs.get("stop_reason")
             if reason and state != "COMPLETE":  # "pruned at step 160", "failed (out of memory: ...)"
@@ -434,8 +431,10 @@ def sweep_live(spec: Any, store: Any) -> None:
 
 
 def _sign(spec: Any) -> float:
-    """Which way the study's metric is better: a spec without an objective maximizes (sweep.stored)."""
-    return sign(spec.objective) if spec.objective else 1.0
+    """+1 where the study's metric is better higher, -1 where lower (the study's own direction)."""
+    from sweep.stored import study_direction
+
+    return 1.0 if study_direction(spec) == "maximize" else -1.0
 
 
 def _warn(message: str) -> None:

@@ -136,14 +136,17 @@ def test_the_sweeps_progress_shows_the_best_trial_in_the_metrics_direction(capsy
 
 
 def test_a_logged_sweep_says_how_each_trial_ended(capsys):
+    from sweep.config import TrialConfig
     from sweep.hooks import Finished
     from sweep.ui import SweepProgress
 
     params = {"eta_a": 1e-3, "lambda": 4.0, "rank": 8}
+    ends = [("PRUNED", 0.61, "pruned at step 160"), ("PRUNED", None, "diverged: loss exploded"),
+            ("FAIL", None, "timed out after 8 s")]
     with SweepProgress("s", 0, 3) as progress:
-        progress.trial_end(Finished(0, "PRUNED", 0.61, params, {"stop_reason": "pruned at step 160"}))
-        progress.trial_end(Finished(0, "PRUNED", None, params, {"stop_reason": "diverged: loss exploded"}))
-        progress.trial_end(Finished(0, "FAIL", None, params, {"stop_reason": "timed out after 8 s"}))
+        for state, value, reason in ends:
+            progress.trial_start(0, TrialConfig(eta_a=1e-3, lam=4.0, rank=8))
+            progress.trial_end(Finished(0, state, value, params, {"stop_reason": reason}))
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
     assert [line.removeprefix("#0 eta_A 1.00e-03 lambda 4 r 8: ") for line in lines] == [
         "0.6100, pruned at step 160; 1/3 trials, 0 complete, 1 pruned, 0 failed",
