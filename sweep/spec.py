@@ -51,6 +51,8 @@ GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
 # Searched (or study-level) fields cannot also be set in [trial].
 NOT_IN_TRIAL = {"model", "task", "eta_a", "lam", "lambda", "rank", "seed"}
 MAX_GRID_POINTS = 100_000
+# What a message names as the source of settings given as flags (or in code) rather than in a file.
+FLAGS = "the command line"
 MAX_HEARTBEAT = 86_400  # a day; longer would outrun the timers that wait for it
 # Presets ship inside the package (package data), so an installed copy finds them too; the
 # repository's top-level studies/ links here.
@@ -86,7 +88,7 @@ class StudySpec:
     # The metric trials are judged by (the task's, or base.metric), set by sweep.checks.preflight: the
     # study's direction follows it (sweep.metrics.direction).
     objective: str | None = None
-    source: str = field(default="<flags>", compare=False)  # where it came from, for messages
+    source: str = field(default=FLAGS, compare=False)  # where it came from, for messages
 
     def __post_init__(self) -> None:
         problems = conform(self)
@@ -262,7 +264,7 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
     Overrides use the file's key names: study keys, `eta_a`/`lambda` as (low, high), `rank` as a
     tuple, and any TrialConfig field; None values are ignored.
     """
-    where = str(path) if path is not None else "<flags>"
+    where = str(path) if path is not None else FLAGS
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -285,22 +287,32 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
                 raise SweepError(f"{where}: {REMOTE_CODE_ONLY_FROM_FLAG}")
             if allowed is not None and key not in allowed:
                 raise SweepError(f"{where}: unknown key {table}.{_clip(key)} (use {', '.join(allowed)})")
-    study = dict(data.get("study", {}))
-    search = dict(data.get("search", {}))
-    grid = dict(data.get("grid", {}))
-    trial = dict(data.get("trial", {}))
     trial_fields = {f.name for f in dataclasses.fields(TrialConfig)} - NOT_IN_TRIAL
-    for key in trial:
+    for key in data.get("trial", {}):
         if key == "eval_split":
             raise SweepError(f"{where}: trial.eval_split cannot be set: a study selects on the validation "
                              "split, and confirm scores the test split (confirm --split)")
         if key not in trial_fields:
             hint = " (set it in [study] or [search])" if key in NOT_IN_TRIAL else ""
             raise SweepError(f"{where}: unknown key trial.{_clip(key)}{hint}")
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+    try:
+        return _build(data, flags, where)
+    except SweepError:
+        if not flags or where == FLAGS:
+            raise
+        _build(data, {}, where)  # the file alone: where it is invalid, its own problem is the one named
+        return _build(data, flags, FLAGS)  # the file alone is valid: the flags made it invalid; raises
 
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+
+def _build(data: dict[str, Any], flags: dict[str, Any], where: str) -> StudySpec:
+    """The spec of a read study file's tables with `flags` over them; errors name `where`."""
+    study = dict(data.get("study", {}))
+    search = dict(data.get("search", {}))
+    grid = dict(data.get("grid", {}))
+    trial = dict(data.get("trial", {}))
+    trial_fields = {f.name for f in dataclasses.fields(TrialConfig)} - NOT_IN_TRIAL
+    for key, value in flags.items():
         if key in STUDY_KEYS:
             study[key] = value
         elif key in SEARCH_KEYS:

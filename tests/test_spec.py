@@ -33,6 +33,21 @@ batch_size = 16
     assert spec.study_name.startswith("m-sst2-")
 
 
+def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
+    good = toml(tmp_path, '[study]\nmodel = "m"\ntask = "sst2"\n')
+    with pytest.raises(SweepError, match=r"^the command line: eval_every must be an integer >= 0, got -5$"):
+        load_spec(good, {"eval_every": -5})
+    with pytest.raises(SweepError, match=r"^the command line: n_trials must be an integer >= 1, got 0$"):
+        load_spec(good, {"n_trials": 0})
+    # a flag that fixes the file's value: valid
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[trial]\nbatch_size = 0\n')
+    assert load_spec(bad, {"batch_size": 8}).base.batch_size == 8
+    # the file is invalid whatever the flags: the file's own problem is the one named
+    with pytest.raises(SweepError, match=rf"^{bad}: batch_size must be an integer >= 1, got 0$"):
+        load_spec(bad, {"eval_every": -5})
+
+
 def test_study_name_depends_on_the_definition_not_the_budget(tmp_path):
     a = load_spec(None, {"model": "m", "task": "t.csv", "n_trials": 3})
     b = load_spec(None, {"model": "m", "task": "t.csv", "n_trials": 30, "sampler": "random"})
