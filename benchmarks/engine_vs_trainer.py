@@ -12,8 +12,11 @@ steps with their batches, the Trainer's loop from its on_train_begin to its on_t
 excluded on both). On CUDA each precision starts with a whole engine pass, reported as row (a0) and
 compared with no side: CUDA loads each kernel on its first use, so a first pass over batches of many
 widths pays for loading (and CUDA's start) on top of training. Prints the machine and a table.
-With --compile, one more row: the engine with its model under torch.compile (dynamic shapes), the
-compilation counted in its training time, as a trial would pay it.
+With --compile, two more rows: the engine with its model under torch.compile (dynamic shapes), the
+compilation counted in its training time, as a trial would pay it; (a') with the engine's numpy-drawn
+dropout masks (a graph break at each), (a'') with torch's dropout instead, which inductor draws
+inside its fused kernels (one graph). A process keeps its compiled code, so rounds after the first
+show a warm cache.
 Precision auto (the default) runs every side in fp32, and again in bf16 autocast where the CPU has
 native bf16 (or on a GPU); a CPU without it emulates bf16, many times slower, and gets fp32 alone.
 With --rounds R every side runs R times, the sides in turn each round (a slow spell of a shared
@@ -47,6 +50,7 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers import logging as hf_logging
 
+import sweep.kinds
 import sweep.train
 from sweep.batches import encode_task
 from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
@@ -277,6 +281,8 @@ def main() -> None:
         if args.compile:
             sides.append(("(a') the engine, model under torch.compile(dynamic=True)",
                           functools.partial(run_engine, cfg_p, task, compiled=True)))
+            sides.append(("(a'') the same, torch's dropout (fused by inductor)",
+                          functools.partial(run_engine, cfg_p, task, compiled=True, torch_dropout=True)))
         sides += [] if args.no_trainer else [
             ("(b) Trainer + create_loraplus_optimizer, dynamic padding",
              functools.partial(trainer, pad_to_max=False)),
@@ -311,15 +317,17 @@ def main() -> None:
                 for name, results in runs.items()) + ")")
 
 
-def run_engine(cfg: TrialConfig, task, compiled: bool = False) -> tuple[float, float, float]:
+def run_engine(cfg: TrialConfig, task, compiled: bool = False, torch_dropout: bool = False
+               ) -> tuple[float, float, float]:
     """(tokens/s, metric, training seconds) of one engine trial, its model compiled or not."""
-    r = run_compiled(cfg, task) if compiled else run_trial(cfg, task=task)
+    r = run_compiled(cfg, task, torch_dropout) if compiled else run_trial(cfg, task=task)
     return r.tokens_per_s, r.metric, r.train_time_s
 
 
-def run_compiled(cfg: TrialConfig, task):
-    """run_trial with the prepared model compiled in place before its first step."""
-    prepare = sweep.train.prepare
+def run_compiled(cfg: TrialConfig, task, torch_dropout: bool):
+    """run_trial with the prepared model compiled in place before its first step; with
+    `torch_dropout`, its dropout left as torch's (no numpy-drawn masks)."""
+    prepare, masks = sweep.train.prepare, sweep.kinds.numpy_dropout
 
     def compiled(*args, **kwargs):
         work = prepare(*args, **kwargs)
@@ -327,10 +335,12 @@ def run_compiled(cfg: TrialConfig, task):
         return work
 
     sweep.train.prepare = compiled
+    if torch_dropout:
+        sweep.kinds.numpy_dropout = lambda model, seed: 0
     try:
         return run_trial(cfg, task=task)
     finally:
-        sweep.train.prepare = prepare
+        sweep.train.prepare, sweep.kinds.numpy_dropout = prepare, masks
 
 
 if __name__ == "__main__":
