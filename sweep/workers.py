@@ -62,11 +62,15 @@ def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks
     n = trial.number
     if hooks.trial_start:
         hooks.trial_start(n, cfg)
+    # Plain LoRA is what every LoRA+ trial is judged against, and pruning judges by values before
+    # the end, which favour whatever converges faster: the very claim under test. A plain-LoRA trial
+    # runs to the end; the pruner still hears its values (successive halving ranks a rung by them).
+    anchor = cfg.lam == 1.0
 
     def on_eval(point: EvalPoint) -> bool:
         if hooks.eval:
             hooks.eval(n, point)
-        return trial.report(point.metric, point.step)
+        return trial.report(point.metric, point.step) and not anchor
 
     def on_step(step: int, total: int, loss: float) -> None:
         if hooks.step:

@@ -106,6 +106,21 @@ def test_pruned_trials_keep_their_last_value_and_reason(spec, monkeypatch):
     assert df[df.state == "PRUNED"]["value"].notna().all()  # the report keeps their last value
 
 
+def test_plain_lora_trials_run_to_the_end_whatever_the_pruner_says(spec, monkeypatch):
+    class PruneAtOnce(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    monkeypatch.setattr(search, "pruner", lambda spec: PruneAtOnce())
+    run_study(spec.replace(n_trials=4, baselines=3))
+    trials = optuna.load_study(study_name=spec.study_name, storage=spec.storage).trials
+    plain = [t for t in trials if t.params["lambda"] == 1.0]
+    assert len(plain) == 3 and all(t.state.name == "COMPLETE" for t in plain)
+    assert all(len(t.intermediate_values) > 1 for t in plain)  # the pruner heard every evaluation
+    (other,) = [t for t in trials if t.params["lambda"] != 1.0]
+    assert other.state.name == "PRUNED" and other.user_attrs["stop_reason"] == "pruned at step 4"
+
+
 def test_a_diverged_trial_is_pruned_with_its_reason(spec):
     # (the head learns at the study's fixed head_lr, not at eta_A: it blows up too)
     blowup = spec.replace(eta_a=(50.0, 50.0), lam=(1.0, 1.0), n_trials=1,
