@@ -253,15 +253,15 @@ def report(
 ) -> None:
     """Best (eta_A, lambda, rank) per model and task, the gain over plain LoRA, the lambda curve,
     the recommended default lambda per model, the compute each answer cost, and `confirm` results."""
-    from sweep import outputs
-    from sweep import report as rep
-    from sweep.outfiles import prepare_dir
-    from sweep.reporting import gather
+    from sweep.outfiles import FORMATS, prepare_dir
 
-    if fmt not in ("rich", *rep.FORMATS):
-        raise SweepError(f"--format must be one of rich, {', '.join(rep.FORMATS)}; got {short(fmt)}")
+    if fmt not in ("rich", *FORMATS):
+        raise SweepError(f"--format must be one of rich, {', '.join(FORMATS)}; got {short(fmt)}")
     if out is not None:
         prepare_dir(out)
+    from sweep import outputs
+    from sweep.reporting import gather
+
     shown = gather(storage, model, task)
     if out is not None:
         written = outputs.write(shown.trials, shown.tables, out, shown.confirmations)

@@ -11,6 +11,10 @@ from pathlib import Path
 from sweep.errors import SweepError
 from sweep.schema import short
 
+# The formats a report's tables are written in (sweep.report.render): known here, where a command
+# checks its flags before importing what renders them.
+FORMATS = ("csv", "json", "markdown")
+
 
 def safe_name(name: str, limit: int = 80) -> str:
     """A study name as a file name: no path separators or traversal, at most `limit` characters. A

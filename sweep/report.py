@@ -28,6 +28,7 @@ import pandas as pd
 from sweep import embedded
 from sweep.importance import importance_table
 from sweep.metrics import sign
+from sweep.outfiles import FORMATS
 from sweep.signals import was_interrupted
 
 KEYS = ["model", "task", "definition"]
@@ -36,7 +37,6 @@ CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value",
 PLAIN_RTOL = 1e-6
 # Output column -> Optuna state name.
 STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running": "RUNNING"}
-FORMATS = ("csv", "json", "markdown")
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:
