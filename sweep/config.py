@@ -24,6 +24,9 @@ LATER_DEFAULTS = {"kind": "auto", "metric": None, "micro_batch_size": None, "gra
                   "packing": False, "eval_split": "validation"}
 
 # The offline default: a pretrained MiniLM-L6 encoder and a real labelled task shipped by packages.
+# A lambda this close to 1 (relative) is plain LoRA: a lambda worked out as eta_B / eta_A can miss
+# 1 by a rounding error.
+PLAIN_RTOL = 1e-6
 DEFAULT_MODEL = "minilm-l6"
 DEFAULT_TASK = "rotten-tomatoes"
 
@@ -298,3 +301,8 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
         if name in names and value is not None and any(ch in value for ch in "\0\n\r"):
             problems.append(f"{name} must not hold NUL or line breaks, got {short(value)}")
     return problems
+
+
+def is_plain(lam: float) -> bool:
+    """Whether a trial at this lambda is plain LoRA (lambda 1, within PLAIN_RTOL)."""
+    return abs(float(lam) - 1.0) <= PLAIN_RTOL

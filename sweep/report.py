@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from sweep import embedded
+from sweep.config import PLAIN_RTOL
 from sweep.importance import importance_table
 from sweep.metrics import sign
 from sweep.outfiles import FORMATS
@@ -34,7 +35,6 @@ from sweep.signals import was_interrupted
 KEYS = ["model", "task", "definition"]
 CONFIG_COLUMNS = ["study", "number", "eta_a", "lambda", "rank", "init", "value", "metric_name"]
 # "lambda == 1" within this relative tolerance: a 1.0 that went through float round trips is still plain LoRA.
-PLAIN_RTOL = 1e-6
 # Output column -> Optuna state name.
 STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running": "RUNNING"}
 
@@ -136,13 +136,8 @@ def best_configs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def is_plain(lam: pd.Series) -> pd.Series:
-    """True where lambda is 1 (plain LoRA), within PLAIN_RTOL."""
+    """True where lambda is 1 (plain LoRA), within PLAIN_RTOL (sweep.config.is_plain for one)."""
     return pd.Series(np.isclose(lam.astype(float), 1.0, rtol=PLAIN_RTOL, atol=0.0), index=lam.index)
-
-
-def is_plain_value(lam: float) -> bool:
-    """`is_plain` for one lambda."""
-    return bool(np.isclose(float(lam), 1.0, rtol=PLAIN_RTOL, atol=0.0))
 
 
 def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:

@@ -50,6 +50,7 @@ SPACES = ("eta_a", "eta_b")
 GRID_KEYS = ("eta_a", "lambda", "eta_b", "rank")
 # Searched (or study-level) fields cannot also be set in [trial].
 NOT_IN_TRIAL = {"model", "task", "eta_a", "lam", "lambda", "rank", "seed"}
+TRIAL_KEYS = frozenset(f.name for f in dataclasses.fields(TrialConfig)) - NOT_IN_TRIAL  # [trial]'s keys
 MAX_GRID_POINTS = 100_000
 # What a message names as the source of settings given as flags (or in code) rather than in a file.
 FLAGS = "the command line"
@@ -287,12 +288,11 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
                 raise SweepError(f"{where}: {REMOTE_CODE_ONLY_FROM_FLAG}")
             if allowed is not None and key not in allowed:
                 raise SweepError(f"{where}: unknown key {table}.{_clip(key)} (use {', '.join(allowed)})")
-    trial_fields = {f.name for f in dataclasses.fields(TrialConfig)} - NOT_IN_TRIAL
     for key in data.get("trial", {}):
         if key == "eval_split":
             raise SweepError(f"{where}: trial.eval_split cannot be set: a study selects on the validation "
                              "split, and confirm scores the test split (confirm --split)")
-        if key not in trial_fields:
+        if key not in TRIAL_KEYS:
             hint = " (set it in [study] or [search])" if key in NOT_IN_TRIAL else ""
             raise SweepError(f"{where}: unknown key trial.{_clip(key)}{hint}")
     flags = {key: value for key, value in (overrides or {}).items() if value is not None}
@@ -311,13 +311,12 @@ def _build(data: dict[str, Any], flags: dict[str, Any], where: str) -> StudySpec
     search = dict(data.get("search", {}))
     grid = dict(data.get("grid", {}))
     trial = dict(data.get("trial", {}))
-    trial_fields = {f.name for f in dataclasses.fields(TrialConfig)} - NOT_IN_TRIAL
     for key, value in flags.items():
         if key in STUDY_KEYS:
             study[key] = value
         elif key in SEARCH_KEYS:
             search[key] = value
-        elif key in trial_fields:
+        elif key in TRIAL_KEYS:
             trial[key] = value
         else:
             raise SweepError(f"unknown study setting {key!r}")

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sweep import search
-from sweep.config import TrialConfig
+from sweep.config import TrialConfig, is_plain
 from sweep.errors import SweepStopped
 from sweep.hooks import Finished, Hooks
 from sweep.result import EvalPoint, StopReason, TrialResult
@@ -65,7 +65,7 @@ def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks
     # Plain LoRA is what every LoRA+ trial is judged against, and pruning judges by values before
     # the end, which favour whatever converges faster: the very claim under test. A plain-LoRA trial
     # runs to the end; the pruner still hears its values (successive halving ranks a rung by them).
-    anchor = cfg.lam == 1.0
+    anchor = is_plain(cfg.lam)
 
     def on_eval(point: EvalPoint) -> bool:
         if hooks.eval:
