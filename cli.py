@@ -292,8 +292,13 @@ def studies_list(
 @studies_app.command("show")
 def studies_show(name: str, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """The study's definition and its trials, best first."""
+    from sweep.stored import foreign_kind
+
     study = StoredStudy.load(storage, name)
-    print_study(name, study.attrs.get("spec", {}), study.trials(), study.stop_reason)
+    if not study.is_ours:
+        err.print(f"study {short(name)} is foreign ({foreign_kind(study)}): its trials as Optuna stored them",
+                  highlight=False, markup=False, soft_wrap=True)
+    print_study(name, study.attrs.get("spec", {}), study.ranked_trials(), study.stop_reason)
 
 
 @studies_app.command("delete")
@@ -349,6 +354,7 @@ def export(
     if fmt not in exp.FORMATS:
         raise SweepError(f"--format must be one of {', '.join(exp.FORMATS)}; got {short(fmt)}")
     study = StoredStudy.load(storage, name)
+    study.require_ours("export")
     # The default file is named after the stored name made safe: it stays inside results/.
     path = prepare_file(out if out is not None else Path("results") / f"{safe_name(name)}-best.json")
     if adapter is not None:

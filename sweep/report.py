@@ -46,8 +46,12 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _signs(df: pd.DataFrame) -> pd.Series:
-    """+1 per row whose metric is better higher, -1 where it is better lower."""
-    return df["metric_name"].map(lambda m: sign(str(m)) if isinstance(m, str) else 1.0).astype(float)
+    """+1 per row whose metric is better higher, -1 where it is better lower; a row without a metric
+    name follows its study's direction where the frame has one (sweep.stored's frames do)."""
+    fallback = (df["direction"].map(lambda d: -1.0 if d == "minimize" else 1.0) if "direction" in df
+                else pd.Series(1.0, index=df.index))
+    named = df["metric_name"].map(lambda m: sign(m) if isinstance(m, str) else math.nan).astype(float)
+    return named.fillna(fallback).astype(float)
 
 
 def _defined(df: pd.DataFrame) -> pd.DataFrame:

@@ -183,13 +183,40 @@ class StoredStudy:
 
     @property
     def is_ours(self) -> bool:
-        return is_ours(self.attrs)
+        return is_ours(self.attrs, len(self._study.directions))
+
+    def require_ours(self, command: str) -> None:
+        """One line for a command that reads what only loraplus-sweep stores, asked for another's study."""
+        if not self.is_ours:
+            raise SweepError(f"study {short(self.name)} was not written by loraplus-sweep "
+                             f"({foreign_kind(self)}); {command} reads only the studies that loraplus-sweep "
+                             "run makes (loraplus-sweep studies list marks the others as foreign)")
+
+    @property
+    def directions(self) -> list[str]:
+        """"minimize" or "maximize" per objective (one for every loraplus-sweep study)."""
+        return [d.name.lower() for d in self._study.directions]
+
+    def ranked_trials(self) -> list[FrozenTrial]:
+        """Every trial, best first in the study's own direction (a loss study lists its lowest value
+        first), then the trials without a value by number; a multi-objective study, which has no
+        single order, by number."""
+        trials = self.trials()
+        if len(self.directions) != 1:
+            return trials
+        s = -1.0 if self.directions[0] == "maximize" else 1.0
+        valued = [t for t in trials if t.values is not None and all(v == v for v in t.values)]
+        rest = [t for t in trials if t not in valued]
+        return sorted(valued, key=lambda t: (s * t.values[0], t.number)) + rest
 
     def joined_spec(self, run: dict[str, Any], trust_remote_code: bool = False) -> StudySpec:
         """The study's definition as its creator stored it, run here with `run` settings; whether a
         model's own code may run is this machine's command line, whatever the database says."""
         from sweep.spec import joined
 
+        if len(self._study.directions) != 1:  # (joined names any study without our definition)
+            raise SweepError(f"study {short(self.name)} was not created by loraplus-sweep run "
+                             f"({foreign_kind(self)})")
         return joined(self.attrs.get("spec"), self.url, self.name, run, trust_remote_code)
 
     # Reading trials
@@ -357,9 +384,20 @@ def stop_reason(t: FrozenTrial, study_attrs: dict[str, Any]) -> str:
     return t.user_attrs.get("stop_reason") or study_attrs.get(f"lost:{t.number}", "")
 
 
-def is_ours(study_attrs: dict[str, Any]) -> bool:
-    """Whether a study's attributes are those loraplus-sweep writes (a search or a confirm study)."""
-    return isinstance(study_attrs.get("model"), str) and isinstance(study_attrs.get("task"), str)
+def is_ours(study_attrs: dict[str, Any], objectives: int = 1) -> bool:
+    """Whether a study is one that loraplus-sweep writes: one objective, and the attributes of a search
+    study (model, task, its definition) or of a confirm study (model, task, kind "confirm"). Any other
+    study of the database (a plain Optuna study, another tool's) is foreign: listed, never read."""
+    return (objectives == 1 and isinstance(study_attrs.get("model"), str)
+            and isinstance(study_attrs.get("task"), str)
+            and (isinstance(study_attrs.get("spec"), dict) or study_attrs.get("kind") == "confirm"))
+
+
+def foreign_kind(store: StoredStudy) -> str:
+    """What a foreign study is, in a few words."""
+    if len(store.directions) != 1:
+        return f"a study of {len(store.directions)} objectives"
+    return "another tool's attributes" if store.attrs else "a plain Optuna study"
 
 
 def study_names(url: str) -> list[str]:
@@ -398,12 +436,15 @@ def _listed(names: list[str], most: int = 10) -> str:
 
 
 def list_studies(url: str) -> list[dict[str, Any]]:
-    """One row per stored study: name, model, task, trial count, best value (None without one)."""
+    """One row per stored study: name, model, task, trial count, best value (None without one), and
+    whether it is foreign (not loraplus-sweep's: its model and task are None)."""
     rows = []
     for s in optuna.get_all_study_summaries(_open(url, create=False), include_best_trial=True):
-        best = s.best_trial.value if s.best_trial is not None else None
-        rows.append({"study": s.study_name, "model": s.user_attrs.get("model", "?"),
-                     "task": s.user_attrs.get("task", "?"), "trials": s.n_trials, "best": best})
+        best = s.best_trial.value if s.best_trial is not None and len(s.directions) == 1 else None
+        ours = is_ours(s.user_attrs, len(s.directions))
+        rows.append({"study": s.study_name, "model": s.user_attrs["model"] if ours else None,
+                     "task": s.user_attrs["task"] if ours else None, "trials": s.n_trials, "best": best,
+                     "foreign": not ours})
     return rows
 
 
@@ -448,6 +489,7 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
     rows = []
     for store in stores:
         attrs = store.attrs
+        direction_of = store.directions[0]
         for t in store.trials():
             user = t.user_attrs
             drawn = search.point(t.params) or t.params  # eta_a, whether drawn or eta_b / lambda
@@ -465,6 +507,7 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
             for k in ("model", "task", "metric_name"):
                 row[k] = row[k] or attrs.get(k)
             row["kind"] = attrs.get("kind", "search")  # "confirm": re-runs over seeds
+            row["direction"] = direction_of  # what "best" means where a trial names no metric
             spec = attrs.get("spec")
             row["sampler"] = spec.get("sampler") if isinstance(spec, dict) else None
             row["settings"] = settings_hash(spec)
@@ -472,7 +515,7 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
             row.update({k: user.get(k) for k in RUN_ATTRS})
             rows.append(row)
     columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind",
-               "sampler", "settings", "definition", *RUN_ATTRS]
+               "direction", "sampler", "settings", "definition", *RUN_ATTRS]
     df = pd.DataFrame(rows, columns=columns)
     for col in ("tokens", "wall_time_s"):
         df[col] = pd.to_numeric(df[col]).fillna(0)

@@ -367,24 +367,38 @@ def print_studies(rows: list[dict[str, Any]]) -> None:
     """sweep.stored.list_studies as a table."""
     table = Table("study", "model", "task", "trials", "best", title="studies")
     for r in rows:
-        _row(table, r["study"], r["model"], r["task"], r["trials"], _num(r["best"]))
+        if r.get("foreign"):
+            _row(table, r["study"], "(foreign)", "-", r["trials"], _num(r["best"]))
+        else:
+            _row(table, r["study"], r["model"], r["task"], r["trials"], _num(r["best"]))
+    if any(r.get("foreign") for r in rows):
+        table.caption = "(foreign): not a loraplus-sweep study; report, export, confirm and worker skip it"
     Console().print(table)
 
 
 def print_study(name: str, spec: dict[str, Any], trials: list[Any],
                 stop_reason: Callable[[Any], str]) -> None:
-    """A stored study's definition, then its trials (Optuna's FrozenTrial), best first."""
+    """A stored study's definition, then its trials (Optuna's FrozenTrial) in the order given
+    (StoredStudy.ranked_trials: best first)."""
     out = Console()
     out.print_json(json.dumps(spec))
     table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=Text(name))
     from sweep.search import point
 
-    for t in sorted(trials, key=lambda t: -(t.value if t.value is not None else -1e9)):
-        p = point(t.params) or t.params  # eta_A, whether drawn or eta_B / lambda
-        _row(table, t.number, t.state.name, f"{t.value:.4f}" if t.value is not None else "-",
-             f"{p['eta_a']:.3g}" if "eta_a" in p else "-", f"{p['lambda']:.3g}" if "lambda" in p else "-",
+    for t in trials:
+        try:
+            p = point(t.params) or t.params  # eta_A, whether drawn or eta_B / lambda
+        except (TypeError, ZeroDivisionError):  # another tool's parameters of those names
+            p = t.params
+        value = "-" if t.values is None else ", ".join(f"{v:.4f}" for v in t.values)
+        _row(table, t.number, t.state.name, value, _param(p, "eta_a"), _param(p, "lambda"),
              p.get("rank", "-"), stop_reason(t))
     out.print(table)
+
+
+def _param(params: dict[str, Any], key: str) -> str:
+    v = params.get(key)
+    return "-" if v is None else format(v, ".3g") if isinstance(v, int | float) else str(v)
 
 
 def _row(table: Table, *values: Any) -> None:

@@ -1,0 +1,186 @@
+"""Hostile input to the commands that read stored studies (report, studies, export, confirm,
+dashboard) and to a sweep's signals: studies another tool made in the same database, directions,
+output paths that are symlinks, confirm studies, live databases. Each case: the exit code, one line
+on stderr, no traceback, and the stored studies as they were.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import create_trial
+from test_hostile import DISTRIBUTIONS, add_trial, open_study, snapshot
+from typer.testing import CliRunner
+
+from cli import app
+from sweep.spec import load_spec
+from sweep.stored import trials_frame
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.output
+    return lines[0]
+
+
+def add_loss_trial(study: optuna.Study, value: float, eta_a: float) -> None:
+    attrs = {"model": "m", "task": "t", "metric_name": "loss", "metric": value, "tokens": 100,
+             "wall_time_s": 1.0, "steps": 5, "init": "standard", "stop_reason": "completed"}
+    study.add_trial(create_trial(params={"eta_a": eta_a, "lambda": 2.0, "rank": 4},
+                                 distributions=DISTRIBUTIONS, value=value, user_attrs=attrs))
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, tiny_model, toy_csv) -> Path:
+    """A database with a study of ours (toy, maximising accuracy), its confirm study, a study of ours
+    that minimises a loss, and three foreign ones: a plain Optuna study that minimises, one with
+    another tool's attributes (a model that is no string, its trials' config another tool's), and a
+    two-objective study that carries our attributes."""
+    root = tmp_path_factory.mktemp("stored")
+    url = f"sqlite:///{root}/loraplus.db"
+    spec = load_spec(None, {"task": toy_csv, "storage": url, "model": tiny_model, "name": "toy",
+                            "rank": (2, 4), "eta_a": (1e-4, 1e-2), "max_length": 32, "batch_size": 16,
+                            "device": "cpu", "n_trials": 3})
+    toy = open_study(spec)
+    add_trial(toy, spec.base, 1e-3, 1.0, 4, 0.6)
+    add_trial(toy, spec.base, 2e-3, 4.0, 2, 0.7)
+    add_trial(toy, spec.base, 3e-3, 8.0, 2, 0.65)
+
+    confirm = optuna.create_study(study_name="toy.confirm", storage=url, direction="maximize")
+    for key, value in (("kind", "confirm"), ("confirm_of", "toy"), ("model", tiny_model), ("task", toy_csv)):
+        confirm.set_user_attr(key, value)
+    add_trial(confirm, spec.base, 2e-3, 4.0, 2, 0.9)  # a lucky seed
+
+    loss = optuna.create_study(study_name="loss", storage=url, direction="minimize")
+    for key, value in (("model", "m"), ("task", "t"), ("spec", toy.user_attrs["spec"])):
+        loss.set_user_attr(key, value)
+    for value, eta in ((2.5, 1e-3), (1.5, 2e-3), (3.5, 3e-3)):
+        add_loss_trial(loss, value, eta)
+
+    plain = optuna.create_study(study_name="plain", storage=url, direction="minimize")
+    for x in (0.9, 0.2, 0.5):
+        plain.enqueue_trial({"x": x})
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+
+    other = optuna.create_study(study_name="other", storage=url, direction="maximize")
+    other.set_user_attr("model", {"name": "m"})
+    other.set_user_attr("task", 5)
+    other.optimize(lambda t: (t.set_user_attr("config", {"x": 1}), t.suggest_float("lambda", 0.5, 2))[1],
+                   n_trials=2)
+
+    multi = optuna.create_study(study_name="multi", storage=url, directions=["minimize", "maximize"])
+    for key, value in (("model", "m"), ("task", "t"), ("spec", toy.user_attrs["spec"])):
+        multi.set_user_attr(key, value)
+    multi.optimize(lambda t: (t.suggest_float("eta_a", 1e-4, 1e-2), 0.5), n_trials=2)
+    return root
+
+
+@pytest.fixture
+def box(tmp_path, stored, monkeypatch) -> Path:
+    """A working directory with a copy of the database as results/loraplus.db (the default storage)."""
+    (tmp_path / "results").mkdir()
+    shutil.copy(stored / "loraplus.db", tmp_path / "results" / "loraplus.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LORAPLUS_SWEEP_DEBUG", raising=False)
+    return tmp_path
+
+
+def db(box: Path) -> Path:
+    return box / "results" / "loraplus.db"
+
+
+# Item 4: studies the tool did not make
+
+
+def test_report_reads_our_studies_and_skips_foreign_ones(box):
+    before = snapshot(db(box))
+    r = invoke("report", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    assert ",loss,1.5," in r.stdout and ",accuracy,0.7," in r.stdout
+    assert set(trials_frame("sqlite:///results/loraplus.db")["study"]) == {"toy", "toy.confirm", "loss"}
+    assert snapshot(db(box)) == before
+
+
+def test_studies_list_marks_foreign_studies(box):
+    r = invoke("studies", "list")
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") > 4}
+    assert {"toy", "toy.confirm", "loss", "plain", "other", "multi"} <= set(rows)
+    for name in ("plain", "other", "multi"):
+        assert "(foreign)" in rows[name], rows[name]
+    for name in ("toy", "toy.confirm", "loss"):
+        assert "(foreign)" not in rows[name], rows[name]
+    assert "not a loraplus-sweep study" in r.stdout
+
+
+@pytest.mark.parametrize(("name", "what"), [("plain", "a plain Optuna study"),
+                                            ("other", "another tool's attributes"),
+                                            ("multi", "a study of 2 objectives")])
+def test_export_of_a_foreign_study_is_one_line(box, name, what):
+    before = snapshot(db(box))
+    r = invoke("export", name)
+    assert r.exit_code == 2
+    line = one_line(r)
+    assert f"study '{name}' was not written by loraplus-sweep ({what}); export reads only" in line, line
+    assert "#" not in line  # names no trial: there is no best one to name
+    assert not list((box / "results").glob("*.json"))
+    assert snapshot(db(box)) == before
+
+
+@pytest.mark.parametrize("command", ["worker", "confirm"])
+def test_a_two_objective_study_with_our_attributes_is_refused_by_name(box, command):
+    before = snapshot(db(box))
+    r = invoke(command, "multi")
+    assert r.exit_code == 2
+    assert "study 'multi' was not created by loraplus-sweep run (a study of 2 objectives)" in one_line(r)
+    assert snapshot(db(box)) == before
+
+
+@pytest.mark.parametrize("name", ["multi", "other"])
+def test_studies_show_lists_a_foreign_study_and_says_it_is_foreign(box, name):
+    r = invoke("studies", "show", name)
+    assert r.exit_code == 0, r.output
+    assert f"study '{name}' is foreign" in one_line(r)
+
+
+# Item 5: direction where trials are sorted
+
+
+def shown_numbers(stdout: str) -> list[int]:
+    return [int(line.split("│")[1]) for line in stdout.splitlines()
+            if line.count("│") > 4 and line.split("│")[1].strip().isdigit()]
+
+
+@pytest.mark.parametrize(("name", "order"), [("loss", [1, 0, 2]), ("plain", [1, 2, 0]), ("toy", [1, 2, 0])])
+def test_studies_show_lists_the_best_trial_first_in_the_study_direction(box, name, order):
+    r = invoke("studies", "show", name)
+    assert r.exit_code == 0, r.output
+    assert shown_numbers(r.stdout) == order
+
+
+def test_export_of_a_loss_study_names_its_lowest_trial(box):
+    r = invoke("export", "loss", "--out", "best.json", "--format", "peft")
+    assert r.exit_code == 2  # its trials hold no config (built without training): one line naming the best
+    assert "trial #1" in one_line(r) or "(#1)" in one_line(r)
+
+
+def test_a_trial_without_a_metric_name_follows_its_study_direction():
+    import pandas as pd
+
+    from sweep.report import best_configs
+
+    frame = pd.DataFrame({"study": "s", "model": "m", "task": "t", "metric_name": None,
+                          "direction": "minimize", "number": [0, 1], "state": "COMPLETE",
+                          "value": [0.2, 0.9], "eta_a": 1e-3, "lambda": 2.0, "rank": 4, "init": "standard"})
+    assert best_configs(frame)["number"].tolist() == [0]
