@@ -355,6 +355,7 @@ def export(
         raise SweepError(f"--format must be one of {', '.join(exp.FORMATS)}; got {short(fmt)}")
     study = StoredStudy.load(storage, name)
     study.require_ours("export")
+    exp.require_search(study.name, study.attrs)
     # The default file is named after the stored name made safe: it stays inside results/.
     path = prepare_file(out if out is not None else Path("results") / f"{safe_name(name)}-best.json")
     if adapter is not None:

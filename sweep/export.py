@@ -70,6 +70,16 @@ class BestTrial:
                 f"{self.value:.4g}")
 
 
+def require_search(study: str, attrs: dict[str, Any]) -> None:
+    """Refuse a confirm study: its best run is the luckiest seed of an arm, not a configuration the
+    search found; the configurations it confirms are the best of its search study."""
+    if attrs.get("kind") == "confirm":
+        of = attrs.get("confirm_of")
+        search = f"export {short(of)}" if isinstance(of, str) else "export the search study it confirms"
+        raise SweepError(f"study {short(study)} is a confirm study: its best run is an arm's luckiest seed, "
+                         f"not a configuration to reuse; {search}")
+
+
 def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
     """The best completed trial of a study's trials frame (sweep.report's rule: the highest finite value
     of a COMPLETE trial, ties to the earlier one) with the trial config it stored."""

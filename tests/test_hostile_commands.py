@@ -6,6 +6,9 @@ on stderr, no traceback, and the stored studies as they were.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import shutil
 from pathlib import Path
 
@@ -184,3 +187,24 @@ def test_a_trial_without_a_metric_name_follows_its_study_direction():
                           "direction": "minimize", "number": [0, 1], "state": "COMPLETE",
                           "value": [0.2, 0.9], "eta_a": 1e-3, "lambda": 2.0, "rank": 4, "init": "standard"})
     assert best_configs(frame)["number"].tolist() == [0]
+
+
+# Item 10: a confirm study is no configuration to export
+
+
+def test_export_of_a_confirm_study_points_at_its_search_study(box):
+    before = snapshot(db(box))
+    r = invoke("export", "toy.confirm")
+    assert r.exit_code == 2
+    line = one_line(r)
+    assert "study 'toy.confirm' is a confirm study" in line and "export 'toy'" in line, line
+    assert not list((box / "results").glob("*.json"))
+    assert snapshot(db(box)) == before
+
+
+def test_export_of_the_search_study_still_works(box):
+    r = invoke("export", "toy", "--out", "best.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((box / "best.json").read_text())["trial"] == 1
+    assert not math.isnan(json.loads((box / "best.json").read_text())["value"])
+    assert os.path.getsize(box / "best.json") > 0
