@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from sweep import streams
 from sweep.config import GROUPS, TrialConfig, flag
 from sweep.errors import SweepError
 from sweep.storage import database_failure, mask_secrets
@@ -37,9 +38,16 @@ class Edge(typer.core.TyperGroup):
              standalone_mode: bool = True, **extra: Any) -> Any:
         argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
         urls = [a for a in argv if "://" in a]
+        closed = streams.prepare()
         try:
+            if closed is not None:
+                raise closed
             rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
+            sys.stdout.flush()  # here, where a full disk is one line, not at the interpreter's exit
+        except streams.OutputFailed as e:
+            streams.discard()
+            code = error(str(e), e.exit_code, urls)
         except SweepError as e:
             code = error(str(e), e.exit_code, urls)
         except typer.TyperException as e:  # click's usage errors
