@@ -361,7 +361,7 @@ def export(
     if adapter is not None:
         from sweep.adapters import check_destination
 
-        check_destination(adapter)  # before any work: nothing is overwritten
+        adapter = check_destination(adapter)  # before any work: nothing is overwritten; links resolved
     best = exp.best_trial(study.frame(), name)
     write_text(path, best.to_json())
     err.print(f"wrote {path}", highlight=False, markup=False)

@@ -30,13 +30,22 @@ PREFIX = "base_model.model."  # how a PeftModel's parameter names start
 
 
 def check_destination(dest: Path) -> Path:
-    """Refuse a destination that exists and is not an empty directory (nothing is ever overwritten);
-    create its parent. Checked before any training."""
-    dest = Path(dest)
+    """The directory to write the adapter to, checked before any training: a symlink resolved to
+    what it points at (an empty directory, or a new one where a dangling link points), since the
+    adapter is renamed into place and a rename replaces the link, never writes through it. Refuse
+    one that exists and is not an empty directory (nothing is ever overwritten); create its parent."""
+    given = Path(dest)
+    try:
+        dest = given.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        why = getattr(e, "strerror", None) or "a symlink loop"
+        raise SweepError(f"--adapter {short(str(given))} cannot be resolved ({why}); name a new or empty "
+                         "directory") from e
+    shown = short(str(given)) + (f" (a link to {short(str(dest))})" if given.is_symlink() else "")
     if dest.exists() and not dest.is_dir():
-        raise SweepError(f"--adapter {short(str(dest))} is a file; name a new or empty directory")
+        raise SweepError(f"--adapter {shown} is a file; name a new or empty directory")
     if dest.is_dir() and any(dest.iterdir()):
-        raise SweepError(f"--adapter {short(str(dest))} exists and is not empty; name a new or empty "
+        raise SweepError(f"--adapter {shown} exists and is not empty; name a new or empty "
                          "directory (nothing is overwritten)")
     prepare_dir(dest.parent)
     return dest

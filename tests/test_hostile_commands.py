@@ -208,3 +208,35 @@ def test_export_of_the_search_study_still_works(box):
     assert json.loads((box / "best.json").read_text())["trial"] == 1
     assert not math.isnan(json.loads((box / "best.json").read_text())["value"])
     assert os.path.getsize(box / "best.json") > 0
+
+
+# Item 8: destinations resolved and checked before the work
+
+
+@pytest.mark.parametrize("target", ["empty", "new/adapter"])
+def test_export_adapter_writes_through_a_link_to_an_empty_or_new_directory(box, target):
+    (box / "empty").mkdir()
+    (box / "link").symlink_to(box / target)
+    r = invoke("export", "toy", "--adapter", "link")
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    assert (box / target / "adapter_config.json").is_file()
+    assert (box / "link").is_symlink() and (box / "link" / "adapter_model.safetensors").is_file()
+    assert not [p for p in (box / target).parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda box: (box / "link").symlink_to(box / "results" / "loraplus.db"), "(a link to "),
+    (lambda box: (box / "link").symlink_to(box / "link"), "cannot be resolved"),
+    (lambda box: ((box / "full").mkdir(), (box / "full" / "x").write_text("keep"),
+                  (box / "link").symlink_to(box / "full")), "exists and is not empty"),
+])
+def test_export_adapter_into_a_bad_link_is_refused_before_training(box, make, message):
+    make(box)
+    before = snapshot(db(box))
+    r = invoke("export", "toy", "--adapter", "link")
+    assert r.exit_code == 2
+    line = one_line(r)
+    assert "--adapter 'link'" in line and message in line, line
+    assert "training" not in r.output and not (box / "results" / "toy-best.json").exists()
+    assert snapshot(db(box)) == before
