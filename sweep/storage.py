@@ -9,15 +9,18 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import re
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from sqlalchemy.engine import make_url
 
 from sweep.errors import SweepError
@@ -182,8 +185,6 @@ def _open_journal(path: Path, url: str, create: bool) -> optuna.storages.BaseSto
     """A journal storage: JSON lines appended under Optuna's file lock (a symlink, atomic on every NFS
     version), replayed on open. Read with json.loads only: this backend keeps no pickled snapshot, so
     nothing read from the file can run code."""
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
-
     if path.is_dir():
         raise SweepError(f"the journal {path} is a directory; name a file such as {path / 'study.log'}")
     if create:
@@ -191,7 +192,7 @@ def _open_journal(path: Path, url: str, create: bool) -> optuna.storages.BaseSto
     elif not path.is_file():
         raise SweepError(f"no journal at {path}; run a sweep first (loraplus-sweep run --storage {url})")
     try:
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))
+        backend = MendingJournalFile(str(path), lock_obj=JournalFileSymlinkLock(str(path)))
         if hasattr(backend, "load_snapshot"):  # a snapshot is a pickle: refused, whatever the file holds
             raise SweepError("this Optuna's journal file backend keeps pickled snapshots; refused")
         return JournalStorage(backend)
@@ -201,6 +202,97 @@ def _open_journal(path: Path, url: str, create: bool) -> optuna.storages.BaseSto
         first = (getattr(e, "strerror", None) or str(e)).splitlines()[0]
         raise SweepError(f"cannot open the journal {path}: {first} (a damaged file? restore it from a "
                          "copy)") from e
+
+
+class MendingJournalFile(JournalFileBackend):
+    """Optuna's journal file backend, whose writes first mend the journal's end (mend_journal_end)
+    under the same lock: a writer killed mid-line leaves a line without its newline, and the next
+    record appended to it would make one line of two that no reader can parse, every study lost."""
+
+    def __init__(self, file_path: str, lock_obj: JournalFileSymlinkLock) -> None:
+        super().__init__(file_path, lock_obj=lock_obj)
+        self.path, self.write_lock = Path(file_path), lock_obj
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        self.write_lock.acquire()
+        try:
+            mend_journal_end(self.path)
+            with open(self.path, "ab") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            self.write_lock.release()
+
+
+def mend_journal_end(path: Path, warn: Callable[[str], None] | None = None) -> None:
+    """Make the journal end with a whole record and its newline, before anything is appended (call it
+    under the journal's write lock). A last record without its newline gets it; blank lines at the end
+    go; an unfinished line at the end (a writer killed mid-write), or one that no reader can parse,
+    which no reader has ever applied, is moved to <journal>.partial and said in one warning line. A
+    journal that cannot be mended is one line, and nothing is written."""
+    with open(path, "r+b") as f:
+        end = size = f.seek(0, os.SEEK_END)
+        newline = False
+        while end > 0:
+            start = _line_start(f, end)
+            f.seek(start)
+            line = f.read(end - start)
+            if _is_record(line):
+                newline = not line.endswith(b"\n")
+                break
+            end = start
+        f.seek(end)
+        unfinished = f.read(size - end).strip()
+        aside = path.with_name(path.name + ".partial")
+        if unfinished:
+            try:
+                with open(aside, "ab") as out:
+                    out.write(unfinished + b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+            except OSError as e:
+                raise SweepError(f"the journal {path} ends with an unfinished line (a writer killed "
+                                 f"mid-write) that cannot be moved to {aside}: {e.strerror}; nothing was "
+                                 "written (free space or make its directory writable, then run again)") from e
+        if end < size:
+            f.truncate(end)
+        if newline:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        if end < size or newline:
+            f.flush()
+            os.fsync(f.fileno())
+    if unfinished:
+        (warn or _stderr)(f"warning: the journal {path} ended with an unfinished line ({len(unfinished)} "
+                          f"bytes of a writer killed mid-write); moved it to {aside}, every stored study is "
+                          "intact")
+
+
+def _line_start(f: Any, end: int) -> int:
+    """Where the last line before `end` starts (its own newline, if it has one, is not its start)."""
+    pos = end - 1
+    while pos > 0:
+        lo = max(0, pos - 65536)
+        f.seek(lo)
+        found = f.read(pos - lo).rfind(b"\n")
+        if found >= 0:
+            return lo + found + 1
+        pos = lo
+    return 0
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 # PostgreSQL drivers SQLAlchemy knows: module, and what to install for it.

@@ -1,0 +1,137 @@
+"""Storage under hostile conditions: a journal left with an unfinished line by a killed writer, files
+that are not results databases given to commands that only read, servers and trackers that never
+answer, and two commands racing on one study. Each ends in one line, and every stored study is still
+there and counts the same afterwards."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from sweep import storage as st
+
+runner = CliRunner()
+
+
+def invoke(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def one_line_error(r, *words, code=2):
+    assert r.exit_code == code, (r.exit_code, r.output)
+    assert r.stdout == "" and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.output and "unexpected" not in r.stderr, r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def counts(url: str) -> dict[str, int]:
+    """Every stored study and its number of trials, read by a fresh opening (as another process would)."""
+    storage = st.open_storage(url, create=False)
+    return {n: len(optuna.load_study(study_name=n, storage=storage).trials)
+            for n in optuna.get_all_study_names(storage)}
+
+
+# A journal whose writer was killed mid-line
+
+@pytest.fixture
+def journal(tmp_path) -> Path:
+    """A journal holding study a (two trials, a user attribute last) and study b (one trial)."""
+    log = tmp_path / "study.log"
+    storage = st.open_storage(str(log))
+    a = optuna.create_study(study_name="a", storage=storage)
+    b = optuna.create_study(study_name="b", storage=storage)
+    a.enqueue_trial({"x": 1.0})
+    a.enqueue_trial({"x": 2.0})
+    b.enqueue_trial({"x": 3.0})
+    a.set_user_attr("model", "m")
+    assert counts(str(log)) == {"a": 2, "b": 1}
+    return log
+
+
+UNFINISHED = b'{"op_code":5,"worker_id":"w","study_id":0,"user_attr":{"mod'
+
+
+def test_a_journal_with_an_unfinished_last_line_is_read_and_the_next_write_moves_the_line_aside(journal):
+    with journal.open("ab") as f:
+        f.write(UNFINISHED)
+    listed = invoke("studies", "list", "--names", "--storage", journal)  # readers skip the line
+    assert listed.exit_code == 0 and listed.stdout.split() == ["a", "b"], listed.output
+    r = invoke("studies", "delete", "b", "--yes", "--storage", journal)  # a write
+    assert r.exit_code == 0, r.output
+    warning, deleted = r.stderr.splitlines()
+    assert warning.startswith(f"warning: the journal {journal} ended with an unfinished line")
+    assert "every stored study is intact" in warning and deleted == "deleted study 'b' (1 trials)"
+    assert counts(str(journal)) == {"a": 2}
+    assert all(json.loads(line) for line in journal.read_bytes().splitlines())
+    assert (journal.parent / "study.log.partial").read_bytes() == UNFINISHED + b"\n"
+    # and what comes after: a second write, another reader
+    optuna.create_study(study_name="c", storage=st.open_storage(str(journal)))
+    assert counts(str(journal)) == {"a": 2, "c": 0}
+
+
+def test_blank_lines_at_the_end_of_a_journal_are_dropped_before_the_next_write(journal):
+    with journal.open("ab") as f:
+        f.write(b"\n")
+    assert counts(str(journal)) == {"a": 2, "b": 1}
+    r = invoke("studies", "delete", "b", "--yes", "--storage", journal)
+    assert r.exit_code == 0 and r.stderr == "deleted study 'b' (1 trials)\n", r.output
+    assert counts(str(journal)) == {"a": 2}
+    assert not (journal.parent / "study.log.partial").exists()
+
+
+def test_a_last_record_without_its_newline_is_kept_and_ended(journal):
+    journal.write_bytes(journal.read_bytes()[:-1])  # the user attribute, less its newline
+    before = st.open_storage(str(journal), create=False)
+    assert optuna.load_study(study_name="a", storage=before).user_attrs == {}
+    r = invoke("studies", "delete", "b", "--yes", "--storage", journal)
+    assert r.exit_code == 0 and r.stderr == "deleted study 'b' (1 trials)\n", r.output
+    storage = st.open_storage(str(journal), create=False)
+    assert optuna.load_study(study_name="a", storage=storage).user_attrs == {"model": "m"}
+    assert counts(str(journal)) == {"a": 2}
+
+
+def test_an_unfinished_line_that_cannot_be_moved_aside_refuses_the_write_in_one_line(journal):
+    with journal.open("ab") as f:
+        f.write(UNFINISHED)
+    (journal.parent / "study.log.partial").mkdir()  # where it would go
+    before = digest(journal)
+    one_line_error(invoke("studies", "delete", "b", "--yes", "--storage", journal),
+                   f"the journal {journal} ends with an unfinished line", "nothing was written")
+    assert digest(journal) == before and counts(str(journal)) == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize("tail, kept", [
+    (b"", b""),
+    (b"\n\n", b""),
+    (b'{"op_code":0', b""),
+    (b'\n{"op_code":0', b""),
+    (b'{"op_code":0}', b'{"op_code":0}\n'),
+    (b'{"op_code":0}  \n\n', b'{"op_code":0}  \n'),
+    (b"[1, 2]", b""),  # JSON, but no record
+    (b'{"op_code":0\n\n{"op_co', b""),  # more than one line that no reader could apply
+    (b'{"op_co{"op_code":0}\n', b""),  # a record glued onto an unfinished line (by an older writer)
+])
+def test_mending_a_journal_end_keeps_every_whole_record_and_nothing_else(tmp_path, tail, kept):
+    log = tmp_path / "study.log"
+    head = b'{"op_code":0,"study_name":"a"}\n' + b'{"op_code":1}\n' * 3
+    log.write_bytes(head + tail)
+    warned = []
+    st.mend_journal_end(log, warned.append)
+    assert log.read_bytes() == head + kept
+    assert len(warned) == (1 if tail.strip() and not kept else 0)
+
+
+def test_a_journal_of_one_unfinished_line_is_mended_to_empty(tmp_path):
+    log = tmp_path / "study.log"
+    log.write_bytes(UNFINISHED)
+    st.mend_journal_end(log, lambda _: None)
+    assert log.read_bytes() == b"" and (tmp_path / "study.log.partial").read_bytes() == UNFINISHED + b"\n"
