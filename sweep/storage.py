@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import re
+import sqlite3
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,10 +169,13 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     if create:
         require_writable(url)
     try:
+        if not create:  # Optuna would create its tables in any database it opens
+            _require_optuna_tables(url, path, engine_kwargs)
         # Workers started together on a new database would all create its tables at once.
         lock = storage_lock(url, "create tables") if create else contextlib.nullcontext()
         with lock:
-            storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs or None)
+            storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=engine_kwargs or None,
+                                                 skip_table_creation=not create)
     except SweepError:
         raise
     except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
@@ -179,6 +184,25 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     if path is not None:
         immediate_transactions(storage.engine)
     return storage
+
+
+def _require_optuna_tables(url: str, path: Path | None, engine_kwargs: dict[str, Any]) -> None:
+    """A database that a command only reads must already be an Optuna one: else one line, and the
+    file is left as it was (a SQLite file is looked into read-only)."""
+    if path is not None:
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+        engine = sqlalchemy.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True),
+                                          poolclass=sqlalchemy.pool.NullPool)
+    else:
+        engine = sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool,
+                                          **engine_kwargs)
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if not {"studies", "version_info"} <= tables:
+        raise SweepError(f"{path if path is not None else mask_url(url)} holds no loraplus-sweep studies "
+                         "(it is not an Optuna database); nothing was changed")
 
 
 def _open_journal(path: Path, url: str, create: bool) -> optuna.storages.BaseStorage:
@@ -191,6 +215,14 @@ def _open_journal(path: Path, url: str, create: bool) -> optuna.storages.BaseSto
         require_writable(url)
     elif not path.is_file():
         raise SweepError(f"no journal at {path}; run a sweep first (loraplus-sweep run --storage {url})")
+    first = _first_line(path) if path.exists() else None
+    if first is not None and first.endswith(b"\n") and not _is_record(first):
+        raise SweepError(f"{path} holds no loraplus-sweep studies (it is not an Optuna journal: its first "
+                         "line is no journal record); nothing was changed" + ("" if not create else
+                         "; name a new file for the journal"))
+    if not create and (first is None or not first.endswith(b"\n")):
+        raise SweepError(f"{path} holds no loraplus-sweep studies (the journal is empty); nothing was "
+                         "changed")
     try:
         backend = MendingJournalFile(str(path), lock_obj=JournalFileSymlinkLock(str(path)))
         if hasattr(backend, "load_snapshot"):  # a snapshot is a pickle: refused, whatever the file holds
@@ -268,6 +300,18 @@ def mend_journal_end(path: Path, warn: Callable[[str], None] | None = None) -> N
         (warn or _stderr)(f"warning: the journal {path} ended with an unfinished line ({len(unfinished)} "
                           f"bytes of a writer killed mid-write); moved it to {aside}, every stored study is "
                           "intact")
+
+
+def _first_line(path: Path) -> bytes | None:
+    """The first line of a file that is not blank (with its newline, if it has one); None for none."""
+    try:
+        with open(path, "rb") as f:
+            while line := f.readline(1 << 24):  # far longer than a record; a file without lines: not all
+                if line.strip():
+                    return line
+    except OSError as e:
+        raise SweepError(f"cannot read the journal {path}: {e.strerror}") from e
+    return None
 
 
 def _line_start(f: Any, end: int) -> int:

@@ -5,6 +5,7 @@ there and counts the same afterwards."""
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -135,3 +136,84 @@ def test_a_journal_of_one_unfinished_line_is_mended_to_empty(tmp_path):
     log.write_bytes(UNFINISHED)
     st.mend_journal_end(log, lambda _: None)
     assert log.read_bytes() == b"" and (tmp_path / "study.log.partial").read_bytes() == UNFINISHED + b"\n"
+
+
+# Commands that only read never write
+
+def unrelated_sqlite(path: Path) -> Path:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('keep me')")
+    db.close()
+    return path
+
+
+def mlflow_like(path: Path) -> Path:
+    """Tables of another tool that, like Optuna, keeps an alembic_version (MLflow's own mlflow.db)."""
+    with sqlite3.connect(path) as db:
+        for table in ("alembic_version (version_num TEXT)", "experiments (experiment_id INTEGER)",
+                      "runs (run_uuid TEXT)"):
+            db.execute(f"CREATE TABLE {table}")
+        db.execute("INSERT INTO alembic_version VALUES ('abc123')")
+    db.close()
+    return path
+
+
+SQLITE_FILES = {
+    "empty": lambda p: (p.write_bytes(b""), p)[1],
+    "unrelated": unrelated_sqlite,
+    "mlflow": mlflow_like,
+}
+READERS = [("studies", "list"), ("studies", "list", "--names"), ("report",), ("studies", "show", "x"),
+           ("export", "x"), ("studies", "delete", "x", "--yes"), ("worker", "x")]
+
+
+@pytest.mark.parametrize("kind", sorted(SQLITE_FILES))
+@pytest.mark.parametrize("args", READERS, ids=" ".join)
+def test_a_sqlite_file_that_is_not_an_optuna_database_is_named_and_left_as_it_was(tmp_path, kind, args):
+    db = SQLITE_FILES[kind](tmp_path / "mlflow.db")
+    before = digest(db)
+    one_line_error(invoke(*args, "--storage", f"sqlite:///{db}"),
+                   f"{db} holds no loraplus-sweep studies (it is not an Optuna database)")
+    assert digest(db) == before and sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+def test_a_copy_from_a_file_that_is_not_an_optuna_database_writes_nothing(tmp_path):
+    source = unrelated_sqlite(tmp_path / "other.db")
+    before = digest(source)
+    r = invoke("studies", "copy", f"sqlite:///{source}", "--storage", f"sqlite:///{tmp_path / 'to.db'}")
+    one_line_error(r, "holds no loraplus-sweep studies")
+    assert digest(source) == before
+
+
+def test_an_optuna_database_is_still_read(tmp_path):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    optuna.create_study(study_name="a", storage=st.open_storage(url))
+    r = invoke("studies", "list", "--names", "--storage", url)
+    assert r.exit_code == 0 and r.stdout == "a\n", r.output
+
+
+JOURNAL_FILES = {
+    "empty": (b"", "the journal is empty"),
+    "text": (b"hello\nworld\n", "it is not an Optuna journal"),
+    "json-lines": (b'{"level": "info", "msg": "x"}\n', "it is not an Optuna journal"),
+    "unfinished": (UNFINISHED, "the journal is empty"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(JOURNAL_FILES))
+@pytest.mark.parametrize("args", READERS[:5], ids=" ".join)
+def test_a_log_file_that_is_not_a_journal_is_named_and_left_as_it_was(tmp_path, kind, args):
+    content, why = JOURNAL_FILES[kind]
+    log = tmp_path / "app.log"
+    log.write_bytes(content)
+    one_line_error(invoke(*args, "--storage", log), f"{log} holds no loraplus-sweep studies ({why}")
+    assert log.read_bytes() == content and [p.name for p in tmp_path.iterdir()] == ["app.log"]
+
+
+def test_a_sweep_into_a_file_that_is_not_a_journal_is_refused(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_bytes(b"hello\n")
+    with pytest.raises(st.SweepError, match="it is not an Optuna journal.*name a new file"):
+        st.open_storage(str(log))
+    assert log.read_bytes() == b"hello\n"
