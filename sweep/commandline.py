@@ -132,11 +132,11 @@ def with_trial_settings(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def interrupted(e: KeyboardInterrupt, stored: str) -> typer.Exit:
     """The line a sweep or confirm stopped by a signal ends with, and its exit code (130 for Ctrl-C,
-    143 for SIGTERM). Later signals are ignored: this process is exiting, they would only make a
-    traceback of it."""
+    143 for SIGTERM, 129 for SIGHUP). Later signals are ignored: this process is exiting, they would only
+    make a traceback of it."""
     import signal
 
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
     err.print(f"{str(e) or 'interrupted'}: the running trials are stored as failed, {stored}; "
               "run the same command again to continue", markup=False, highlight=False, soft_wrap=True)

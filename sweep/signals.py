@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM as a request to stop, so that a sweep fails its running trials with the reason
+"""Ctrl-C, SIGTERM and SIGHUP as a request to stop, so that a sweep fails its running trials with the reason
 before it exits instead of leaving them RUNNING.
 
 Left to Python, a signal raises KeyboardInterrupt wherever the main thread is: in the middle of a
@@ -15,7 +15,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-REASONS = {signal.SIGINT: "interrupted by SIGINT (Ctrl-C)", signal.SIGTERM: "interrupted by SIGTERM"}
+# SIGHUP (the terminal or ssh session closed) is a request to stop like SIGTERM: left to its default,
+# it killed the sweep at once and left its trials RUNNING.
+REASONS = {signal.SIGINT: "interrupted by SIGINT (Ctrl-C)", signal.SIGTERM: "interrupted by SIGTERM",
+           signal.SIGHUP: "interrupted by SIGHUP (hangup: the terminal closed)"}
 
 
 def was_interrupted(reason: object) -> bool:
@@ -33,7 +36,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        """The shell's convention, 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM."""
+        """The shell's convention, 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
         return 128 + (self.signum or signal.SIGINT)
 
 
@@ -58,7 +61,7 @@ class Stop(threading.Event):
 
 @contextmanager
 def stop_on_signals(stop: Stop) -> Iterator[None]:
-    """While the block runs, SIGINT and SIGTERM request `stop` instead of raising where they land; a
+    """While the block runs, SIGINT, SIGTERM and SIGHUP request `stop` instead of raising where they land; a
     second signal changes nothing (the first is being handled, which takes about a second). Outside
     the main thread, where no handler can be installed, the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():

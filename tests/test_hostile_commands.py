@@ -10,15 +10,18 @@ import json
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import create_trial
+from processes import running_trials_of, start, sweep_args, trial_processes, trials, wait_for
 from test_hostile import DISTRIBUTIONS, add_trial, open_study, snapshot
 from typer.testing import CliRunner
 
 from cli import app
+from sweep.signals import Interrupted, Stop, stop_on_signals
 from sweep.spec import load_spec
 from sweep.stored import trials_frame
 
@@ -240,3 +243,40 @@ def test_export_adapter_into_a_bad_link_is_refused_before_training(box, make, me
     assert "--adapter 'link'" in line and message in line, line
     assert "training" not in r.output and not (box / "results" / "toy-best.json").exists()
     assert snapshot(db(box)) == before
+
+
+# Item 10: SIGHUP is a stop request, as SIGTERM
+
+
+def test_sighup_requests_a_stop_with_exit_code_129():
+    stop = Stop()
+    with stop_on_signals(stop):
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert stop.signum == signal.SIGHUP
+    assert stop.reason == "interrupted by SIGHUP (hangup: the terminal closed)"
+    with pytest.raises(Interrupted) as stopped:
+        stop.check()
+    assert stopped.value.exit_code == 129
+
+
+@pytest.mark.processes
+def test_a_sweep_hung_up_fails_its_trial_with_the_reason_and_exits_129(tiny_model, toy_csv, tmp_path):
+    db = f"sqlite:///{tmp_path}/sweep.db"
+    args = ["run", *sweep_args(tiny_model, toy_csv), "--max-steps", "1500", "--eval-every", "20",
+            "--storage", db, "--study-name", "s", "--n-trials", "1"]
+    proc = start(args, tmp_path / "run.log")
+    try:
+        running = wait_for(lambda: running_trials_of(proc, db, "s") if trial_processes(proc.pid) else None,
+                           180, "a running trial")
+        os.killpg(proc.pid, signal.SIGHUP)  # as a closed terminal hangs up its session
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = (tmp_path / "run.log").read_text()
+    assert code == 129, output
+    assert "interrupted by SIGHUP" in output and "Traceback" not in output
+    ts = {t.number: t for t in trials(db, "s")}
+    assert [t.state.name for t in ts.values()].count("RUNNING") == 0
+    assert ts[running[0].number].user_attrs["stop_reason"].startswith("interrupted by SIGHUP")
