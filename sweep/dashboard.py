@@ -39,5 +39,6 @@ def serve(url: str, host: str, port: int, listening: Callable[[str], None]) -> N
     except OSError as e:  # taken, privileged, or a host this machine does not have
         raise SweepError(f"cannot serve the dashboard on {host}:{port}: {e.strerror or e}") from e
     with server:
-        listening(f"http://{host}:{port}/")
+        # The port bound, not the one asked for: --port 0 asks the system for a free one.
+        listening(f"http://{host}:{server.server_address[1]}/")
         server.serve_forever()

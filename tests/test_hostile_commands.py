@@ -280,3 +280,27 @@ def test_a_sweep_hung_up_fails_its_trial_with_the_reason_and_exits_129(tiny_mode
     ts = {t.number: t for t in trials(db, "s")}
     assert [t.state.name for t in ts.values()].count("RUNNING") == 0
     assert ts[running[0].number].user_attrs["stop_reason"].startswith("interrupted by SIGHUP")
+
+
+# Item 10: dashboard --port 0 says the port it got
+
+
+def test_dashboard_on_port_0_prints_the_port_it_listens_on(stored):
+    import socket
+
+    from sweep.dashboard import serve
+
+    addresses = []
+
+    class Listening(Exception):
+        pass
+
+    def listening(address: str) -> None:
+        addresses.append(address)
+        port = int(address.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # it accepts there
+            raise Listening
+
+    with pytest.raises(Listening):
+        serve(f"sqlite:///{stored}/loraplus.db", "127.0.0.1", 0, listening)
+    assert addresses[0].startswith("http://127.0.0.1:") and not addresses[0].endswith(":0/")
