@@ -333,8 +333,9 @@ def studies_copy(
     from sweep.stored import copy_studies
 
     require_writable(storage)
-    for name, n in copy_studies(source, storage, names or None):
-        err.print(f"copied {short(name)} ({n} trials)", highlight=False, markup=False)
+    for name, n, running in copy_studies(source, storage, names or None):
+        failed = f"; {running} running there copied as failed" if running else ""
+        err.print(f"copied {short(name)} ({n} trials{failed})", highlight=False, markup=False)
 
 
 @app.command()

@@ -6,6 +6,7 @@ trials whose worker is gone). The stored-trial schema, written and read, lives h
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import threading
@@ -408,10 +409,11 @@ def _names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
 
-def copy_studies(source: str, dest: str, names: list[str] | None = None) -> list[tuple[str, int]]:
+def copy_studies(source: str, dest: str, names: list[str] | None = None) -> list[tuple[str, int, int]]:
     """Copy studies, every trial and attribute, from one storage into another (a sweep run on a GPU
     box into the results kept at home): the named ones, or all. A name already in `dest` stops the
-    copy before anything is written, so no stored study is ever merged into or replaced."""
+    copy before anything is written, so no stored study is ever merged into or replaced. Per study:
+    its name, its trials, and those running in `source`, copied as failed (see _copy)."""
     origin = _open(source, create=False)  # once: opening a storage costs more than reading a study
     stored = _names(origin)
     names = stored if names is None else names
@@ -423,11 +425,31 @@ def copy_studies(source: str, dest: str, names: list[str] | None = None) -> list
     if clash:
         raise SweepError(f"{mask_url(dest)} already holds {_listed(clash)}; "
                          "delete it there first (loraplus-sweep studies delete) or copy the others by name")
-    copied = []
-    for name in names:
-        optuna.copy_study(from_study_name=name, from_storage=origin, to_storage=target)
-        copied.append((name, len(optuna.load_study(study_name=name, storage=target).trials)))
-    return copied
+    return [(name, *_copy(name, origin, target, source)) for name in names]
+
+
+def _copy(name: str, origin: optuna.storages.BaseStorage, target: optuna.storages.BaseStorage,
+          source: str) -> tuple[int, int]:
+    """optuna.copy_study, except that a trial RUNNING in the source (a live sweep) is copied as failed,
+    with the reason: the copy would count it as running forever, since no worker of the copy runs
+    it, and its result, when it comes, is written to the source only. (trials, those failed)."""
+    from_id = origin.get_study_id_from_name(name)
+    trials = origin.get_all_trials(from_id, deepcopy=True)  # read once: a live sweep goes on meanwhile
+    optuna.create_study(study_name=name, storage=target, directions=origin.get_study_directions(from_id))
+    to_id = target.get_study_id_from_name(name)
+    for key, value in origin.get_study_system_attrs(from_id).items():
+        target.set_study_system_attr(to_id, key, value)
+    for key, value in origin.get_study_user_attrs(from_id).items():
+        target.set_study_user_attr(to_id, key, value)
+    running = 0
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            t.state, t.datetime_complete = TrialState.FAIL, datetime.datetime.now()
+            t.set_user_attr("stop_reason", f"running in {mask_url(source)} when it was copied; its result is "
+                                           "stored there only")
+            running += 1
+        target.create_new_trial(to_id, template_trial=t)
+    return len(trials), running
 
 
 def _listed(names: list[str], most: int = 10) -> str:

@@ -304,3 +304,27 @@ def test_dashboard_on_port_0_prints_the_port_it_listens_on(stored):
     with pytest.raises(Listening):
         serve(f"sqlite:///{stored}/loraplus.db", "127.0.0.1", 0, listening)
     assert addresses[0].startswith("http://127.0.0.1:") and not addresses[0].endswith(":0/")
+
+
+# Item 10: studies copy from a live database
+
+
+def test_studies_copy_from_a_live_database_copies_running_trials_as_failed(box, tmp_path):
+    source = f"sqlite:///{db(box)}"
+    live = optuna.load_study(study_name="toy", storage=source)
+    running = live.ask({"eta_a": DISTRIBUTIONS["eta_a"], "lambda": DISTRIBUTIONS["lambda"],
+                        "rank": DISTRIBUTIONS["rank"]})
+    before = snapshot(db(box))
+    dest = f"sqlite:///{tmp_path}/home.db"
+    r = invoke("studies", "copy", source, "toy", "--storage", dest)
+    assert r.exit_code == 0, r.output
+    assert one_line(r) == "copied 'toy' (4 trials; 1 running there copied as failed)"
+    copied = {t.number: t for t in optuna.load_study(study_name="toy", storage=dest).trials}
+    assert [t.state.name for t in copied.values()].count("RUNNING") == 0
+    assert copied[running.number].state.name == "FAIL"
+    assert copied[running.number].user_attrs["stop_reason"].startswith("running in sqlite:///")
+    assert copied[running.number].params == running.params
+    assert [copied[n].value for n in range(3)] == [0.6, 0.7, 0.65]
+    stored_copy = optuna.load_study(study_name="toy", storage=dest)
+    assert stored_copy.user_attrs == live.user_attrs and stored_copy.direction == live.direction
+    assert snapshot(db(box)) == before  # the source, its running trial included, as it was
