@@ -140,7 +140,7 @@ def test_no_interruption_leaves_a_trial_running_and_the_same_command_finishes_th
         proc.wait()
     finally:
         stop(proc)
-    wait_for(lambda: not any(alive(k) for k in kids), 10, "the trials' processes to end with the sweep")
+    wait_for(lambda: not any(alive(k) for k in kids), 60, "the trials' processes to end with the sweep")
 
     again = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr
