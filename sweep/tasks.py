@@ -26,6 +26,7 @@ from sweep import embedded
 from sweep.errors import SweepError
 from sweep.hub import hub_reachable
 from sweep.metrics import MAIN_SPLIT
+from sweep.schema import short
 from sweep.texts import Texts, hash_json
 
 
@@ -172,6 +173,8 @@ LABEL_COLUMNS = ("label", "labels", "target", "class", "category", "y", "score")
 VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 0  # fixed, so every trial on every machine sees the same validation and test sets
 TEST_NAMES = ("test",)  # values of a file's `split` column that mark test rows
+# A file's `split` values (any case, surrounding space ignored): 0 train, 1 validation, 2 test.
+SPLIT_NAMES = {"train": 0, "validation": 1, "dev": 1, "val": 1, **{name: 2 for name in TEST_NAMES}}
 
 
 def task_names() -> list[str]:
@@ -282,12 +285,14 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
 def load_local(path: Path, named: Columns = Columns()) -> TaskData:
     """A CSV/TSV/JSONL file with a text column (or a text pair) and a label column.
 
-    A `split` column with train/validation (and optionally test) values is used when present;
-    otherwise a fixed seeded, stratified 80/20 train/validation split is made, and the task has no
-    test split. String labels map to ids in sorted order; integer labels keep
-    their order; non-integer numbers make a regression task (metric Pearson). Rows without a label
-    are left out; a missing text is the empty string. The splits are views of the file's text
-    columns as read, never copies.
+    A `split` column with train/validation (and optionally test) values is used when present (a
+    labelled row with any other value is an error); otherwise a fixed seeded, stratified 80/20
+    train/validation split is made, and the task has no test split. String labels map to ids in
+    sorted order (labels that differ only in case or surrounding space are an error); integer
+    labels keep their order; non-integer numbers make a regression task (metric Pearson). Rows
+    without a label are left out; a missing text is the empty string, and a file whose training
+    texts are all empty is an error. The splits are views of the file's text columns as read,
+    never copies.
     """
     df = _read_table(path)
     columns = [str(c) for c in df.columns]
@@ -312,16 +317,51 @@ def load_local(path: Path, named: Columns = Columns()) -> TaskData:
     if not len(labelled):
         raise SweepError(f"task file {path.name} has no labelled rows")
     if "split" in df.columns:
-        splits = df["split"].astype(str).str.lower().to_numpy()[labelled]
-        parts = (labelled[splits == "train"], labelled[np.isin(splits, ["validation", "dev", "val"])],
-                 labelled[np.isin(splits, TEST_NAMES)])
-        if not len(parts[0]) or not len(parts[1]):
-            raise SweepError(f"`split` column in {path.name} needs both train and validation rows")
+        parts = _split_column(df["split"], labelled, path)
     else:
         train, val, _ = _three_way_split(df[label].iloc[labelled], VALIDATION_FRACTION, 0.0)
         parts = (labelled[train], labelled[val], labelled[:0])
-    return _task(path.stem, Texts.column(df[text]), Texts.column(df[pair]) if pair else None, df[label],
-                 (*parts[:2], parts[2] if len(parts[2]) else None), None)
+    used = df[label].iloc[np.concatenate(parts)]
+    if not _is_regression(used):
+        _one_spelling(used, path)
+    texts, pairs = Texts.column(df[text]), Texts.column(df[pair]) if pair else None
+    if texts.view(parts[0]).all_blank() and (pairs is None or pairs.view(parts[0]).all_blank()):
+        raise SweepError(f"every training text of {path.name} is empty (column {text!r}); fill it, or name "
+                         "the text column with --text-column")
+    return _task(path.stem, texts, pairs, df[label], (*parts[:2], parts[2] if len(parts[2]) else None), None)
+
+
+def _split_column(column: pd.Series, labelled: np.ndarray, path: Path) -> tuple[np.ndarray, ...]:
+    """(train, validation, test) row positions of the labelled rows, by their `split` values. A value
+    that names no split (a misspelling, an empty cell) is an error, not a row left out in silence."""
+    raw = column.iloc[labelled].fillna("").astype(str)
+    names = raw.str.strip().str.lower().to_numpy()
+    unknown = ~np.isin(names, list(SPLIT_NAMES))
+    if unknown.any():
+        counts = raw[unknown].value_counts()
+        shown = ", ".join(f"{short(v, 30) if v.strip() else 'no value'} ({n} row{'s' if n > 1 else ''})"
+                          for v, n in counts.iloc[:3].items())
+        more = f" and {len(counts) - 3} more" if len(counts) > 3 else ""
+        raise SweepError(f"`split` column of {path.name} holds {shown}{more}, which name no split; use "
+                         "train, validation (or dev, val) or test")
+    parts = tuple(labelled[np.isin(names, [n for n, i in SPLIT_NAMES.items() if i == part])]
+                  for part in range(3))
+    if not len(parts[0]) or not len(parts[1]):
+        raise SweepError(f"`split` column in {path.name} needs both train and validation rows")
+    return parts
+
+
+def _one_spelling(labels: pd.Series, path: Path) -> None:
+    """Class labels that differ only in case or surrounding space ('Pos', 'pos ') would be separate
+    classes; which of them the file means is not ours to guess."""
+    distinct = pd.Series(labels.unique())
+    keys = distinct.map(lambda v: str(v).strip().casefold())
+    clash = keys.duplicated(keep=False)
+    if clash.any():
+        spelled = distinct[keys == keys[clash].iloc[0]].map(lambda v: v.item() if hasattr(v, "item") else v)
+        raise SweepError(f"labels {', '.join(short(v, 30) for v in spelled.iloc[:3])} of {path.name} differ "
+                         "only in case or surrounding space, so they would be separate classes; write each "
+                         "class one way")
 
 
 def _three_way_split(
@@ -329,8 +369,10 @@ def _three_way_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, validation, test) row positions in `labels`: a seeded shuffle, then of each class the
     first `fraction` to validation (at least one) and the next `test_fraction` to test (at least one,
-    unless 0), each in shuffled order. The validation rows do not depend on test_fraction: adding a
-    test split only takes rows from train."""
+    unless 0), each in shuffled order, but never a class's last example: a class with one example
+    is trained on, not validated, since a class the head never saw in training cannot be predicted.
+    The validation rows do not depend on test_fraction: adding a test split only takes rows from
+    train."""
     rng = np.random.default_rng(SPLIT_SEED)
     order = rng.permutation(len(labels))
     shuffled = pd.Series(labels.to_numpy()[order])
@@ -341,11 +383,12 @@ def _three_way_split(
     else:
         rank = shuffled.groupby(shuffled, sort=False).cumcount().to_numpy()
         size = shuffled.groupby(shuffled, sort=False).transform("size").to_numpy()
-        n_val = np.clip(np.round(size * fraction), 1, None)
+        n_val = np.minimum(np.clip(np.round(size * fraction), 1, None), size - 1)
         n_test = np.clip(np.round(size * test_fraction), 1, None) if test_fraction > 0 else size * 0
+        n_test = np.minimum(n_test, size - 1 - n_val)
     is_val = rank < n_val
     is_test = ~is_val & (rank < n_val + n_test)
-    if (is_val | is_test).all():
+    if (is_val | is_test).all() or not is_val.any():
         raise SweepError("too few examples to make a validation split; add a `split` column")
     return order[~(is_val | is_test)], order[is_val], order[is_test]
 

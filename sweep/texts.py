@@ -12,6 +12,7 @@ from typing import Any, overload
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 CHUNK = 8192  # rows turned into Python strings at a time (iteration, hashing)
 
@@ -59,6 +60,15 @@ class Texts(Sequence[str]):
         if isinstance(i, slice):
             return self._column.take(pa.array(self._rows[i])).to_pylist()
         return self._column[int(self._rows[i])].as_py()
+
+    def all_blank(self) -> bool:
+        """Whether every row is empty or white space (a text column never filled in), read in
+        chunks as Arrow data: a column with text answers from its first chunk."""
+        for start in range(0, len(self), CHUNK):
+            taken = self._column.take(pa.array(self._rows[start:start + CHUNK]))
+            if pc.any(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(taken)), 0)).as_py():
+                return False
+        return True
 
     def chunks(self) -> Iterator[list[str]]:
         for start in range(0, len(self), CHUNK):

@@ -1,0 +1,103 @@
+"""Careless task files, through the command line: a file whose labels, splits or texts would be
+reshaped in silence is one line on stderr with exit code 2 before any trial, and a refused run
+creates no study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from sweep.errors import SweepError
+from sweep.tasks import load_task
+
+runner = CliRunner()
+DB = Path("results/loraplus.db")
+
+
+def rows(pairs: list[tuple[str, str]], split: list[str] | None = None) -> str:
+    """A CSV of (text, label) rows, with a split column where `split` is given."""
+    head = "text,label" + (",split" if split else "")
+    lines = [f"{t},{lab}" + (f",{split[i]}" if split else "") for i, (t, lab) in enumerate(pairs)]
+    return "\n".join([head, *lines]) + "\n"
+
+
+def films(n: int, label: str, word: str) -> list[tuple[str, str]]:
+    return [(f"a {word} film number {i}", label) for i in range(n)]
+
+
+BALANCED = films(20, "pos", "good") + films(20, "neg", "bad")
+FILES = {
+    "case.csv": rows(films(20, "pos", "good") + films(3, "Pos", "fine") + films(20, "neg", "bad")),
+    "space.csv": rows(films(20, "pos", "good") + films(3, " pos", "fine") + films(20, "neg", "bad")),
+    "misspelt.csv": rows(BALANCED, ["train", "trian"] * 15 + ["validation"] * 10),
+    "blank-split.csv": rows(BALANCED, ["train"] * 29 + [""] + ["validation"] * 10),
+    "empty.csv": rows([("", "pos" if i % 2 else "neg") for i in range(40)]),
+}
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch) -> Path:
+    """A working directory holding the task files, where results/loraplus.db is the default storage."""
+    for name, content in FILES.items():
+        (tmp_path / name).write_text(content)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LORAPLUS_SWEEP_DEBUG", raising=False)
+    return tmp_path
+
+
+def studies() -> list[str]:
+    if not DB.exists():
+        return []
+    return [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{DB}")]
+
+
+def refused(args: list[str], message: str) -> None:
+    """The command exits 2 with `message` in one stderr line, no traceback, and no study."""
+    r = runner.invoke(app, args)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in r.output
+    assert studies() == []
+
+
+CASES = [
+    ("case.csv", [], "labels 'Pos', 'pos' of case.csv differ only in case or surrounding space"),
+    ("space.csv", [], "labels ' pos', 'pos' of space.csv differ only in case or surrounding space"),
+    ("misspelt.csv", [], "`split` column of misspelt.csv holds 'trian' (15 rows), which name no split; "
+                         "use train, validation (or dev, val) or test"),
+    ("blank-split.csv", [], "holds no value (1 row), which name no split"),
+    ("empty.csv", [], "every training text of empty.csv is empty (column 'text')"),
+]
+
+
+@pytest.mark.parametrize("command", ["trial", "run"])
+@pytest.mark.parametrize(("task", "extra", "message"), CASES, ids=[f"{c[0]}{''.join(c[1])}" for c in CASES])
+def test_a_careless_task_is_refused_before_any_trial(here, tiny_model, command, task, extra, message):
+    run = ["--in-process", "--n-trials", "1"] if command == "run" else []
+    refused([command, "--model", tiny_model, "--task", task, "--max-length", "32", *run, *extra], message)
+
+
+def test_a_class_with_one_example_is_trained_on_not_validated(tmp_path):
+    path = tmp_path / "single.csv"
+    path.write_text(rows(BALANCED + [("a middling film", "meh")]))
+    task = load_task(str(path))
+    meh = task.label_names.index("meh")
+    assert meh in task.train.label and meh not in task.validation.label
+    assert len(task.validation) == 8  # the other classes' 20 % as before
+    (tmp_path / "singles.csv").write_text(rows([("a", "x"), ("b", "y"), ("c", "z")]))
+    with pytest.raises(SweepError, match="too few examples to make a validation split"):
+        load_task(str(tmp_path / "singles.csv"))
+
+
+def test_a_split_column_ignores_case_and_surrounding_space(tmp_path):
+    path = tmp_path / "splits.csv"
+    path.write_text(rows(BALANCED, ["Train", " train "] * 15 + ["DEV", "val"] * 3 + ["test"] * 4))
+    task = load_task(str(path))
+    assert (len(task.train), len(task.validation), len(task.test)) == (30, 6, 4)
+
