@@ -28,7 +28,7 @@ import numpy as np
 
 from sweep import embedded
 from sweep.errors import SweepError
-from sweep.tasks import load_task, no_test_split
+from sweep.tasks import LABEL_COLUMNS, load_task, no_test_split
 
 SHAPES = {"messages": "chat", "prompt": "prompt", "text": "text"}
 KEYS = {"chat": {"messages"}, "prompt": {"prompt", "completion"}, "text": {"text"}}
@@ -115,7 +115,8 @@ class LMTask:
 def task_kind(task: str, kind: str = "auto", label_column: str | None = None) -> str:
     """classification or causal-lm: `kind` where it says, else from the task. An embedded instruction
     task is causal-lm; so is a JSONL file whose first row is a causal-LM row (messages, or prompt, or
-    text with nothing but the optional fields beside it), unless a label column is named."""
+    text with nothing but the optional fields beside it), unless a label column is named or, for
+    text rows, any row holds a label (a labelled file whose first rows lack one is still labelled)."""
     if kind != "auto":
         return kind
     if task in embedded.INSTRUCTION_TASKS:
@@ -126,14 +127,29 @@ def task_kind(task: str, kind: str = "auto", label_column: str | None = None) ->
     try:
         with path.open(encoding="utf-8-sig") as f:
             first = next((line for line in f if line.strip()), "")
-        record = json.loads(first)
+            record = json.loads(first)
+            if not isinstance(record, dict):
+                return "classification"
+            if "messages" in record or "prompt" in record:
+                return "causal-lm"
+            if not ("text" in record and set(record) <= {"text"} | OPTIONAL):
+                return "classification"
+            return "classification" if any(_labelled(line) for line in f) else "causal-lm"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "classification"  # its loader says what is wrong with it
-    if not isinstance(record, dict):
-        return "classification"
-    if "messages" in record or "prompt" in record:
-        return "causal-lm"
-    return "causal-lm" if "text" in record and set(record) <= {"text"} | OPTIONAL else "classification"
+
+
+def _labelled(line: str) -> bool:
+    """Whether a JSONL line is an object with a label column (sweep.tasks.LABEL_COLUMNS); only lines
+    that spell one in quotes are parsed, so a causal-LM file is read, not parsed, to its end."""
+    lower = line.lower()
+    if not any(f'"{name}"' in lower for name in LABEL_COLUMNS):
+        return False
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False  # its loader says what is wrong with it
+    return isinstance(record, dict) and any(str(k).lower() in LABEL_COLUMNS for k in record)
 
 
 def load_lm_task(task: str) -> LMTask:

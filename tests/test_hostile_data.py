@@ -4,6 +4,7 @@ creates no study."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from sweep.errors import SweepError
+from sweep.lm_tasks import task_kind
 from sweep.tasks import load_task
 
 runner = CliRunner()
@@ -81,6 +83,20 @@ CASES = [
 def test_a_careless_task_is_refused_before_any_trial(here, tiny_model, command, task, extra, message):
     run = ["--in-process", "--n-trials", "1"] if command == "run" else []
     refused([command, "--model", tiny_model, "--task", task, "--max-length", "32", *run, *extra], message)
+
+
+def test_a_labelled_jsonl_whose_first_rows_lack_the_label_is_a_classification_task(tmp_path):
+    path = tmp_path / "labelled.jsonl"
+    lines = [{"text": "no label yet"}, {"text": "still none"}]
+    lines += [{"text": f"film {i}", "label": ["neg", "pos"][i % 2]} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert task_kind(str(path)) == "classification"
+    task = load_task(str(path))
+    assert task.label_names == ("neg", "pos") and len(task.train) + len(task.validation) == 20
+    # A text file that merely mentions a label in its text is causal-LM text all the same.
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f'a "label" in words {i}'}) + "\n" for i in range(5)))
+    assert task_kind(str(text)) == "causal-lm"
 
 
 def test_a_class_with_one_example_is_trained_on_not_validated(tmp_path):
