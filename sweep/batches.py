@@ -60,9 +60,13 @@ class Encoded:
 
     def sample(self, n: int | None, stratified: bool) -> Encoded:
         """A fixed random sample of n examples (all of them when n is None), see `sample_indices`."""
-        if n is None or n >= len(self):
-            return self
-        return self.take(sample_indices(self.labels, n, stratified))
+        rows = sampled(self.labels, n, stratified)
+        return self if rows is None else self.take(rows)
+
+
+def sampled(labels: np.ndarray, n: int | None, stratified: bool) -> np.ndarray | None:
+    """Which of these examples a sample of n (train_limit, eval_limit) keeps; None: all of them."""
+    return None if n is None or n >= len(labels) else sample_indices(labels, n, stratified)
 
 
 def sample_indices(labels: np.ndarray, n: int, stratified: bool, seed: int = SAMPLE_SEED) -> np.ndarray:

@@ -8,10 +8,13 @@ trials, or of trials that "learn" a one-class training set to accuracy 1.0.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from sweep.batches import sampled
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
@@ -32,7 +35,9 @@ class Checked:
 
 
 def check_trial(cfg: TrialConfig) -> Checked:
-    """Load the task and the model's tokenizer and config, and check that a trial can run."""
+    """Load the task and the model's tokenizer and config, and check that a trial can run; what is
+    usable but worth knowing (a class the training set lacks) is a warning on stderr once every check
+    has passed."""
     from sweep.models import default_target_modules, load_config, load_tokenizer
 
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
@@ -41,12 +46,12 @@ def check_trial(cfg: TrialConfig) -> Checked:
     task: TaskData | LMTask
     try:
         if kind == "causal-lm":
-            task = load_lm_task(cfg.task)
+            task, warnings = load_lm_task(cfg.task), []
             metric = main_metric(task.metrics, cfg.metric, f"causal-LM task {task.name}")
             fingerprint = task.fingerprint()
         else:
             task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
-            check_classes(task, cfg.task)
+            warnings = check_classes(task, cfg.task, cfg.train_limit)
             metric = main_metric(task.metrics, cfg.metric, f"task {task.name}")
             fingerprint = task.fingerprint()
     except OSError as e:  # e.g. a name too long for the file system
@@ -72,19 +77,54 @@ def check_trial(cfg: TrialConfig) -> Checked:
     else:
         _check_modules(cfg, config, kind)
     task.evaluated(cfg.eval_split)  # a trial scored on the test split needs one
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return Checked(kind, metric, fingerprint, task)
 
 
-def check_classes(task: TaskData, where: str) -> None:
-    """A classification task needs two classes in its training set, else every trial scores the one
-    class it was shown."""
-    if task.is_regression:
-        return
-    classes = sorted(set(task.train.label))
-    if len(classes) < 2:
-        seen = ", ".join(task.label_names[int(c)] for c in classes)[:60] if task.label_names else "none"
-        raise SweepError(f"the training set of {short(where)} holds one class ({seen}); a "
-                         "classifier needs at least two")
+def check_classes(task: TaskData, where: str, train_limit: int | None = None) -> list[str]:
+    """A classification task needs two classes in what its trials train on (the train_limit sample,
+    where there is one), else every trial scores the one class it was shown, and every class it is
+    scored on in its training set, else no trial can predict it. Returns warnings, for what is
+    usable: a class the train_limit sample or the validation split lacks."""
+    if task.is_regression or task.label_names is None:
+        return []
+    names = task.label_names
+    trained = np.bincount(task.train.label, minlength=len(names))
+    rows = sampled(task.train.label, train_limit, stratified=True)
+    sample = trained if rows is None else np.bincount(task.train.label[rows], minlength=len(names))
+    what = f"the training set of {short(where)}"
+    if rows is not None:
+        what = f"the train_limit sample ({train_limit} of {len(task.train)} training rows) of {short(where)}"
+    if (sample > 0).sum() < 2:
+        seen = ", ".join(names[c] for c in np.flatnonzero(sample))[:60] or "none"
+        fix = "" if rows is None else "; raise train_limit"
+        raise SweepError(f"{what} holds one class ({seen}); a classifier needs at least two{fix}")
+    scored = [task.validation, *task.extra_validation.values(),
+              *([task.test, *task.extra_test.values()] if task.test is not None else [])]
+    held = sum(np.bincount(s.label, minlength=len(names)) for s in scored)
+    untrained = np.flatnonzero((trained == 0) & (held > 0))
+    if len(untrained):
+        c = untrained[0]
+        raise SweepError(f"class {short(names[c], 30)} of {short(where)} has {held[c]} validation or test "
+                         "example(s) but none in the training set, so no trial can learn it; add training "
+                         "rows of it or leave it out")
+    warnings = []
+    lost = np.flatnonzero((trained > 0) & (sample == 0))
+    if len(lost):
+        warnings.append(f"{what} holds no example of class {_classes(names, lost, trained)}: trials never "
+                        "learn it; raise train_limit")
+    unscored = np.flatnonzero(np.bincount(task.validation.label, minlength=len(names)) == 0)
+    if len(unscored):
+        warnings.append(f"the validation split of {short(where)} holds no example of class "
+                        f"{_classes(names, unscored, trained)}: no metric sees how it is predicted")
+    return warnings
+
+
+def _classes(names: tuple[str, ...], classes: np.ndarray, trained: np.ndarray) -> str:
+    """The first of `classes` with its training examples, and how many more there are."""
+    more = f" and {len(classes) - 1} more" if len(classes) > 1 else ""
+    return f"{short(names[classes[0]], 30)} ({trained[classes[0]]} in the training set){more}"
 
 
 def check_device(device: str) -> None:

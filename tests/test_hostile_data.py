@@ -1,6 +1,7 @@
-"""Careless task files, through the command line: a file whose labels, splits or texts would be
-reshaped in silence is one line on stderr with exit code 2 before any trial, and a refused run
-creates no study."""
+"""Careless task files, through the command line and the checks: a file whose labels, splits or
+texts would be reshaped in silence is one line on stderr with exit code 2 before any trial, and a
+refused run creates no study; where the data is usable, a one-line warning says what a trial will
+miss."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from sweep.checks import check_classes
 from sweep.errors import SweepError
 from sweep.lm_tasks import task_kind
 from sweep.tasks import load_task
@@ -38,6 +40,9 @@ FILES = {
     "misspelt.csv": rows(BALANCED, ["train", "trian"] * 15 + ["validation"] * 10),
     "blank-split.csv": rows(BALANCED, ["train"] * 29 + [""] + ["validation"] * 10),
     "empty.csv": rows([("", "pos" if i % 2 else "neg") for i in range(40)]),
+    "validation-only.csv": rows(BALANCED + films(2, "meh", "odd"), ["train"] * 30 + ["validation"] * 12),
+    # 72 pos and 5 neg to train on: a sample of 5 keeps pos alone
+    "rare.csv": rows(films(90, "pos", "good") + films(6, "neg", "bad")),
 }
 
 
@@ -75,6 +80,11 @@ CASES = [
                          "use train, validation (or dev, val) or test"),
     ("blank-split.csv", [], "holds no value (1 row), which name no split"),
     ("empty.csv", [], "every training text of empty.csv is empty (column 'text')"),
+    ("validation-only.csv", [], "class 'meh' of 'validation-only.csv' has 2 validation or test example(s) "
+                                "but none in the training set"),
+    ("rare.csv", ["--train-limit", "5"], "the train_limit sample (5 of 77 training rows) of 'rare.csv' "
+                                         "holds one class (pos); a classifier needs at least two; raise "
+                                         "train_limit"),
 ]
 
 
@@ -109,6 +119,30 @@ def test_a_class_with_one_example_is_trained_on_not_validated(tmp_path):
     (tmp_path / "singles.csv").write_text(rows([("a", "x"), ("b", "y"), ("c", "z")]))
     with pytest.raises(SweepError, match="too few examples to make a validation split"):
         load_task(str(tmp_path / "singles.csv"))
+
+
+def test_a_class_the_validation_split_lacks_is_a_warning_and_the_trial_runs(here, tiny_model):
+    (here / "single.csv").write_text(rows(BALANCED + [("a middling film", "meh")]))
+    r = runner.invoke(app, ["trial", "--model", tiny_model, "--task", "single.csv", "--max-length", "32",
+                            "--max-steps", "1"])
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: the validation split of 'single.csv' holds no example of class 'meh' "
+                        "(1 in the training set): no metric sees how it is predicted"], r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_a_train_limit_sample_that_loses_a_class_is_a_warning(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(rows(films(90, "pos", "good") + films(10, "neg", "bad") + films(10, "meh", "odd")))
+    task = load_task(str(path))  # 72 pos, 8 neg and 8 meh to train on
+    assert check_classes(task, "t.csv") == []
+    # A stratified sample of 5: 4 pos and one of the others.
+    warnings = check_classes(task, "t.csv", train_limit=5)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("the train_limit sample (5 of 88 training rows) of 't.csv' holds no "
+                                  "example of ")
+    assert warnings[0].endswith("(8 in the training set): trials never learn it; raise train_limit")
 
 
 def test_a_split_column_ignores_case_and_surrounding_space(tmp_path):
