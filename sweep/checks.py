@@ -34,10 +34,10 @@ class Checked:
     task: TaskData | LMTask  # the task, loaded (a trial need not load it again)
 
 
-def check_trial(cfg: TrialConfig) -> Checked:
+def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = ()) -> Checked:
     """Load the task and the model's tokenizer and config, and check that a trial can run; what is
     usable but worth knowing (a class the training set lacks) is a warning on stderr once every check
-    has passed."""
+    has passed. `ranks`: every LoRA rank the trials may take (a study's), else cfg.rank."""
     from sweep.models import default_target_modules, load_config, load_tokenizer
 
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
@@ -71,11 +71,10 @@ def check_trial(cfg: TrialConfig) -> Checked:
     if positions is not None and cfg.max_length > positions:
         raise SweepError(f"max_length {cfg.max_length} is more than the {positions} positions of "
                          f"{short(cfg.model)}; use --max-length {positions} or less")
-    if cfg.target_modules is None:
-        if kind == "classification":  # (a causal LM's default, every linear layer, fits every decoder)
-            default_target_modules(config.model_type)  # an architecture without defaults says so
-    else:
-        _check_modules(cfg, config, kind)
+    check_max_length(cfg, tokenizer, kind, isinstance(task, TaskData) and task.train.pair is not None)
+    if cfg.target_modules is None and kind == "classification":  # (a causal LM's default fits any)
+        default_target_modules(config.model_type)  # an architecture without defaults says so
+    _check_layers(cfg, config, kind, ranks or (cfg.rank,))
     task.evaluated(cfg.eval_split)  # a trial scored on the test split needs one
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -127,6 +126,22 @@ def _classes(names: tuple[str, ...], classes: np.ndarray, trained: np.ndarray) -
     return f"{short(names[classes[0]], 30)} ({trained[classes[0]]} in the training set){more}"
 
 
+def check_max_length(cfg: TrialConfig, tokenizer, kind: str, pair: bool) -> None:
+    """Room for text beside the special tokens: below it the tokenizer turns truncation off (it logs
+    an error and keeps every token), and one long row then outgrows the model. A causal LM needs
+    two tokens, one predicted from the other."""
+    if kind == "causal-lm":
+        if cfg.max_length < 2:
+            raise SweepError(f"max_length {cfg.max_length} leaves a causal LM nothing to predict; use "
+                             "--max-length 2 or more")
+        return
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    if cfg.max_length <= special:
+        raise SweepError(f"max_length {cfg.max_length} leaves no room for text: the tokenizer of "
+                         f"{short(cfg.model)} adds {special} special tokens to each example"
+                         f"{' (a text pair)' if pair else ''}; use --max-length {special + 1} or more")
+
+
 def check_device(device: str) -> None:
     if not device.startswith("cuda"):
         return
@@ -161,10 +176,15 @@ def _positions(config, tokenizer) -> int | None:
     return min(limits) if limits else None
 
 
-def _check_modules(cfg: TrialConfig, config, kind: str) -> None:
+def _check_layers(cfg: TrialConfig, config, kind: str, ranks: tuple[int, ...]) -> None:
     """Every target module name matches a module of the model, as PEFT matches them (the name, or
-    its last dotted parts). The model is built on the meta device: no weights, no memory."""
+    its last dotted parts), and no rank is more than the narrower side of a layer LoRA adapts: its
+    factors' product holds that rank at most, so a larger one trains the same update under another
+    name (and another alpha / rank scaling). The model is built on the meta device: no weights, no
+    memory."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from sweep.models import CAUSAL_LM_TARGETS, default_target_modules
 
     auto, what = ((AutoModelForCausalLM, "causal LM") if kind == "causal-lm"
                   else (AutoModelForSequenceClassification, "sequence classification"))
@@ -174,11 +194,39 @@ def _check_modules(cfg: TrialConfig, config, kind: str) -> None:
     except ValueError as e:  # e.g. an architecture without a sequence-classification head
         raise SweepError(f"cannot build {short(cfg.model)} for {what}: {str(e).splitlines()[0]}") from e
     names = [n for n, _ in model.named_modules()]
-    missing = [t for t in cfg.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    targets = cfg.target_modules
+    missing = [t for t in targets or () if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
         raise SweepError(f"target_modules {short(missing)} are not modules of {short(cfg.model)} "
                          f"(its module names include {short(', '.join(leaves), 200)})")
+    if targets is None:
+        targets = default_target_modules(config.model_type) if kind == "classification" else CAUSAL_LM_TARGETS
+    layers = _adapted(model, targets)
+    if not layers:
+        return
+    name, shape = min(layers, key=lambda layer: min(layer[1]))
+    if max(ranks) > min(shape):
+        width = min(shape)
+        raise SweepError(f"rank {max(ranks)} is more than {width}, the narrower side of the adapted layer "
+                         f"{short(name)} of {short(cfg.model)} (weight {shape[0]} x {shape[1]}), where LoRA "
+                         f"learns rank {width} at most; use --rank {width} or less")
+
+
+def _adapted(model: torch.nn.Module, targets: str | tuple[str, ...]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, weight shape) of each layer with a 2-D weight that LoRA on `targets` adapts, as PEFT
+    picks them: by name, or for "all-linear" every Linear and Conv1D layer but the output layer."""
+    if targets == "all-linear":
+        from transformers.pytorch_utils import Conv1D
+
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        chosen = [(n, m) for n, m in model.named_modules()
+                  if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not output]
+    else:
+        chosen = [(n, m) for n, m in model.named_modules()
+                  if any(n == t or n.endswith("." + t) for t in targets)]
+    weights = [(n, getattr(m, "weight", None)) for n, m in chosen]
+    return [(n, tuple(w.shape)) for n, w in weights if isinstance(w, torch.Tensor) and w.dim() == 2]
 
 
 def preflight(spec: StudySpec, eval_split: str = "validation") -> StudySpec:
@@ -187,7 +235,7 @@ def preflight(spec: StudySpec, eval_split: str = "validation") -> StudySpec:
     middle of a sweep. Returns the spec with the task's data fingerprint (of every split, the test
     split included), which is part of the study's identity; a spec that already holds one (a study
     joined from its stored definition) must find the same data here."""
-    checked = check_trial(spec.base)
+    checked = check_trial(spec.base, spec.ranks)
     fingerprint = checked.fingerprint
     check_slots(spec.devices, spec.jobs)
     if spec.data_fingerprint is not None and spec.data_fingerprint != fingerprint:

@@ -1,7 +1,7 @@
-"""Careless task files, through the command line and the checks: a file whose labels, splits or
-texts would be reshaped in silence is one line on stderr with exit code 2 before any trial, and a
-refused run creates no study; where the data is usable, a one-line warning says what a trial will
-miss."""
+"""Careless task files and limits, through the command line and the checks: a file whose labels,
+splits or texts would be reshaped in silence, and a max length or rank the tokenizer or the model
+would ignore, is one line on stderr with exit code 2 before any trial, and a refused run creates no
+study; where the data is usable, a one-line warning says what a trial will miss."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.checks import check_classes
+from sweep.checks import check_classes, check_trial
+from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.lm_tasks import task_kind
 from sweep.tasks import load_task
@@ -43,6 +45,7 @@ FILES = {
     "validation-only.csv": rows(BALANCED + films(2, "meh", "odd"), ["train"] * 30 + ["validation"] * 12),
     # 72 pos and 5 neg to train on: a sample of 5 keeps pos alone
     "rare.csv": rows(films(90, "pos", "good") + films(6, "neg", "bad")),
+    "pair.csv": "sentence1,sentence2,label\n" + "".join(f"a{i},b{i},{i % 2}\n" for i in range(40)),
 }
 
 
@@ -85,14 +88,53 @@ CASES = [
     ("rare.csv", ["--train-limit", "5"], "the train_limit sample (5 of 77 training rows) of 'rare.csv' "
                                          "holds one class (pos); a classifier needs at least two; raise "
                                          "train_limit"),
+    ("case.csv", ["--max-length", "2"], "labels 'Pos', 'pos'"),  # the data is checked first
+    ("rare.csv", ["--max-length", "2"], "max_length 2 leaves no room for text: the tokenizer of"),
+    ("pair.csv", ["--max-length", "3"], "adds 3 special tokens to each example (a text pair); "
+                                        "use --max-length 4"),
+    ("rare.csv", ["--rank", "33"], "rank 33 is more than 32, the narrower side of the adapted layer "
+                                   "'bert.encoder.layer.0.attention.self.query'"),
 ]
 
 
 @pytest.mark.parametrize("command", ["trial", "run"])
 @pytest.mark.parametrize(("task", "extra", "message"), CASES, ids=[f"{c[0]}{''.join(c[1])}" for c in CASES])
-def test_a_careless_task_is_refused_before_any_trial(here, tiny_model, command, task, extra, message):
+def test_a_careless_task_or_limit_is_refused_before_any_trial(here, tiny_model, command, task, extra,
+                                                              message):
     run = ["--in-process", "--n-trials", "1"] if command == "run" else []
     refused([command, "--model", tiny_model, "--task", task, "--max-length", "32", *run, *extra], message)
+
+
+def test_a_rank_beyond_a_layer_is_refused_when_the_search_space_holds_it(here, tiny_model):
+    refused(["run", "--model", tiny_model, "--task", "rare.csv", "--in-process", "--rank", "4,64"],
+            "rank 64 is more than 32")
+
+
+def test_the_widest_rank_and_the_shortest_length_a_model_allows_pass_the_checks(here, tiny_model):
+    cfg = TrialConfig(model=tiny_model, task="pair.csv", rank=32, max_length=4, device="cpu")
+    assert check_trial(cfg).kind == "classification"
+    with pytest.raises(SweepError, match="rank 33 is more than 32"):
+        check_trial(cfg, ranks=(4, 33))
+
+
+def test_at_the_shortest_length_allowed_a_long_row_is_cut_to_it(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    long = "word " * 20_000  # a row far beyond any model's positions
+    assert len(tokenizer(long, truncation=True, max_length=3)["input_ids"]) == 3
+    assert len(tokenizer(long, "and a pair", truncation=True, max_length=4)["input_ids"]) == 4
+
+
+def test_a_causal_lm_rank_is_checked_against_its_narrowest_linear_layer(tmp_path, llama):
+    # The tiny Llama's key and value projections are 32 -> 16 (one key-value head of 16): "all-linear"
+    # adapts them too.
+    task = tmp_path / "lm.jsonl"
+    task.write_text("".join(json.dumps({"text": f"some words {i}"}) + "\n" for i in range(20)))
+    cfg = TrialConfig(model=llama, task=str(task), rank=16, max_length=32, device="cpu")
+    assert check_trial(cfg).kind == "causal-lm"
+    with pytest.raises(SweepError, match=r"rank 17 is more than 16, .*'model.layers.0.self_attn.k_proj'"):
+        check_trial(cfg.replace(rank=17))
+    with pytest.raises(SweepError, match="max_length 1 leaves a causal LM nothing to predict"):
+        check_trial(cfg.replace(max_length=1))
 
 
 def test_a_labelled_jsonl_whose_first_rows_lack_the_label_is_a_classification_task(tmp_path):
