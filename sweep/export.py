@@ -13,7 +13,7 @@ checked against the tools' own sources (their documented config schemas):
   loraplus_lr_embedding, optimizer, adam_beta1, adam_beta2, weight_decay, max_grad_norm,
   lr_scheduler (a transformers scheduler name), warmup_ratio, micro_batch_size,
   gradient_accumulation_steps, num_epochs or max_steps, sequence_len, seed, bf16 (default "auto",
-  so fp32 is written as false).
+  so fp32 is written as false; fp16 for a trial that ran in fp16), output_dir.
 - LLaMA-Factory v0.9.5 (commit ff6d4d1): examples/extras/loraplus/llama3_lora_sft.yaml;
   src/llamafactory/hparams/finetuning_args.py (finetuning_type, lora_rank, lora_alpha: an integer
   whose default is 2 * rank, so it is always written, lora_dropout, lora_target: "all" or a comma
@@ -23,7 +23,12 @@ checked against the tools' own sources (their documented config schemas):
   transformers' Seq2SeqTrainingArguments, which its TrainingArguments extends:
   per_device_train_batch_size, gradient_accumulation_steps, learning_rate, num_train_epochs or
   max_steps, lr_scheduler_type, warmup_ratio, weight_decay, adam_beta1, adam_beta2, max_grad_norm
-  (0: no clipping), seed, bf16.
+  (0: no clipping), seed, bf16 (or fp16), output_dir (a folder per config: LLaMA-Factory resumes
+  from any checkpoint it finds in output_dir).
+
+The precision written is the one the trial ran in where it stored it (`auto` is bf16 on a CPU with
+native bf16, fp32 elsewhere). Run with axolotl 0.21 and LLaMA-Factory 0.9.5 (CHECKED, which each
+config's header states): axolotl 0.19 drops weight_decay from its LoRA+ optimizer.
 
 What a tool cannot express (the reversed init, a head learning rate, a classifier) is said in a
 comment where the setting would go. No data set is ever named: the user's data goes where a comment
@@ -47,6 +52,13 @@ from sweep.errors import SweepError
 from sweep.schema import short
 
 FORMATS = ("peft", "axolotl", "llama-factory")
+# The releases of the tools an exported config was run with, said in its header.
+CHECKED = {
+    "axolotl": "checked with axolotl 0.21, which trains it as written; axolotl 0.19 (what pip installs on "
+               "Python 3.11) drops weight_decay from its LoRA+ optimizer's parameter groups: use 0.21 or "
+               "later for the trial's weight decay",
+    "LLaMA-Factory": "checked with LLaMA-Factory 0.9.5, which trains it as written",
+}
 # Our schedules as transformers scheduler names: ours warm up before a constant rate too.
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
@@ -58,6 +70,7 @@ class BestTrial:
     value: float
     metric_name: str | None
     config: TrialConfig
+    precision: str | None = None  # what the trial's forward passes ran in (fp32, bf16, fp16), where stored
 
     def to_json(self) -> str:
         """The exported file: `trial --config FILE` reads it back."""
@@ -97,7 +110,9 @@ def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
     except SweepError as e:
         raise SweepError(f"the stored config of trial #{number} of {short(study)}: {e}") from e
     metric = row["metric_name"]
-    return BestTrial(study, number, float(row["value"]), None if pd.isna(metric) else str(metric), cfg)
+    ran = trials.loc[trials["number"] == number, "precision"].iloc[0] if "precision" in trials else None
+    return BestTrial(study, number, float(row["value"]), None if pd.isna(metric) else str(metric), cfg,
+                     ran if isinstance(ran, str) else None)
 
 
 def trial_kind(cfg: TrialConfig) -> str:
@@ -215,7 +230,7 @@ def axolotl_yaml(best: BestTrial) -> str:
                               "    type: <its format: chat_template, completion, ...; see axolotl's dataset "
                               "formats>")),
         ],
-        "run": [Key("seed", cfg.seed), _bf16(cfg)],
+        "run": [Key("seed", cfg.seed), _precision(best), _output_dir(best, "axolotl", "")],
     }
     return _yaml("axolotl", best, kind, sections)
 
@@ -263,7 +278,9 @@ def llama_factory_yaml(best: BestTrial) -> str:
             Key("adam_beta2", cfg.betas[1]),
             _clip(cfg),
             Key("seed", cfg.seed),
-            _bf16(cfg),
+            _precision(best),
+            _output_dir(best, "LLaMA-Factory", "resumes from a checkpoint it finds there, so two configs "
+                        "sharing one resume each other's, and "),
         ],
     }
     return _yaml("LLaMA-Factory", best, kind, sections)
@@ -286,7 +303,8 @@ def render(best: BestTrial, fmt: str) -> str:
 def _yaml(tool: str, best: BestTrial, kind: str, sections: dict[str, list[Key]]) -> str:
     cfg = best.config
     lines = [f"# {_comment(tool + ' config of ' + best.describe())}",
-             f"# {_comment(f'written by loraplus-sweep export: {cfg.model} on {cfg.task}')}"]
+             f"# {_comment(f'written by loraplus-sweep export: {cfg.model} on {cfg.task}')}",
+             *_wrapped([CHECKED[tool]])]
     if kind == "classification":
         lines += [f"# This trial trained a sequence classifier (LoRA and a new head), which {tool} does not",
                   "# fine-tune: the settings below are the trial's, the task is not. For the classifier",
@@ -372,6 +390,27 @@ def _clip(cfg: TrialConfig) -> Key:
     if cfg.max_grad_norm is None:
         return Key("max_grad_norm", 0.0, ("0: no clipping, as in the trial",))
     return Key("max_grad_norm", cfg.max_grad_norm)
+
+
+def _precision(best: BestTrial) -> Key:
+    """The precision the trial ran in, where it stored it: `auto` is bf16 on a CPU with native bf16
+    and fp32 elsewhere, so the setting alone does not say."""
+    cfg, ran = best.config, best.precision
+    if ran not in ("fp32", "bf16", "fp16"):
+        return _bf16(cfg)
+    how = "" if cfg.precision == ran else f" (precision {cfg.precision} on the machine it ran on)"
+    if ran == "fp16":
+        return Key("fp16", True, (f"the trial ran in fp16 autocast{how}",))
+    return Key("bf16", ran == "bf16", (f"the trial ran in {ran}{' autocast' if ran == 'bf16' else ''}{how}",))
+
+
+def _output_dir(best: BestTrial, tool: str, resumes: str) -> Key:
+    """A folder of the config's own, named after the study and trial: a shared default folder mixes
+    the checkpoints and adapters of every config run in it."""
+    from sweep.outfiles import safe_name
+
+    return Key("output_dir", f"saves/{safe_name(best.study)}-trial-{best.trial}",
+               (f"a folder of this config's own: {tool} {resumes}writes the adapter there",))
 
 
 def _bf16(cfg: TrialConfig) -> Key:

@@ -126,7 +126,7 @@ def test_axolotl_yaml_holds_the_trial_in_axolotl_keys(tuned):
         "optimizer": "adamw_torch", "adam_beta1": 0.9, "adam_beta2": 0.98, "weight_decay": 0.01,
         "max_grad_norm": 0.5, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
         "micro_batch_size": 8, "gradient_accumulation_steps": 4, "num_epochs": 2.0,
-        "sequence_len": 64, "seed": 7, "bf16": True,
+        "sequence_len": 64, "seed": 7, "bf16": True, "output_dir": "saves/s-trial-3",
     }
     assert doc["learning_rate"] * doc["loraplus_lr_ratio"] == pytest.approx(tuned.eta_b)
 
@@ -140,7 +140,7 @@ def test_llama_factory_yaml_holds_the_trial_in_llama_factory_keys(tuned):
         "cutoff_len": 64, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 4,
         "learning_rate": 2e-4, "num_train_epochs": 2.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
         "weight_decay": 0.01, "adam_beta1": 0.9, "adam_beta2": 0.98, "max_grad_norm": 0.5, "seed": 7,
-        "bf16": True,
+        "bf16": True, "output_dir": "saves/s-trial-3",
     }
 
 

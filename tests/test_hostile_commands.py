@@ -62,6 +62,13 @@ def stored(tmp_path_factory, tiny_model, toy_csv) -> Path:
     add_trial(toy, spec.base, 2e-3, 4.0, 2, 0.7)
     add_trial(toy, spec.base, 3e-3, 8.0, 2, 0.65)
 
+    bf16 = optuna.create_study(study_name="ran-bf16", storage=url, direction="maximize")
+    for key, value in toy.user_attrs.items():
+        bf16.set_user_attr(key, value)
+    t = toy.trials[1]  # its config says precision fp32; it ran in bf16 (an "auto" trial would store that)
+    bf16.add_trial(create_trial(params=t.params, distributions=t.distributions, value=t.value,
+                                user_attrs={**t.user_attrs, "precision": "bf16"}))
+
     confirm = optuna.create_study(study_name="toy.confirm", storage=url, direction="maximize")
     for key, value in (("kind", "confirm"), ("confirm_of", "toy"), ("model", tiny_model), ("task", toy_csv)):
         confirm.set_user_attr(key, value)
@@ -114,7 +121,8 @@ def test_report_reads_our_studies_and_skips_foreign_ones(box):
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output
     assert ",loss,1.5," in r.stdout and ",accuracy,0.7," in r.stdout
-    assert set(trials_frame("sqlite:///results/loraplus.db")["study"]) == {"toy", "toy.confirm", "loss"}
+    read = set(trials_frame("sqlite:///results/loraplus.db")["study"])
+    assert read == {"toy", "toy.confirm", "loss", "ran-bf16"}
     assert snapshot(db(box)) == before
 
 
@@ -328,3 +336,56 @@ def test_studies_copy_from_a_live_database_copies_running_trials_as_failed(box, 
     stored_copy = optuna.load_study(study_name="toy", storage=dest)
     assert stored_copy.user_attrs == live.user_attrs and stored_copy.direction == live.direction
     assert snapshot(db(box)) == before  # the source, its running trial included, as it was
+
+
+# Item 11: what the real tools did with an exported config
+
+
+@pytest.mark.parametrize("fmt", ["axolotl", "llama-factory"])
+def test_each_exported_yaml_trains_into_a_folder_of_its_own(fmt):
+    import yaml
+
+    from sweep.config import TrialConfig
+    from sweep.export import BestTrial, render
+
+    cfg = TrialConfig(model="/nonexistent/model", task="t.csv", kind="causal-lm", max_steps=2)
+    one = yaml.safe_load(render(BestTrial("a/b", 3, 1.0, "loss", cfg), fmt))
+    other = yaml.safe_load(render(BestTrial("a/b", 4, 1.0, "loss", cfg), fmt))
+    assert one["output_dir"].startswith("saves/a_b-") and one["output_dir"] != other["output_dir"]
+    assert ".." not in one["output_dir"]
+
+
+@pytest.mark.parametrize("fmt", ["axolotl", "llama-factory"])
+@pytest.mark.parametrize(("ran", "key", "value"), [("bf16", "bf16", True), ("fp32", "bf16", False),
+                                                   ("fp16", "fp16", True)])
+def test_the_exported_precision_is_the_one_the_trial_ran_in(fmt, ran, key, value):
+    import yaml
+
+    from sweep.config import TrialConfig
+    from sweep.export import BestTrial, render
+
+    cfg = TrialConfig(model="/nonexistent/model", task="t.csv", kind="causal-lm", precision="auto")
+    text = render(BestTrial("s", 1, 1.0, "loss", cfg, precision=ran), fmt)
+    assert yaml.safe_load(text)[key] is value
+    assert f"the trial ran in {ran}" in text and "(precision auto on the machine it ran on)" in text
+
+
+def test_export_reads_the_precision_the_trial_stored(box):
+    import yaml
+
+    r = invoke("export", "ran-bf16", "--format", "llama-factory", "--out", "best.json")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load(r.stdout)["bf16"] is True  # the stored config says fp32 (the test's default)
+
+
+@pytest.mark.parametrize(("fmt", "said"), [
+    ("axolotl", "checked with axolotl 0.21"),
+    ("axolotl", "axolotl 0.19 (what pip installs on Python 3.11) drops weight_decay from its LoRA+"),
+    ("llama-factory", "checked with LLaMA-Factory 0.9.5")])
+def test_the_exported_yaml_names_the_tool_versions_it_was_checked_with(fmt, said):
+    from sweep.config import TrialConfig
+    from sweep.export import BestTrial, render
+
+    text = render(BestTrial("s", 1, 1.0, "loss", TrialConfig(model="/nonexistent/m", kind="causal-lm")), fmt)
+    header = " ".join(line.lstrip("# ") for line in text.split("\n\n")[0].splitlines())
+    assert said in header, header
