@@ -26,7 +26,7 @@ from sweep.schema import short
 from sweep.spec import DEFAULT_STORAGE
 from sweep.storage import mask_url
 from sweep.stored import StoredStudy
-from sweep.tracking import require as require_trackers
+from sweep.tracking import check as check_trackers
 from sweep.ui import (
     confirm_live,
     print_confirm,
@@ -160,7 +160,7 @@ def run(
     path = specs.find_study_file(study_file) if study_file is not None else None
     flags["track"] = tuple(track) if track else None
     spec = specs.load_spec(path, flags)
-    require_trackers(spec.track)
+    check_trackers(spec.track, spec.track_dir)  # before the study is created
     _sweep(*prepare(spec))
 
 
@@ -179,7 +179,7 @@ def worker(
     """Join a stored study from this machine: take its trials until it holds its budget."""
     from sweep.workers import prepare
 
-    require_trackers(track or ())
+    check_trackers(track or (), track_dir)
     run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat,
            "track": tuple(track) if track else None, "track_dir": track_dir}
     _sweep(*prepare(StoredStudy.load(storage, name).joined_spec(run, trust_remote_code)))
@@ -215,7 +215,7 @@ def confirm(
     if out is not None:
         prepare_dir(out)  # before minutes of training, not after
     study = StoredStudy.load(storage, name)
-    require_trackers(track or ())
+    check_trackers(track or (), track_dir)
     run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices,
            "track": tuple(track) if track else None, "track_dir": track_dir}
     try:

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 import sqlite3
@@ -166,6 +167,8 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         # SQLAlchemy would read the part after the first '@' as the host, and look it up.
         raise SweepError(f"storage {mask_url(url)}: the password holds '@'; write it as %40, or leave the "
                          "password out of the URL and use PGPASSWORD or ~/.pgpass")
+    else:
+        engine_kwargs["connect_args"] = server_connect_args(with_driver(url))
     if create:
         require_writable(url)
     try:
@@ -180,7 +183,9 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         raise
     except Exception as e:  # SQLAlchemy raises many types for a URL it cannot open; all mean the same
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_secrets(first, [url])}") from e
+        waited = (f" (no answer within {connect_timeout():g} s; {TIMEOUT_ENV} sets how long to wait)"
+                  if path is None and "timeout" in first.lower() else "")
+        raise SweepError(f"cannot open storage {mask_url(url)}: {mask_secrets(first, [url])}{waited}") from e
     if path is not None:
         immediate_transactions(storage.engine)
     return storage
@@ -348,6 +353,39 @@ PG_DRIVERS = {
 }
 
 
+TIMEOUT_ENV = "LORAPLUS_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+
+def connect_timeout() -> float:
+    """Seconds a connection to a server (a PostgreSQL storage, a tracking server) may take before it
+    counts as failed: LORAPLUS_CONNECT_TIMEOUT, else 10."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SweepError(f"{TIMEOUT_ENV} must be a number of seconds above 0, e.g. 10; got {text[:40]!r}")
+    return value
+
+
+def server_connect_args(url: str) -> dict[str, Any]:
+    """The connect arguments that bound a PostgreSQL connection by connect_timeout() (libpq counts
+    whole seconds, at least 2), unless the URL sets its own; none for other databases."""
+    parsed = make_url(url)
+    limit = connect_timeout()
+    if parsed.drivername in ("postgresql+psycopg", "postgresql+psycopg2"):
+        key, value = "connect_timeout", max(2, math.ceil(limit))
+    elif parsed.drivername in ("postgresql+pg8000", "postgresql+asyncpg"):
+        key, value = "timeout", limit
+    else:
+        return {}
+    return {} if key in parsed.query else {key: value}
+
+
 def with_driver(url: str) -> str:
     """A bare postgresql:// (or postgres://) URL gets the driver that is installed, psycopg 3 (our
     `postgres` extra) first, then psycopg2; no driver, or a named one that is missing, is one line
@@ -439,4 +477,5 @@ def _journal_lock(journal: Path) -> Iterator[None]:
 
 @functools.cache
 def _lock_engine(url: str) -> sqlalchemy.engine.Engine:
-    return sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+    return sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool,
+                                    connect_args=server_connect_args(with_driver(url)))

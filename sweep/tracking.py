@@ -28,6 +28,7 @@ from sweep.outfiles import prepare_dir, safe_name
 from sweep.result import EvalPoint
 from sweep.schema import short
 from sweep.spec import TRACKERS
+from sweep.storage import TIMEOUT_ENV, connect_timeout, mask_secrets
 
 DEFAULT_DIR = "results"
 # The module each tracker imports; the package's extra that installs it has the tracker's name.
@@ -62,6 +63,100 @@ def require(names: tuple[str, ...] | list[str]) -> None:
         if importlib.util.find_spec(MODULES[name]) is None:
             raise SweepError(f"--track {name} needs the {MODULES[name]} package: "
                              f"pip install 'loraplus-sweep[{name}]'")
+
+
+def check(names: tuple[str, ...] | list[str], directory: str | Path | None = None) -> None:
+    """Every named tracker installed (require) and its store reachable, before a study is created or
+    any trial runs: a tracking server must answer within connect_timeout() seconds, a local store must
+    be writable; else one line."""
+    require(names)
+    where = Path(directory or DEFAULT_DIR)
+    for name in dict.fromkeys(names):
+        try:
+            PROBES[name](where)
+        except SweepError:
+            raise
+        except Exception as e:
+            raise SweepError(f"cannot track with {name}: {type(e).__name__}: {_first_line(e)}") from e
+
+
+def _probe_mlflow(directory: Path) -> None:
+    """MLflow's store: a server answers (search_experiments) within the limit, without MLflow's own
+    retries, which take minutes on a closed port; a local SQLite store is writable (MLflow would retry
+    one it cannot open for a minute and a half)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{prepare_dir(directory).resolve()}/mlflow.db"
+    scheme = uri.partition("://")[0].lower()
+    if scheme == "sqlite":
+        store = Path(uri.partition(":///")[2])
+        if not (os.access(store.parent, os.W_OK) and (not store.exists() or os.access(store, os.W_OK))):
+            raise SweepError(f"--track mlflow: the MLflow store {store} is read-only here; nothing was "
+                             "created (set --track-dir, or MLFLOW_TRACKING_URI, to somewhere writable)")
+        return
+    if scheme not in ("http", "https"):
+        return
+    from mlflow import MlflowClient
+
+    limit = connect_timeout()
+    # Later requests too wait no longer than the limit, unless MLflow's own setting says otherwise.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(limit)))
+    settings = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(limit)), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        if within(limit, lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1)):
+            return
+        failure = "no answer"
+    except Exception as e:
+        text = str(e).lower()
+        if "timeout" not in text and "refused" not in text:
+            raise
+        failure = "no answer" if "timeout" in text else "refused the connection"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    server = mask_secrets(uri, [uri])
+    if failure == "no answer":
+        raise SweepError(f"--track mlflow: the tracking server {server} did not answer within {limit:g} "
+                         f"s; nothing was created (check MLFLOW_TRACKING_URI, or set {TIMEOUT_ENV} to wait "
+                         "longer)")
+    raise SweepError(f"--track mlflow: the tracking server {server} refused the connection; nothing was "
+                     "created (is it running? check MLFLOW_TRACKING_URI)")
+
+
+def _probe_wandb(directory: Path) -> None:
+    WandbTracker("", directory)  # an online W&B without a login is refused here
+
+
+def _probe_tensorboard(directory: Path) -> None:
+    prepare_dir(directory)
+
+
+PROBES: dict[str, Callable[[Path], None]] = {
+    "mlflow": _probe_mlflow, "wandb": _probe_wandb, "tensorboard": _probe_tensorboard,
+}
+
+
+def within(seconds: float, call: Callable[[], Any], slack: float = 1.0) -> bool:
+    """Run `call` in a thread and wait at most `seconds` (plus `slack`) for it: whether it ended in
+    time; its exception, if it raised one in time, is raised here. A call still waiting is left to
+    itself (a daemon thread, blocked in a socket that the process closes as it exits)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as e:
+            raised.append(e)
+
+    thread = threading.Thread(target=run, name="connect-check", daemon=True)
+    thread.start()
+    thread.join(seconds + slack)
+    if raised:
+        raise raised[0]
+    return not thread.is_alive()
 
 
 def trial_params(cfg: TrialConfig) -> dict[str, Any]:

@@ -5,7 +5,12 @@ there and counts the same afterwards."""
 
 import hashlib
 import json
+import os
+import shutil
+import socket
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import optuna
@@ -217,3 +222,126 @@ def test_a_sweep_into_a_file_that_is_not_a_journal_is_refused(tmp_path):
     with pytest.raises(st.SweepError, match="it is not an Optuna journal.*name a new file"):
         st.open_storage(str(log))
     assert log.read_bytes() == b"hello\n"
+
+
+# Servers and trackers that never answer
+
+LIMIT = 2  # seconds: LORAPLUS_CONNECT_TIMEOUT in these tests
+SLACK = 25  # what a loaded machine may add; without a limit these took minutes, or forever
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts connections (the kernel completes them) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port():
+    """A port nothing listens on (held, so that nothing else takes it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+def timed(*args, env=None):
+    env = {"LORAPLUS_CONNECT_TIMEOUT": str(LIMIT), "MLFLOW_HTTP_REQUEST_TIMEOUT": None,
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": None, **(env or {})}
+    start = time.monotonic()
+    r = invoke(*args, env=env)
+    return r, time.monotonic() - start
+
+
+@pytest.mark.parametrize("args", [("studies", "list"), ("report",), ("studies", "show", "x")], ids=" ".join)
+def test_a_postgresql_server_that_never_answers_is_one_line_within_the_limit(silent_port, args):
+    r, took = timed(*args, "--storage", f"postgresql://sweep:secret@127.0.0.1:{silent_port}/sweeps")
+    one_line_error(r, f"no answer within {LIMIT} s; LORAPLUS_CONNECT_TIMEOUT sets how long to wait")
+    assert "secret" not in r.stderr and took < LIMIT + SLACK
+
+
+def test_a_closed_postgresql_port_is_one_line_at_once(closed_port):
+    r, took = timed("studies", "list", "--storage", f"postgresql://sweep@127.0.0.1:{closed_port}/sweeps")
+    one_line_error(r, "cannot open storage", "refused")
+    assert took < LIMIT + SLACK
+
+
+def test_the_postgresql_limit_is_libpqs_connect_timeout_unless_the_url_sets_one(monkeypatch):
+    monkeypatch.setenv("LORAPLUS_CONNECT_TIMEOUT", "0.5")
+    assert st.server_connect_args("postgresql+psycopg://u@h/db") == {"connect_timeout": 2}  # libpq's least
+    monkeypatch.setenv("LORAPLUS_CONNECT_TIMEOUT", "7.5")
+    assert st.server_connect_args("postgresql+psycopg2://u@h/db") == {"connect_timeout": 8}
+    assert st.server_connect_args("postgresql+pg8000://u@h/db") == {"timeout": 7.5}
+    assert st.server_connect_args("postgresql+psycopg://u@h/db?connect_timeout=60") == {}
+    assert st.server_connect_args("sqlite:///x.db") == {}
+    monkeypatch.delenv("LORAPLUS_CONNECT_TIMEOUT")
+    assert st.connect_timeout() == st.DEFAULT_CONNECT_TIMEOUT_S == 10
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "nan", "inf"])
+def test_a_bad_connect_timeout_is_one_line(value, closed_port):
+    r, _ = timed("studies", "list", "--storage", f"postgresql://sweep@127.0.0.1:{closed_port}/sweeps",
+                 env={"LORAPLUS_CONNECT_TIMEOUT": value})
+    one_line_error(r, "LORAPLUS_CONNECT_TIMEOUT must be a number of seconds above 0", repr(value))
+
+
+def toy_run(model: str, task: str, db: Path) -> list:
+    return ["--model", model, "--task", task, "--eta-a", "1e-3:1e-2", "--lambda", "1:64", "--rank", "2",
+            "--epochs", 1, "--train-limit", 32, "--eval-limit", 16, "--max-length", 32, "--batch-size", 16,
+            "--sampler", "random", "--pruner", "none", "--device", "cpu", "--storage", f"sqlite:///{db}",
+            "--study-name", "toy", "--in-process", "--n-trials", 1]
+
+
+def test_an_mlflow_server_that_never_answers_stops_run_within_the_limit_before_any_study(
+        tmp_path, silent_port, tiny_model, toy_csv):
+    db = tmp_path / "loraplus.db"
+    r, took = timed("run", *toy_run(tiny_model, toy_csv, db), "--track", "mlflow",
+                    env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{silent_port}"})
+    one_line_error(r, f"--track mlflow: the tracking server http://127.0.0.1:{silent_port} did not answer "
+                      f"within {LIMIT} s; nothing was created")
+    assert took < LIMIT + SLACK and not db.exists()
+
+
+def test_a_closed_mlflow_port_stops_run_at_once_before_any_study(tmp_path, closed_port, tiny_model, toy_csv):
+    db = tmp_path / "loraplus.db"
+    r, took = timed("run", *toy_run(tiny_model, toy_csv, db), "--track", "mlflow",
+                    env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port}"})
+    one_line_error(r, "refused the connection; nothing was created")
+    assert took < LIMIT + SLACK and not db.exists()
+
+
+def read_only(path: Path) -> None:
+    """chmod where it binds (not as root), else the immutable flag; skip where neither can."""
+    os.chmod(path, 0o444 if path.is_file() else 0o555)
+    if os.access(path, os.W_OK) and shutil.which("chattr"):
+        subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    if os.access(path, os.W_OK):
+        writable(path)
+        pytest.skip("no way to make a file read-only on this machine")
+
+
+def writable(path: Path) -> None:
+    subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    os.chmod(path, 0o755)
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_read_only_mlflow_store_stops_run_at_once_before_any_study(tmp_path, tiny_model, toy_csv, what):
+    track = tmp_path / "track"
+    track.mkdir()
+    store = track / "mlflow.db"
+    store.write_bytes(b"")
+    db = tmp_path / "loraplus.db"
+    read_only(store if what == "file" else track)
+    try:
+        r, took = timed("run", *toy_run(tiny_model, toy_csv, db), "--track", "mlflow", "--track-dir", track,
+                        env={"MLFLOW_TRACKING_URI": None})
+    finally:
+        writable(store if what == "file" else track)
+    if what == "file":
+        one_line_error(r, f"--track mlflow: the MLflow store {store} is read-only here; nothing was created")
+    else:
+        one_line_error(r, "the output directory", "is not writable")
+    assert took < LIMIT + SLACK and not db.exists() and store.read_bytes() == b""
