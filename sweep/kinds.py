@@ -76,7 +76,7 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
     train_enc = train_enc.sample(cfg.train_limit, stratified=not task.is_regression)
     val_enc = {s: e.sample(cfg.eval_limit, stratified=not task.is_regression) for s, e in val_enc.items()}
     pad_id = pad_token_id(tokenizer)
-    model = load_model(cfg, task.num_labels, task.label_names, pad_id).to(device)
+    model = load_model(cfg, task.num_labels, task.label_names, pad_id, device).to(device)
     golds = {name: enc.labels for name, enc in val_enc.items()}
 
     def batch(idx: np.ndarray) -> Batch:
@@ -126,7 +126,7 @@ def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> P
                          f"{cfg.max_length}; raise --max-length")
     val_enc = encode_lm(val_rows, tokenizer, cfg.max_length)
     choices = encode_choices(val_rows, tokenizer, cfg.max_length) if task.has_choices else None
-    model = load_causal_lm(cfg, pad_id).to(device)
+    model = load_causal_lm(cfg, pad_id, device).to(device)
     batch_size = cfg.batch_size * 2
 
     def batch(idx: np.ndarray) -> Batch:

@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from sweep.base import DTYPES, base_dtype, quantization_config
 from sweep.batches import cache_dir
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
@@ -208,10 +209,14 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 # The classifier layers PEFT trains for sequence classification (PeftModelForSequenceClassification).
 HEAD_MODULES = ("classifier", "score")
+# What a quantized classifier keeps in floating point: its head, and the layers between the encoder
+# and the head that checkpoints of bare encoders lack (trained in full: they would start random).
+FULL_MODULES = (*HEAD_MODULES, "pooler", "pre_classifier")
 
 
 def load_model(
-    cfg: TrialConfig, num_labels: int, label_names: tuple[str, ...] | None, pad_id: int | None = None
+    cfg: TrialConfig, num_labels: int, label_names: tuple[str, ...] | None, pad_id: int | None = None,
+    device: torch.device | None = None,
 ) -> PeftModel:
     """The base model with a fresh head, LoRA on the target modules, initialised per `cfg.init`.
 
@@ -221,7 +226,8 @@ def load_model(
     marked trainable in place, not copied into PEFT's `modules_to_save` wrappers: PEFT wraps a
     nested head twice (RoBERTa's classifier.dense inside classifier), and the copy that the forward
     pass uses then stays frozen. `pad_id` is what batches are padded with; decoders find their
-    last real token by it.
+    last real token by it. The frozen weights take the form sweep.base decides for `device` (the CPU
+    unless given): a dtype, or quantized onto `device`; what trains is fp32.
     """
     path = resolve_model_path(cfg.model)
     kwargs: dict = {
@@ -230,6 +236,7 @@ def load_model(
         "trust_remote_code": cfg.trust_remote_code,
         "output_loading_info": True,
         **_hub_kwargs(path),
+        **_base_form(cfg, device, keep=FULL_MODULES),
     }
     if label_names is not None:
         kwargs["id2label"] = dict(enumerate(label_names))
@@ -246,13 +253,20 @@ def load_model(
     trained_in_full = set()
     for name, p in peft_model.named_parameters():
         if id(p) in full:
+            if not p.is_floating_point():
+                raise SweepError(f"{name.removeprefix('base_model.model.')} of {cfg.model!r} is not in "
+                                 "the checkpoint, so it trains in full, and cannot be quantized; use "
+                                 "--quantize none")
             p.requires_grad_(True)
+            p.data = p.data.float()  # the optimizer's weights stay fp32 on a bf16 or fp16 base
             trained_in_full.add(name)
     peft_model.trained_in_full = frozenset(trained_in_full)
     return peft_model
 
 
-def load_causal_lm(cfg: TrialConfig, pad_id: int | None = None) -> PeftModel:
+def load_causal_lm(
+    cfg: TrialConfig, pad_id: int | None = None, device: torch.device | None = None
+) -> PeftModel:
     """The pretrained causal LM with LoRA on the target modules, initialised per `cfg.init`.
 
     The default targets are every linear layer of the blocks (CAUSAL_LM_TARGETS). Nothing else
@@ -260,10 +274,11 @@ def load_causal_lm(cfg: TrialConfig, pad_id: int | None = None) -> PeftModel:
     frozen, so `trained_in_full` is empty and the LoRA+ groups hold LoRA factors alone. A checkpoint
     that lacks weights of the model (a bare encoder or decoder without its LM head) is an error,
     since random frozen weights would make every trial meaningless. `pad_id` is what batches are
-    padded with.
+    padded with. The frozen weights take the form sweep.base decides for `device`, as in load_model.
     """
     path = resolve_model_path(cfg.model)
-    kwargs = {"trust_remote_code": cfg.trust_remote_code, "output_loading_info": True, **_hub_kwargs(path)}
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "output_loading_info": True, **_hub_kwargs(path),
+              **_base_form(cfg, device)}
     model, info = _base_model(AutoModelForCausalLM, path, kwargs)
     missing = sorted(_missing(info))
     if missing:
@@ -286,6 +301,19 @@ BASE_CACHE_SHARE = 0.25
 _base_cache: dict[str, tuple[PreTrainedModel, dict]] = {}
 
 
+def _base_form(cfg: TrialConfig, device: torch.device | None, keep: tuple[str, ...] = ()) -> dict:
+    """from_pretrained's arguments for the base's form (sweep.base): its dtype, given always (a
+    checkpoint stored in bf16 would otherwise load in bf16 whatever the trial says), and a
+    bitsandbytes quantization, which happens as the weights load, so onto the trial's device; the
+    modules named in `keep` stay unquantized."""
+    device = torch.device("cpu") if device is None else device
+    form: dict = {"dtype": DTYPES[base_dtype(cfg, device)]}
+    quantized = quantization_config(cfg, device, keep)
+    if quantized is not None:
+        form.update(quantization_config=quantized, device_map={"": str(device)})
+    return form
+
+
 def _base_model(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, dict]:
     """(a fresh copy of the pretrained model, its loading info). Weights the checkpoint lacks hold an
     arbitrary init until `_init_fresh` draws them from the trial's seed, so that a trial's model is
@@ -294,7 +322,9 @@ def _base_model(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, d
     if key not in _base_cache:
         _base_cache.clear()  # one at a time: a slot's trials share one checkpoint
         model, info = _pretrained_with_info(auto_class, path, kwargs)
-        if _param_bytes(model) > BASE_CACHE_SHARE * _memory_bytes():
+        # a quantized model is not copied: bitsandbytes' parameters carry their quantization state
+        # beside the tensor, and loading quantizes only the linear weights, as fast as reading them
+        if "quantization_config" in kwargs or _param_bytes(model) > BASE_CACHE_SHARE * _memory_bytes():
             return model, info
         _base_cache[key] = (model, info)
     model, info = _base_cache[key]

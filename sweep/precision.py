@@ -8,6 +8,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
+from sweep.base import DTYPES, base_dtype
 from sweep.config import TrialConfig
 from sweep.hardware import native_cpu_bf16
 
@@ -17,7 +18,11 @@ def precision(cfg: TrialConfig, device: torch.device, cpu_bf16: bool | None = No
     given), fp32 on any other CPU, where bf16 is emulated and slower than fp32, and fp32 on CUDA:
     at a trial's batch sizes arithmetic is not what a GPU waits for, and autocast adds a cast
     before every matmul (benchmarks/precision.py: fp32 was faster on an H100 for every shape from
-    MiniLM-L6 to Llama-1B's blocks, and autocast's first trial in a process loads its kernels)."""
+    MiniLM-L6 to Llama-1B's blocks, and autocast's first trial in a process loads its kernels).
+    A bf16 or fp16 base (sweep.base) computes in its own dtype's autocast."""
+    base = base_dtype(cfg, device, cpu_bf16)
+    if base != "fp32":
+        return base
     if cfg.precision != "auto":
         return cfg.precision
     if device.type != "cpu":
@@ -27,8 +32,9 @@ def precision(cfg: TrialConfig, device: torch.device, cpu_bf16: bool | None = No
 
 
 def autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision(cfg, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    arithmetic = precision(cfg, device)
+    if arithmetic != "fp32":
+        return torch.autocast(device.type, dtype=DTYPES[arithmetic])
     return contextlib.nullcontext()
 
 
@@ -51,7 +57,9 @@ def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> Cast:
             if isinstance(m, LoraLayer) and any(m.use_dora.values())}
     cast: Cast = []
     for module in model.modules():
-        if not isinstance(module, linear) or id(module) in dora:
+        # a quantized layer (bitsandbytes' subclasses of nn.Linear) keeps its own arithmetic
+        quantized = not getattr(module, "weight", torch.empty(0)).is_floating_point()
+        if not isinstance(module, linear) or id(module) in dora or quantized:
             continue
         for p in module.parameters(recurse=False):
             if not p.requires_grad and p.is_floating_point() and p.dtype != dtype and id(p) not in shared:

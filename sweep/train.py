@@ -115,6 +115,9 @@ def run_trial(
         base = model.get_base_model()
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, cfg, device)
+    # fp16's narrow range flushes small gradients to zero: an fp16 trial scales its loss (bf16 has
+    # fp32's range and needs none); disabled, the scaler passes everything through unchanged
+    scaler = torch.amp.GradScaler(device.type, enabled=precision(cfg, device) == "fp16")
     setup_time = time.perf_counter() - started
     start = {g["name"]: [p.detach().clone() for p in g["params"]] for g in optimizer.param_groups}
     batches_per_epoch = math.ceil(len(work.lengths) / cfg.batch_size)
@@ -182,11 +185,13 @@ def run_trial(
                      for k, v in piece.items()}
             with autocast(cfg, device):
                 part = work.loss_sum(piece) / max(count, 1)
-            part.backward()
+            scaler.scale(part).backward()
             loss += part.detach()
         if cfg.max_grad_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
