@@ -266,21 +266,35 @@ class StoredStudy:
         """Queue a point (with QUEUED_ATTRS such as its seed) to run before anything is drawn."""
         self._study.enqueue_trial(params, user_attrs=attrs)
 
-    def enqueue_missing(self, points: list[dict[str, Any]]) -> int:
-        """Queue the points that no finished, running or queued trial holds; how many. Failed points
-        do not count: a re-run queues them again."""
+    def enqueue_missing(self, points: list[dict[str, Any]], new: int | None = None,
+                        failed: bool = True) -> int:
+        """Queue the points that no finished, running or queued trial holds, in their order; how many.
+        A point whose trials failed is queued again with `failed` (a re-run retries it); of the points
+        never tried, at most `new` (None: all). Queueing costs a database write per point, so a large
+        grid is queued a batch at a time as its trials are taken (sweep.workers)."""
         existing = {search.key(p) for p in self._held_params()}
-        queued = 0
+        tried = {search.key(p) for p in self._held_params(("FAIL",))}
+        queued = fresh = 0
         for p in points:
-            if search.key(p) not in existing:
-                self.enqueue(p)
-                existing.add(search.key(p))
-                queued += 1
+            k = search.key(p)
+            if k in existing:
+                continue
+            if k in tried:
+                if not failed:
+                    continue
+            elif new is not None:
+                if fresh >= new:
+                    continue
+                fresh += 1
+            self.enqueue(p)
+            existing.add(k)
+            queued += 1
         return queued
 
-    def _held_params(self) -> list[dict[str, Any]]:
+    def _held_params(self, states: tuple[str, ...] = (*FINISHED, "RUNNING", "WAITING")
+                     ) -> list[dict[str, Any]]:
         held = []
-        for t in self.trials((*FINISHED, "RUNNING", "WAITING")):
+        for t in self.trials(states):
             params = t.params if "rank" in t.params else t.system_attrs.get("fixed_params", {})
             if search.point(params) is not None:
                 held.append(params)

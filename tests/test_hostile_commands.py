@@ -389,3 +389,43 @@ def test_the_exported_yaml_names_the_tool_versions_it_was_checked_with(fmt, said
     text = render(BestTrial("s", 1, 1.0, "loss", TrialConfig(model="/nonexistent/m", kind="causal-lm")), fmt)
     header = " ".join(line.lstrip("# ") for line in text.split("\n\n")[0].splitlines())
     assert said in header, header
+
+
+# Item 10: a large grid is queued a batch at a time
+
+
+def grid_spec(tmp_path, etas: int, lambdas: int):
+    toml = tmp_path / "grid.toml"
+    toml.write_text(f"[grid]\neta_a = {[round(1e-4 * 1.01 ** i, 12) for i in range(etas)]}\n"
+                    f"lambda = {[float(2 ** i) for i in range(lambdas)]}\nrank = [4]\n")
+    return load_spec(toml, {"storage": f"sqlite:///{tmp_path}/grid.db", "model": "m", "task": "t.csv"})
+
+
+def test_a_grid_of_100000_points_queues_one_batch_before_its_first_trial(tmp_path):
+    from sweep.workers import GRID_BATCH, open_study
+
+    spec = grid_spec(tmp_path, 10_000, 10)
+    assert len(spec.grid) == 100_000 and spec.n_trials == 100_000
+    store = open_study(spec)
+    assert store.counts()["WAITING"] == GRID_BATCH  # was 100,000 writes (~40 minutes) before the first trial
+
+
+def test_a_grid_runs_every_point_once_in_batches_and_a_failed_point_waits_for_the_next_run(tmp_path):
+    from sweep.hooks import Hooks
+    from sweep.search import key
+    from sweep.workers import GRID_BATCH, Workers, open_study
+
+    spec = grid_spec(tmp_path, 15, 5)  # 75 points: three batches
+    store = open_study(spec)
+    workers, told = Workers(store, spec, Hooks()), []
+    while (claimed := workers._claim()) not in ("done", "wait"):
+        trial, cfg = claimed
+        told.append(store.tell(trial, "FAIL" if not told else "COMPLETE", None if not told else 0.5))
+        assert store.counts()["WAITING"] <= GRID_BATCH
+    assert claimed == "done"
+    points = {key(f.params) for f in told}
+    assert len(told) == len(points) == 75 and store.counts()["COMPLETE"] == 74
+    assert points == {key({"eta_a": e, "lambda": lam, "rank": r}) for e, lam, r in spec.grid}
+    assert store.counts()["FAIL"] == 1  # not queued again in the run it failed in
+    again = open_study(spec)  # the same command again retries it first
+    assert again.counts()["WAITING"] == 1
