@@ -259,6 +259,23 @@ def find_study_file(ref: str) -> Path:
     raise SweepError(f"no study file {short(ref)} (a .toml path, or a preset: {names})")
 
 
+def _started(text: str, error: str) -> str:
+    """Where the statement that tomllib failed in starts, where that is an earlier line than the
+    error's: an unclosed array or string is found lines later, at the next table or at the end."""
+    at = re.search(r"\(at line (\d+), column \d+\)$", error)
+    lines = text.split("\n")
+    failed = int(at.group(1)) if at else len(lines) if error.endswith("(at end of document)") else None
+    if failed is None:
+        return ""
+    for n in range(failed - 1, max(failed - 500, 0) - 1, -1):  # the longest prefix that parses
+        try:
+            tomllib.loads("".join(line + "\n" for line in lines[:n]))  # (a CRLF line keeps its \r)
+        except tomllib.TOMLDecodeError:
+            continue
+        return f"; the value that fails starts at line {n + 1}" if n + 1 < failed else ""
+    return ""
+
+
 def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> StudySpec:
     """Read a study file (or none: all defaults), apply CLI overrides, validate.
 
@@ -269,13 +286,14 @@ def load_spec(path: Path | None, overrides: dict[str, Any] | None = None) -> Stu
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
+            data = tomllib.loads(text)
         except OSError as e:
             raise SweepError(f"cannot read study file {where}: {e.strerror}") from e
         except UnicodeDecodeError as e:
             raise SweepError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
         except tomllib.TOMLDecodeError as e:
-            raise SweepError(f"{where} is not valid TOML: {e}") from e
+            raise SweepError(f"{where} is not valid TOML: {e}{_started(text, str(e))}") from e
     tables = {"study": STUDY_KEYS, "search": SEARCH_KEYS, "grid": GRID_KEYS, "trial": None}
     for table in data:
         if table not in tables:

@@ -429,3 +429,23 @@ def test_a_grid_runs_every_point_once_in_batches_and_a_failed_point_waits_for_th
     assert store.counts()["FAIL"] == 1  # not queued again in the run it failed in
     again = open_study(spec)  # the same command again retries it first
     assert again.counts()["WAITING"] == 1
+
+
+# Item 10: messages that point at the right line and show a name as it is
+
+
+@pytest.mark.parametrize(("toml", "shown"), [
+    ("[study]\nseed = [1,\n2,\n\n[trial]\nepochs = 1\n",
+     "Invalid value (at line 5, column 2); the value that fails starts at line 2"),
+    ("[trial]\nbetas = [0.9, 0.99\nepochs = 2\n",
+     "(at line 3, column 1); the value that fails starts at line 2"),
+    ('\n[study]\nname = """abc\n\nseed = 1\n', "(at end of document); the value that fails starts at line 3"),
+    ("[study]\nname = 'x'\nbad line\n", "(at line 3, column 5)"),  # already the right line: said once
+])
+def test_a_toml_error_names_the_line_its_value_starts_on(box, toml, shown):
+    (box / "study.toml").write_text(toml)
+    r = invoke("run", "study.toml")
+    assert r.exit_code == 2
+    line = one_line(r)
+    assert "study.toml is not valid TOML" in line and shown in line, line
+    assert line.count("line") == shown.count("line")
