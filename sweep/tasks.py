@@ -269,7 +269,7 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
     if wanted is not None:
         if wanted not in columns:
             raise SweepError(
-                f"{what} column {wanted!r} not in {path.name} (columns: {', '.join(columns)})"
+                f"{what} column {wanted!r} not in {path.name} (columns: {', '.join(map(repr, columns))})"
             )
         return wanted
     lower = {c.lower(): c for c in columns}
@@ -278,7 +278,8 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
             return lower[name]
     flag = "--label-column" if what == "label" else "--text-column"
     raise SweepError(
-        f"no {what} column found in {path.name} (columns: {', '.join(columns)}); name it with {flag}"
+        f"no {what} column found in {path.name} (columns: {', '.join(map(repr, columns))}); "
+        f"name it with {flag}"
     )
 
 

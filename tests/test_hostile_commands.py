@@ -449,3 +449,12 @@ def test_a_toml_error_names_the_line_its_value_starts_on(box, toml, shown):
     line = one_line(r)
     assert "study.toml is not valid TOML" in line and shown in line, line
     assert line.count("line") == shown.count("line")
+
+
+def test_a_column_name_with_a_trailing_space_is_shown_quoted(box, tiny_model):
+    (box / "spaced.csv").write_text("text ,label\n" + "a good film,pos\na bad film,neg\n" * 20)
+    r = invoke("trial", "--model", tiny_model, "--task", "spaced.csv", "--text-column", "text")
+    assert r.exit_code == 2
+    assert "text column 'text' not in spaced.csv (columns: 'text ', 'label')" in one_line(r)
+    r = invoke("trial", "--model", tiny_model, "--task", "spaced.csv")
+    assert "(columns: 'text ', 'label'); name it with --text-column" in one_line(r)

@@ -60,7 +60,7 @@ def test_float_labels_make_a_regression_task(tmp_path):
 
 def test_missing_column_names_the_columns_and_the_flag(tmp_path):
     path = write(tmp_path / "x.csv", "body,label\nhi,1\n")
-    with pytest.raises(SweepError, match=r"no text column found in x.csv \(columns: body, label\); "
+    with pytest.raises(SweepError, match=r"no text column found in x.csv \(columns: 'body', 'label'\); "
                                          "name it with --text-column"):
         tasks.load_task(path)
     with pytest.raises(SweepError, match="label column 'stars' not in x.csv"):
