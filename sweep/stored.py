@@ -163,7 +163,12 @@ class StoredStudy:
         return cls(study, storage, url)
 
     def delete(self) -> None:
-        optuna.delete_study(study_name=self.name, storage=self._db)
+        """Delete this study; one deleted meanwhile, by another command, is one line."""
+        try:
+            self._db.delete_study(self.id)
+        except KeyError:
+            raise SweepError(f"study {short(self.name)} was deleted meanwhile, by another command; nothing "
+                             "left to delete") from None
 
     def exists(self) -> bool:
         """Whether this study is still stored (not deleted, nor deleted and created again)."""
@@ -553,6 +558,22 @@ def _frame(stores: list[StoredStudy]) -> pd.DataFrame:
     columns = ["study", "number", "state", "value", "eta_a", "lambda", "rank", *ROW_ATTRS, "kind",
                "direction", "sampler", "settings", "definition", *RUN_ATTRS]
     df = pd.DataFrame(rows, columns=columns)
+    for col in ("value", "metric_se", "steps"):
+        _numbers(df, col)  # checked, kept as stored
     for col in ("tokens", "wall_time_s"):
-        df[col] = pd.to_numeric(df[col]).fillna(0)
+        df[col] = _numbers(df, col).fillna(0)
     return df
+
+
+def _numbers(df: pd.DataFrame, col: str) -> pd.Series:
+    """A column that must hold numbers; a stored value that is none (a damaged or edited database)
+    is one line naming its study, trial and value."""
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = df[values.isna() & df[col].notna()]
+    if len(bad):
+        row = bad.iloc[0]
+        stored = "metric" if col == "value" else col  # a trial without a value: its stored metric
+        raise SweepError(f"study {short(row['study'])} trial #{row['number']} stores {stored} = "
+                         f"{short(row[col])}, which is not a number (a damaged or edited database); restore "
+                         "it from a copy, or delete that study (loraplus-sweep studies delete)")
+    return values

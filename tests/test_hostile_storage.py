@@ -345,3 +345,74 @@ def test_a_read_only_mlflow_store_stops_run_at_once_before_any_study(tmp_path, t
     else:
         one_line_error(r, "the output directory", "is not writable")
     assert took < LIMIT + SLACK and not db.exists() and store.read_bytes() == b""
+
+
+# Two commands on one study at once, and stored values that are no numbers
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_study_deleted_by_another_command_while_delete_asks_is_one_line(tmp_path, monkeypatch, kind):
+    url = f"sqlite:///{tmp_path / 'results.db'}" if kind == "sqlite" else str(tmp_path / "study.log")
+    storage = st.open_storage(url)
+    for name in ("a", "b"):
+        optuna.create_study(study_name=name, storage=storage).enqueue_trial({"x": 1.0})
+
+    def the_other_command_deletes(prompt, **_):  # while this one waits for its yes
+        other = st.open_storage(url)
+        optuna.delete_study(study_name="b", storage=other)
+        return True
+
+    monkeypatch.setattr("typer.confirm", the_other_command_deletes)
+    one_line_error(invoke("studies", "delete", "b", "--storage", url),
+                   "study 'b' was deleted meanwhile, by another command; nothing left to delete")
+    assert counts(url) == {"a": 1}
+
+
+def test_two_deletes_of_one_study_delete_it_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    storage = st.open_storage(url)
+    for name in ("a", "b"):
+        optuna.create_study(study_name=name, storage=storage)
+    from sweep.stored import StoredStudy
+
+    first, second = StoredStudy.load(url, "b"), StoredStudy.load(url, "b")
+    first.delete()
+    with pytest.raises(st.SweepError, match="was deleted meanwhile"):
+        second.delete()
+    assert counts(url) == {"a": 0}
+
+
+def ours(url: str, attrs: list[dict]) -> None:
+    """A loraplus-sweep study 'toy' whose trials store `attrs` (over a valid default)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study = optuna.create_study(study_name="toy", storage=st.open_storage(url), direction="maximize")
+    for k, v in {"model": "m", "task": "t", "spec": {"base": {"model": "m"}}, "definition_hash": "d",
+                 "metric_name": "accuracy"}.items():
+        study.set_user_attr(k, v)
+    space = {"eta_a": FloatDistribution(1e-4, 1e-2, log=True), "lambda": FloatDistribution(1, 64, log=True),
+             "rank": CategoricalDistribution([4])}
+    for i, extra in enumerate(attrs):
+        user = {"tokens": 100, "wall_time_s": 1.0, "metric_name": "accuracy", "metric_se": 0.01, "steps": 10,
+                **extra}
+        pruned = "metric" in extra
+        study.add_trial(optuna.trial.create_trial(
+            params={"eta_a": 1e-3, "lambda": 1.0 + i, "rank": 4}, distributions=space, user_attrs=user,
+            value=None if pruned else 0.5 + i / 10,
+            state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE))
+
+
+@pytest.mark.parametrize("stored, shown", [
+    ({"tokens": "lots"}, "trial #1 stores tokens = 'lots', which is not a number"),
+    ({"wall_time_s": [1, 2]}, "trial #1 stores wall_time_s = [1, 2], which is not a number"),
+    ({"metric": "abc"}, "trial #1 stores metric = 'abc', which is not a number"),
+    ({"metric_se": {"a": 1}}, "trial #1 stores metric_se = {'a': 1}, which is not a number"),
+], ids=["tokens", "wall_time_s", "metric", "metric_se"])
+@pytest.mark.parametrize("args", [("report",), ("export", "toy")], ids=" ".join)
+def test_a_stored_value_that_is_no_number_is_one_line(tmp_path, monkeypatch, stored, shown, args):
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    ours(url, [{}, stored, {}])
+    before = digest(tmp_path / "results.db")
+    one_line_error(invoke(*args, "--storage", url), f"study 'toy' {shown}", "restore it from a copy")
+    assert digest(tmp_path / "results.db") == before and counts(url) == {"toy": 3}
+    assert not (tmp_path / "results" / "toy-best.json").exists()
