@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from sweep.errors import SweepError
 from sweep.tasks import Split, TaskData
 
 # Length grouping: sort within windows of this many batches, as HF's LengthGroupedSampler does,
@@ -22,8 +23,23 @@ MEGABATCH = 50
 SAMPLE_SEED = 0
 
 
+CACHE_ENV = "LORAPLUS_SWEEP_CACHE"
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("LORAPLUS_SWEEP_CACHE", Path.home() / ".cache" / "loraplus-sweep"))
+    """Where tokenized tasks and converted models are kept, created if missing; one line naming the
+    place and the fix where it is a file or cannot be written (a trial would fail only after loading
+    its model, and every trial of a sweep the same way)."""
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "loraplus-sweep").expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        reason = "a file, not a directory" if path.exists() and not path.is_dir() else e.strerror or str(e)
+        raise SweepError(f"the cache directory {path} cannot be used ({reason}); set {CACHE_ENV} to a "
+                         "writable directory") from e
+    return path
 
 
 @dataclass(frozen=True)

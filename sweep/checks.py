@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sweep.batches import sampled
+from sweep.batches import cache_dir, sampled
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
@@ -41,6 +41,7 @@ def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = ()) -> Checked:
     from sweep.base import check_quantization
     from sweep.models import default_target_modules, load_config, load_tokenizer
 
+    cache_dir()  # every trial writes its tokenized task there
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
     if cfg.packing and kind != "causal-lm":
         raise SweepError(PACKING_NEEDS_LM)  # before a sweep, not in each of its trials
