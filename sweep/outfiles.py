@@ -26,8 +26,15 @@ def safe_name(name: str, limit: int = 80) -> str:
 
 
 def prepare_dir(path: Path) -> Path:
-    """Create the output directory (and its parents), or say in one line why it cannot be."""
+    """Create the output directory (and its parents), or say in one line why it cannot be. A symlink
+    is followed: a dangling one gets the directory it points at (mkdir would say "File exists")."""
     path = Path(path)
+    if path.is_symlink():
+        try:
+            path = path.resolve()
+        except (OSError, RuntimeError) as e:  # a loop (RuntimeError before Python 3.13)
+            raise SweepError(f"the output directory {short(str(path))} is a symlink that cannot be resolved "
+                             f"({getattr(e, 'strerror', None) or 'a symlink loop'})") from e
     if path.exists() and not path.is_dir():
         raise SweepError(f"{short(str(path))} is a file, not a directory")
     try:

@@ -458,3 +458,17 @@ def test_a_column_name_with_a_trailing_space_is_shown_quoted(box, tiny_model):
     assert "text column 'text' not in spaced.csv (columns: 'text ', 'label')" in one_line(r)
     r = invoke("trial", "--model", tiny_model, "--task", "spaced.csv")
     assert "(columns: 'text ', 'label'); name it with --text-column" in one_line(r)
+
+
+def test_report_out_through_a_dangling_link_writes_where_it_points(box):
+    (box / "rep").symlink_to(box / "elsewhere" / "tables")
+    r = invoke("report", "--out", "rep")
+    assert r.exit_code == 0, r.output
+    assert (box / "elsewhere" / "tables" / "summary.csv").is_file() and (box / "rep").is_symlink()
+
+
+def test_an_output_link_in_a_loop_is_one_line(box):
+    (box / "loop").symlink_to(box / "loop")
+    r = invoke("confirm", "toy", "--out", "loop")
+    assert r.exit_code == 2
+    assert "the output directory 'loop' is a symlink that cannot be resolved" in one_line(r)
