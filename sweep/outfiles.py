@@ -47,11 +47,17 @@ def prepare_dir(path: Path) -> Path:
 
 
 def prepare_file(path: Path) -> Path:
-    """Check that a file can be written at `path` (its directory is created), before any work."""
+    """Check that a file can be written at `path` (its directory is created, or that of the file a
+    symlink points at), before any work."""
     path = Path(path)
     if path.is_dir():
         raise SweepError(f"--out {short(str(path))} is a directory; name a file")
-    prepare_dir(path.parent)
+    try:
+        target = path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError) as e:  # a loop (RuntimeError before Python 3.13)
+        raise SweepError(f"--out {short(str(path))} is a symlink that cannot be resolved "
+                         f"({getattr(e, 'strerror', None) or 'a symlink loop'})") from e
+    prepare_dir(target.parent)
     if path.exists() and not os.access(path, os.W_OK):
         raise SweepError(f"--out {short(str(path))} is not writable")
     return path

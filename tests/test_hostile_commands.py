@@ -472,3 +472,17 @@ def test_an_output_link_in_a_loop_is_one_line(box):
     r = invoke("confirm", "toy", "--out", "loop")
     assert r.exit_code == 2
     assert "the output directory 'loop' is a symlink that cannot be resolved" in one_line(r)
+
+
+def test_export_out_through_a_dangling_link_writes_the_file_it_points_at(box):
+    (box / "best.json").symlink_to(box / "exports" / "toy.json")
+    r = invoke("export", "toy", "--out", "best.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((box / "exports" / "toy.json").read_text())["study"] == "toy"
+
+
+def test_export_out_as_a_link_in_a_loop_is_one_line(box):
+    (box / "best.json").symlink_to(box / "best.json")
+    r = invoke("export", "toy", "--out", "best.json")
+    assert r.exit_code == 2
+    assert "--out 'best.json' is a symlink that cannot be resolved" in one_line(r)
