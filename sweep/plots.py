@@ -78,7 +78,9 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
     studies = sorted(df["study"].unique())
     if len(studies) != 1:
         raise ValueError(f"plot_heatmap takes the trials of one study; got {len(studies)}: {studies}")
-    done = report.completed(df).sort_values("value")  # the best points are drawn last, on top
+    done = report.completed(df)
+    # The best drawn last, on top, in the metric's direction (a loss: the lowest).
+    done = done.iloc[report.scores(done).to_numpy().argsort(kind="stable")]
     if done.empty:
         raise SweepError(f"study {studies[0]!r} has no completed trials to plot; run or resume it first")
     best = report.best_configs(done).iloc[0]

@@ -54,6 +54,11 @@ def _signs(df: pd.DataFrame) -> pd.Series:
     return named.fillna(fallback).astype(float)
 
 
+def scores(df: pd.DataFrame) -> pd.Series:
+    """Each row's value signed so that higher is better, whatever its metric's direction."""
+    return pd.to_numeric(df["value"], errors="coerce") * _signs(df)
+
+
 def _defined(df: pd.DataFrame) -> pd.DataFrame:
     """The frame with `definition` as text: what its trials measure. The stored settings hash where
     known (sweep.stored.settings_hash: every fixed trial setting and the data), so that studies which
@@ -127,7 +132,7 @@ def curve_label(task: str, setup: str) -> str:
 
 def _best_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     # Ties go to the earlier trial (lower number), then to the study name, so every run picks the same row.
-    scored = df.assign(_score=pd.to_numeric(df["value"], errors="coerce") * _signs(df))
+    scored = df.assign(_score=scores(df))
     ordered = scored.sort_values(["_score", "number", "study"], ascending=[False, True, True],
                                  kind="mergesort")
     return ordered.drop_duplicates(keys).sort_values(keys).drop(columns="_score").reset_index(drop=True)

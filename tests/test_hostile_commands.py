@@ -486,3 +486,25 @@ def test_export_out_as_a_link_in_a_loop_is_one_line(box):
     r = invoke("export", "toy", "--out", "best.json")
     assert r.exit_code == 2
     assert "--out 'best.json' is a symlink that cannot be resolved" in one_line(r)
+
+
+def test_the_heatmap_draws_a_loss_studys_lowest_value_last_on_top(monkeypatch, tmp_path):
+    import matplotlib.axes
+    import pandas as pd
+
+    from sweep import plots
+
+    drawn = []
+    scatter = matplotlib.axes.Axes.scatter
+
+    def recording(self, x, y, *args, c=None, **kwargs):
+        if c is not None and not isinstance(c, str):
+            drawn.append(list(c))
+        return scatter(self, x, y, *args, c=c, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", recording)
+    frame = pd.DataFrame({"study": "s", "model": "m", "task": "t", "metric_name": "loss", "number": [0, 1, 2],
+                          "state": "COMPLETE", "value": [2.5, 1.5, 3.5], "eta_a": [1e-3, 2e-3, 3e-3],
+                          "lambda": [1.0, 2.0, 4.0], "rank": 4, "init": "standard"})
+    plots.plot_heatmap(frame, tmp_path / "heatmap.png")
+    assert drawn[0] == [3.5, 2.5, 1.5]  # worst first, best last
