@@ -406,11 +406,13 @@ def stop_reason(t: FrozenTrial, study_attrs: dict[str, Any]) -> str:
 
 def is_ours(study_attrs: dict[str, Any], objectives: int = 1) -> bool:
     """Whether a study is one that loraplus-sweep writes: one objective, and the attributes of a search
-    study (model, task, its definition) or of a confirm study (model, task, kind "confirm"). Any other
-    study of the database (a plain Optuna study, another tool's) is foreign: listed, never read."""
+    study (model, task, its definition) or of a confirm study (model, task, kind "confirm", its arms).
+    Any other study of the database (a plain Optuna study, another tool's) is foreign: listed, never
+    read."""
     return (objectives == 1 and isinstance(study_attrs.get("model"), str)
             and isinstance(study_attrs.get("task"), str)
-            and (isinstance(study_attrs.get("spec"), dict) or study_attrs.get("kind") == "confirm"))
+            and (isinstance(study_attrs.get("spec"), dict)
+                 or (study_attrs.get("kind") == "confirm" and isinstance(study_attrs.get("arms"), dict))))
 
 
 def foreign_kind(store: StoredStudy) -> str:

@@ -70,7 +70,10 @@ def stored(tmp_path_factory, tiny_model, toy_csv) -> Path:
                                 user_attrs={**t.user_attrs, "precision": "bf16"}))
 
     confirm = optuna.create_study(study_name="toy.confirm", storage=url, direction="maximize")
-    for key, value in (("kind", "confirm"), ("confirm_of", "toy"), ("model", tiny_model), ("task", toy_csv)):
+    arms = {"lora": {"eta_a": 1e-3, "lambda": 1.0, "rank": 2, "source": "baseline point"},
+            "lora+ bin 2": {"eta_a": 2e-3, "lambda": 4.0, "rank": 2, "source": "trial 1"}}
+    for key, value in (("kind", "confirm"), ("confirm_of", "toy"), ("model", tiny_model), ("task", toy_csv),
+                       ("arms", arms)):
         confirm.set_user_attr(key, value)
     add_trial(confirm, spec.base, 2e-3, 4.0, 2, 0.9)  # a lucky seed
 
@@ -90,6 +93,11 @@ def stored(tmp_path_factory, tiny_model, toy_csv) -> Path:
     other.set_user_attr("task", 5)
     other.optimize(lambda t: (t.set_user_attr("config", {"x": 1}), t.suggest_float("lambda", 0.5, 2))[1],
                    n_trials=2)
+
+    lookalike = optuna.create_study(study_name="lookalike", storage=url, direction="maximize")
+    for key, value in (("kind", "confirm"), ("model", "m"), ("task", "t"), ("arms", 5)):
+        lookalike.set_user_attr(key, value)  # a confirm study's names, not its attributes
+    lookalike.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
 
     multi = optuna.create_study(study_name="multi", storage=url, directions=["minimize", "maximize"])
     for key, value in (("model", "m"), ("task", "t"), ("spec", toy.user_attrs["spec"])):
@@ -131,7 +139,7 @@ def test_studies_list_marks_foreign_studies(box):
     assert r.exit_code == 0, r.output
     rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") > 4}
     assert {"toy", "toy.confirm", "loss", "plain", "other", "multi"} <= set(rows)
-    for name in ("plain", "other", "multi"):
+    for name in ("plain", "other", "multi", "lookalike"):
         assert "(foreign)" in rows[name], rows[name]
     for name in ("toy", "toy.confirm", "loss"):
         assert "(foreign)" not in rows[name], rows[name]
@@ -140,6 +148,7 @@ def test_studies_list_marks_foreign_studies(box):
 
 @pytest.mark.parametrize(("name", "what"), [("plain", "a plain Optuna study"),
                                             ("other", "another tool's attributes"),
+                                            ("lookalike", "another tool's attributes"),
                                             ("multi", "a study of 2 objectives")])
 def test_export_of_a_foreign_study_is_one_line(box, name, what):
     before = snapshot(db(box))
