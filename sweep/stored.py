@@ -114,6 +114,7 @@ class StoredStudy:
                                     direction=study_direction(spec), sampler=search.sampler(spec),
                                     pruner=search.pruner(spec), load_if_exists=True)
         store = cls(study, storage, spec.storage)
+        _not_foreign(store)
         _same_direction(study, spec)
         stored = store.attrs.get("definition_hash")
         if stored is None:
@@ -495,6 +496,20 @@ def study_direction(spec: StudySpec) -> str:
     """Which way the study's metric is better; a spec not preflighted (no objective) maximizes, as
     every study did before metrics that are better when lower."""
     return direction(spec.objective) if spec.objective else "maximize"
+
+
+def _not_foreign(store: StoredStudy) -> None:
+    """Refuse to run trials into a study of that name that `run` did not create (another tool's, or a
+    confirm study): it would take our attributes and trials. A study without attributes or trials is
+    one just created (or left so by a run stopped as it began)."""
+    attrs = store.attrs
+    if attrs.get("kind") == "confirm":
+        raise SweepError(f"study {short(store.name)} is a confirm study (loraplus-sweep confirm runs it); "
+                         "pick another --study-name")
+    ours = "definition_hash" in attrs or is_ours(attrs) or not (attrs or store.trials())
+    if len(store.directions) != 1 or not ours:
+        raise SweepError(f"study {short(store.name)} in {mask_url(store.url)} was not created by "
+                         f"loraplus-sweep run ({foreign_kind(store)}); pick another --study-name")
 
 
 def _same_direction(study: optuna.Study, spec: StudySpec) -> None:

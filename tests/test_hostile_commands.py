@@ -517,3 +517,31 @@ def test_the_heatmap_draws_a_loss_studys_lowest_value_last_on_top(monkeypatch, t
                           "lambda": [1.0, 2.0, 4.0], "rank": 4, "init": "standard"})
     plots.plot_heatmap(frame, tmp_path / "heatmap.png")
     assert drawn[0] == [3.5, 2.5, 1.5]  # worst first, best last
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("plain", "study 'plain' in sqlite:///results/loraplus.db was not created by loraplus-sweep run"),
+    ("other", "was not created by loraplus-sweep run (another tool's attributes)"),
+    ("multi", "was not created by loraplus-sweep run (a study of 2 objectives)"),
+    ("toy.confirm", "study 'toy.confirm' is a confirm study"),
+])
+def test_run_into_a_study_it_did_not_create_is_refused_and_leaves_it_alone(box, name, message):
+    from sweep.errors import SweepError
+    from sweep.stored import StoredStudy
+
+    spec = load_spec(None, {"storage": "sqlite:///results/loraplus.db", "model": "m", "task": "t.csv",
+                            "name": name})
+    before = snapshot(db(box))
+    with pytest.raises(SweepError) as refused:
+        StoredStudy.create_or_load(spec)
+    assert message in str(refused.value) and "pick another --study-name" in str(refused.value)
+    assert snapshot(db(box)) == before
+
+
+def test_run_under_a_new_name_creates_its_study_and_continues_it(box):
+    from sweep.stored import StoredStudy
+
+    spec = load_spec(None, {"storage": "sqlite:///results/loraplus.db", "model": "m", "task": "t.csv",
+                            "name": "fresh"})
+    assert StoredStudy.create_or_load(spec).is_ours
+    assert StoredStudy.create_or_load(spec).is_ours  # continued, not taken for another tool's
