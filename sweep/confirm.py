@@ -227,7 +227,7 @@ def run_confirm(study: StoredStudy, spec: StudySpec, plan: Plan, hooks: Hooks | 
         counts = confirm.counts()
         # Everything stored or queued: the workers stop once the queue is empty (a grid draws nothing).
         budget = sum(counts[s] for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING"))
-    Workers(confirm, runs_spec(spec, plan.arms, budget), hooks or Hooks()).run()
+    Workers(confirm, runs_spec(spec, plan.arms, budget), hooks or Hooks(), queue_grid=False).run()
     return confirm
 
 

@@ -135,8 +135,11 @@ _DONE, _WAIT = "done", "wait"
 class Workers:
     """The workers of one process on one study; `run` returns when the budget is met."""
 
-    def __init__(self, store: StoredStudy, spec: StudySpec, hooks: Hooks) -> None:
+    def __init__(self, store: StoredStudy, spec: StudySpec, hooks: Hooks, queue_grid: bool = True) -> None:
+        """`queue_grid` False: a grid's points are all queued already (a confirm's (arm, seed) runs,
+        each with its seed), so none is queued as the queue empties."""
         self.store, self.spec, self.hooks = store, spec, hooks
+        self.queue_grid = queue_grid
         self.deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
         self.stop = Stop()
         self.failures = 0  # in a row, across this process's workers
@@ -204,7 +207,8 @@ class Workers:
             if finished >= self.spec.n_trials:
                 return _DONE
             if self.spec.sampler == "grid" and not waiting:  # a grid runs its points, nothing else
-                waiting = self.store.enqueue_missing(self._grid(), GRID_BATCH, failed=False)  # the next batch
+                if self.queue_grid:  # the next batch
+                    waiting = self.store.enqueue_missing(self._grid(), GRID_BATCH, failed=False)
                 if not waiting:  # (a point that failed in this run waits for the next run)
                     return _WAIT if running else _DONE
             if finished + running >= self.spec.n_trials:

@@ -545,3 +545,14 @@ def test_run_under_a_new_name_creates_its_study_and_continues_it(box):
                             "name": "fresh"})
     assert StoredStudy.create_or_load(spec).is_ours
     assert StoredStudy.create_or_load(spec).is_ours  # continued, not taken for another tool's
+
+
+def test_a_confirm_queues_its_runs_itself_and_its_workers_queue_no_grid_point(tmp_path):
+    from sweep.hooks import Hooks
+    from sweep.stored import StoredStudy
+    from sweep.workers import Workers
+
+    spec = grid_spec(tmp_path, 3, 2)
+    store = StoredStudy.create_or_load(spec)  # nothing queued: a confirm's runs are queued with their seeds
+    assert Workers(store, spec, Hooks(), queue_grid=False)._claim() == "done"
+    assert store.counts()["WAITING"] == 0
