@@ -49,9 +49,10 @@ def add_loss_trial(study: optuna.Study, value: float, eta_a: float) -> None:
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory, tiny_model, toy_csv) -> Path:
     """A database with a study of ours (toy, maximising accuracy), its confirm study, a study of ours
-    that minimises a loss, and three foreign ones: a plain Optuna study that minimises, one with
-    another tool's attributes (a model that is no string, its trials' config another tool's), and a
-    two-objective study that carries our attributes."""
+    that minimises a loss, one whose best trial ran in bf16 (ran-bf16), and four foreign ones: a
+    plain Optuna study that minimises, one with another tool's attributes (a model that is no string,
+    its trials' config another tool's), one with a confirm study's names but not its attributes
+    (lookalike), and a two-objective study that carries our attributes."""
     root = tmp_path_factory.mktemp("stored")
     url = f"sqlite:///{root}/loraplus.db"
     spec = load_spec(None, {"task": toy_csv, "storage": url, "model": tiny_model, "name": "toy",
