@@ -65,7 +65,9 @@ def parameter_count(model: str, trust_remote_code: bool = False) -> int:
 
 def quantization_config(cfg: TrialConfig, device: torch.device, keep: tuple[str, ...] = ()):
     """transformers' BitsAndBytesConfig for `cfg.quantize` (None for none): NF4 with double
-    quantization and bf16 compute for 4bit (QLoRA's recipe), LLM.int8 for 8bit. `keep`: modules left
+    quantization and bf16 compute for 4bit (QLoRA's recipe; fp32 compute on a CPU without native bf16,
+    where a bf16 product is emulated: a 4-bit SmolLM2-135M trained at a fifth of the speed in bf16,
+    README), LLM.int8 for 8bit. `keep`: modules left
     unquantized (a classifier's head, which trains; unset, transformers keeps a causal LM's output
     layer). A one-line error where bitsandbytes is missing or cannot run on `device`."""
     if cfg.quantize == "none":
@@ -77,8 +79,13 @@ def quantization_config(cfg: TrialConfig, device: torch.device, keep: tuple[str,
     if cfg.quantize == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                   bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16, **skip)
+                                  bnb_4bit_compute_dtype=DTYPES[quantized_compute(device)], **skip)
     return BitsAndBytesConfig(load_in_8bit=True, **skip)
+
+
+def quantized_compute(device: torch.device) -> str:
+    """The dtype a 4-bit layer dequantizes to and multiplies in on `device`."""
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def check_quantization(quantize: str, device: torch.device | str) -> None:
