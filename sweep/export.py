@@ -155,6 +155,7 @@ def peft_snippet(cfg: TrialConfig) -> str:
         "import torch",
         "",
         *notes,
+        *_quantized_base(cfg),
         "model = get_peft_model(model, LoraConfig(",
         f"    r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.dropout:g},",
         f"    target_modules={targets(cfg, kind)!r}, use_dora={cfg.use_dora}, use_rslora={cfg.use_rslora}, "
@@ -194,9 +195,9 @@ def axolotl_yaml(best: BestTrial) -> str:
         lora_target = Key("lora_target_modules", target) if target else Key(None, notes=(
             f"lora_target_modules: {UNREAD_TARGETS}",))
     sections = {
-        "model": [_base(cfg, "base_model")],
+        "model": [_base(cfg, "base_model"), *_load_in(cfg)],
         "LoRA": [
-            Key("adapter", "lora"),
+            Key("adapter", "qlora" if cfg.quantize == "4bit" else "lora"),
             Key("lora_r", cfg.rank),
             _alpha(cfg, "lora_alpha", "axolotl"),
             Key("lora_dropout", cfg.dropout),
@@ -247,7 +248,7 @@ def llama_factory_yaml(best: BestTrial) -> str:
         lora_target = Key("lora_target", ",".join(target)) if target else Key(None, notes=(
             f"lora_target: {UNREAD_TARGETS}",))
     sections = {
-        "model": [_base(cfg, "model_name_or_path")],
+        "model": [_base(cfg, "model_name_or_path"), *_quantization_bit(cfg)],
         "method": [
             Key("stage", "sft", ("sft: the loss on completions and assistant turns; pt for plain text",)),
             Key("do_train", True),
@@ -358,6 +359,40 @@ def _base(cfg: TrialConfig, key: str) -> Key:
         return Key(key, cfg.model, (f"{cfg.model!r} is a model embedded in loraplus-sweep: {e}",))
     return Key(key, path, (f"the model {cfg.model!r} embedded in loraplus-sweep, where it is installed on "
                            "this machine",))
+
+
+QUANTIZED = "the trial's base, quantized by bitsandbytes"
+
+
+def _quantized_base(cfg: TrialConfig) -> list[str]:
+    """The PEFT snippet's BitsAndBytesConfig of a quantized trial (sweep.base.quantization_config)."""
+    if cfg.quantize == "none":
+        dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(cfg.base_dtype)
+        if dtype is None:
+            return []
+        return [f"# The trial loaded its base in {cfg.base_dtype}: from_pretrained(..., dtype={dtype}).", ""]
+    config = ('load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,\n'
+              "    bnb_4bit_compute_dtype=torch.bfloat16" if cfg.quantize == "4bit" else "load_in_8bit=True")
+    return [f"# The trial's base, quantized by bitsandbytes ({cfg.quantize}): load `model` with",
+            "# from_pretrained(..., quantization_config=quantization_config).",
+            "from transformers import BitsAndBytesConfig",
+            "",
+            f"quantization_config = BitsAndBytesConfig({config})", ""]
+
+
+def _load_in(cfg: TrialConfig) -> list[Key]:
+    """axolotl's quantized base: load_in_4bit with adapter qlora (NF4, double quantization), or
+    load_in_8bit."""
+    if cfg.quantize == "none":
+        return []
+    return [Key(f"load_in_{cfg.quantize}", True, (f"{QUANTIZED} ({cfg.quantize})",))]
+
+
+def _quantization_bit(cfg: TrialConfig) -> list[Key]:
+    """LLaMA-Factory's quantized base: bitsandbytes by default, NF4 with double quantization at 4 bits."""
+    if cfg.quantize == "none":
+        return []
+    return [Key("quantization_bit", int(cfg.quantize.removesuffix("bit")), (QUANTIZED,))]
 
 
 def _alpha(cfg: TrialConfig, key: str, tool: str) -> Key:

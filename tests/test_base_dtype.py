@@ -274,3 +274,32 @@ def test_a_device_bitsandbytes_cannot_run_on_is_one_line(monkeypatch):
         monkeypatch.undo()
         base._quantized_layer_problem.cache_clear()
     check_quantization("4bit", CPU)  # runs here
+
+
+# -- export ------------------------------------------------------------------------------------------
+
+
+def test_export_carries_a_quantized_base_to_each_tool(llama, rows_file):
+    import yaml
+
+    from sweep.export import BestTrial, axolotl_yaml, llama_factory_yaml, peft_snippet
+
+    def best(**changes):
+        return BestTrial("s", 0, 1.0, "loss", _lm(llama, rows_file, **changes), "fp32")
+
+    plain = (yaml.safe_load(axolotl_yaml(best())), yaml.safe_load(llama_factory_yaml(best())))
+    assert plain[0]["adapter"] == "lora" and not {"load_in_4bit", "load_in_8bit"} & set(plain[0])
+    assert "quantization_bit" not in plain[1] and "BitsAndBytesConfig" not in peft_snippet(best().config)
+    for quantize, bits, adapter in (("4bit", 4, "qlora"), ("8bit", 8, "lora")):
+        axolotl = yaml.safe_load(axolotl_yaml(best(quantize=quantize)))
+        assert axolotl["adapter"] == adapter and axolotl[f"load_in_{quantize}"] is True
+        assert yaml.safe_load(llama_factory_yaml(best(quantize=quantize)))["quantization_bit"] == bits
+    scope = {}
+    exec(peft_snippet(best(quantize="4bit").config).split("model = get_peft_model")[0], scope)
+    q = scope["quantization_config"]
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16
+    scope = {}
+    exec(peft_snippet(best(quantize="8bit").config).split("model = get_peft_model")[0], scope)
+    assert scope["quantization_config"].load_in_8bit
+    assert "dtype=torch.bfloat16" in peft_snippet(best(base_dtype="bf16").config)
