@@ -324,11 +324,24 @@ def _base_model(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, d
         model, info = _pretrained_with_info(auto_class, path, kwargs)
         # a quantized model is not copied: bitsandbytes' parameters carry their quantization state
         # beside the tensor, and loading quantizes only the linear weights, as fast as reading them
-        if "quantization_config" in kwargs or _param_bytes(model) > BASE_CACHE_SHARE * _memory_bytes():
+        if "quantization_config" in kwargs:
+            _own_storage(model)
+            return model, info
+        if _param_bytes(model) > BASE_CACHE_SHARE * _memory_bytes():
             return model, info
         _base_cache[key] = (model, info)
     model, info = _base_cache[key]
     return copy.deepcopy(model), info
+
+
+@torch.no_grad()
+def _own_storage(model: PreTrainedModel) -> None:
+    """Give the floating weights that a quantized model left as views of the checkpoint's memory map
+    (embeddings, norms) memory of their own: one such view keeps every page of the file that loading
+    read resident (SmolLM2-135M's fp32 checkpoint: 420 MB beside a 160 MB 4-bit model)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.clone()
 
 
 def _stamp(path: str) -> tuple:

@@ -303,3 +303,19 @@ def test_export_carries_a_quantized_base_to_each_tool(llama, rows_file):
     exec(peft_snippet(best(quantize="8bit").config).split("model = get_peft_model")[0], scope)
     assert scope["quantization_config"].load_in_8bit
     assert "dtype=torch.bfloat16" in peft_snippet(best(base_dtype="bf16").config)
+
+
+@needs_bnb
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_a_quantized_base_keeps_no_view_of_its_checkpoint_file(llama, rows_file):
+    """The floating weights a quantized model leaves unconverted (embeddings, norms) are copied, so
+    the checkpoint's memory map, every page of which loading read, is released."""
+    import gc
+
+    checkpoint = str(Path(llama) / "model.safetensors")
+    models._base_cache.clear()  # an fp32 copy kept from another test maps the same file
+    gc.collect()
+    model = load_causal_lm(_lm(llama, rows_file, quantize="4bit"))
+    gc.collect()
+    assert checkpoint not in Path("/proc/self/maps").read_text()
+    assert any(not p.is_floating_point() for p in model.parameters())
