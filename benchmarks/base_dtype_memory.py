@@ -2,7 +2,8 @@
 8-bit LLM.int8, with the final loss of each beside fp32's.
 
 Each form runs the same short trial (same seed, data and hyperparameters) in a fresh Python process,
-one after the other, after an untimed warm-up trial in a process of its own (it converts the embedded
+one after the other (--jobs N: N at a time, the slowest first; a process's peak memory is its own,
+its speed is not), after an untimed warm-up trial in a process of its own (it converts the embedded
 GGUF model and tokenizes the task into the cache, which no measured process then pays). A process
 imports everything a trial imports (bitsandbytes too, in every process alike), then records its
 resident set size (VmRSS) before the trial; the trial reports its peak resident set size (VmHWM,
@@ -13,6 +14,7 @@ error, and the training tokens/s. A form passes where its peak is at most its ta
 and its loss within two of fp32's standard errors of fp32's.
 Usage: python benchmarks/base_dtype_memory.py [--model M] [--task T] [--train N] [--eval N]
                                               [--steps S] [--batch B] [--max-length L] [--eta-a X]
+                                              [--jobs N] [--forms fp32,4bit,...]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 FORMS = {"fp32": {"base_dtype": "fp32"}, "bf16": {"base_dtype": "bf16"}, "4bit": {"quantize": "4bit"},
@@ -48,6 +51,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--eta-a", type=float, default=5e-4)
+    p.add_argument("--jobs", type=int, default=1, help="forms measured at a time")
+    p.add_argument("--forms", default=",".join(FORMS), help="the forms measured, fp32 always among them")
     p.add_argument("--form", choices=[*FORMS, "warm-up"], help=argparse.SUPPRESS)  # one measured process
     return p.parse_args(argv)
 
@@ -107,13 +112,20 @@ def main() -> None:
     print(machine())
     print(f"{args.model} on {args.task}: {args.train} training examples, {args.steps} steps of {args.batch}, "
           f"max_length {args.max_length}, eta_A {args.eta_a:g}, lambda 16, rank 8, validation loss on "
-          f"{args.eval} examples; each form in a fresh process, one after the other", flush=True)
+          f"{args.eval} examples; each form in a fresh process, {args.jobs} at a time", flush=True)
     argv = sys.argv[1:]
     run_form("warm-up", argv)
-    rows = {}
-    for form in FORMS:
-        rows[form] = row = run_form(form, argv)
+
+    def one(form: str) -> dict:
+        row = run_form(form, argv)
         print(f"  {form}: peak {row['peak_mb']:,.0f} MB, {row['seconds']:.0f} s", flush=True)
+        return row
+
+    # bf16 first: where the CPU has no bf16 instructions its products are emulated, the slowest form
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        order = [f for f in ("bf16", "fp32", "4bit", "8bit") if f in {"fp32", *args.forms.split(",")}]
+        done = dict(zip(order, pool.map(one, order), strict=True))
+    rows = {form: done[form] for form in FORMS if form in done}
     fp32 = rows["fp32"]
     added32 = fp32["peak_mb"] - fp32["before_mb"]
     print()
@@ -129,6 +141,8 @@ def main() -> None:
               f"{row['tokens_per_s']:>9,.0f}  {frozen} / {trained}")
     print()
     for form, target in TARGETS.items():
+        if form not in rows:
+            continue
         row = rows[form]
         share = row["peak_mb"] / fp32["peak_mb"]
         added = (row["peak_mb"] - row["before_mb"]) / added32
