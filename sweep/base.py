@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -34,33 +35,18 @@ def native_bf16(device: torch.device, cpu_bf16: bool | None = None) -> bool:
     return native_cpu_bf16() if cpu_bf16 is None else cpu_bf16
 
 
-def base_dtype(cfg: TrialConfig, device: torch.device, cpu_bf16: bool | None = None,
-               n_params: int | None = None) -> str:
+def base_dtype(cfg: TrialConfig, device: torch.device, n_params: int | Callable[[], int],
+               cpu_bf16: bool | None = None) -> str:
     """What `cfg.base_dtype` means on `device`: as given, or for `auto` bf16 where the model has
-    BF16_FROM_PARAMS parameters or more and the device has native bf16 (`n_params` is counted from the
-    model's config unless given), fp32 otherwise and wherever `cfg.precision` asks for fp32."""
+    BF16_FROM_PARAMS parameters or more (`n_params`, or a function that counts them, called only
+    where the count decides: sweep.models.parameter_count) and the device has native bf16, fp32
+    otherwise and wherever `cfg.precision` asks for fp32."""
     if cfg.base_dtype != "auto":
         return cfg.base_dtype
     if cfg.precision == "fp32" or not native_bf16(device, cpu_bf16):
         return "fp32"  # emulated bf16 runs many times slower than fp32 (README, Speed)
-    count = parameter_count(cfg.model, cfg.trust_remote_code) if n_params is None else n_params
+    count = n_params() if callable(n_params) else n_params
     return "bf16" if count >= BF16_FROM_PARAMS else "fp32"
-
-
-@functools.lru_cache(maxsize=8)
-def parameter_count(model: str, trust_remote_code: bool = False) -> int:
-    """The parameters of `model`'s body, counted from its config on the meta device (no weights read)."""
-    from transformers import AutoModel
-
-    from sweep.models import load_config
-
-    config = load_config(TrialConfig(model=model).replace(trust_remote_code=trust_remote_code))
-    try:
-        with torch.device("meta"):
-            body = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, ImportError):  # no bare body for this config: count it as small (fp32)
-        return 0
-    return sum(p.numel() for p in body.parameters())
 
 
 def quantization_config(cfg: TrialConfig, device: torch.device, keep: tuple[str, ...] = ()):

@@ -4,6 +4,7 @@ chosen init."""
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import math
@@ -196,6 +197,20 @@ def load_config(cfg: TrialConfig) -> PretrainedConfig:
     return _from_pretrained(AutoConfig, cfg)
 
 
+@functools.lru_cache(maxsize=8)
+def parameter_count(model: str, trust_remote_code: bool = False) -> int:
+    """The parameters of `model`'s body, counted from its config on the meta device (no weights read)."""
+    from transformers import AutoModel
+
+    config = load_config(TrialConfig(model=model).replace(trust_remote_code=trust_remote_code))
+    try:
+        with torch.device("meta"):
+            body = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, ImportError):  # no bare body for this config: count it as small (fp32)
+        return 0
+    return sum(p.numel() for p in body.parameters())
+
+
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its EOS token (decoders such
     as GPT-2 and Llama have no pad token). Never a default like 0, which is a real token there
@@ -307,7 +322,8 @@ def _base_form(cfg: TrialConfig, device: torch.device | None, keep: tuple[str, .
     bitsandbytes quantization, which happens as the weights load, so onto the trial's device; the
     modules named in `keep` stay unquantized."""
     device = torch.device("cpu") if device is None else device
-    form: dict = {"dtype": DTYPES[base_dtype(cfg, device)]}
+    count = functools.partial(parameter_count, cfg.model, cfg.trust_remote_code)
+    form: dict = {"dtype": DTYPES[base_dtype(cfg, device, count)]}
     quantized = quantization_config(cfg, device, keep)
     if quantized is not None:
         form.update(quantization_config=quantized, device_map={"": str(device)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -11,6 +12,7 @@ from transformers.pytorch_utils import Conv1D
 from sweep.base import DTYPES, base_dtype
 from sweep.config import TrialConfig
 from sweep.hardware import native_cpu_bf16
+from sweep.models import parameter_count
 
 
 def precision(cfg: TrialConfig, device: torch.device, cpu_bf16: bool | None = None) -> str:
@@ -20,7 +22,8 @@ def precision(cfg: TrialConfig, device: torch.device, cpu_bf16: bool | None = No
     before every matmul (benchmarks/precision.py: fp32 was faster on an H100 for every shape from
     MiniLM-L6 to Llama-1B's blocks, and autocast's first trial in a process loads its kernels).
     A bf16 or fp16 base (sweep.base) computes in its own dtype's autocast."""
-    base = base_dtype(cfg, device, cpu_bf16)
+    count = functools.partial(parameter_count, cfg.model, cfg.trust_remote_code)
+    base = base_dtype(cfg, device, count, cpu_bf16)
     if base != "fp32":
         return base
     if cfg.precision != "auto":

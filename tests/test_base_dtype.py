@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from cli import app
 from sweep import base, models
-from sweep.base import BF16_FROM_PARAMS, base_dtype, check_quantization, parameter_count
+from sweep.base import BF16_FROM_PARAMS, base_dtype, check_quantization
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.kinds import prepare
-from sweep.models import load_causal_lm
+from sweep.models import load_causal_lm, parameter_count
 from sweep.optim import build_optimizer
 from sweep.precision import precision
 from sweep.train import run_trial
@@ -131,11 +131,11 @@ def test_the_base_dtype_and_the_precision_must_agree():
 def test_auto_is_bf16_from_a_billion_parameters_where_bf16_is_native():
     cfg = TrialConfig()
     big, small = BF16_FROM_PARAMS, BF16_FROM_PARAMS - 1
-    assert base_dtype(cfg, CPU, cpu_bf16=True, n_params=big) == "bf16"
-    assert base_dtype(cfg, CPU, cpu_bf16=True, n_params=small) == "fp32"
-    assert base_dtype(cfg, CPU, cpu_bf16=False, n_params=8 * big) == "fp32"  # emulated bf16: slow
-    assert base_dtype(cfg.replace(precision="fp32"), CPU, cpu_bf16=True, n_params=big) == "fp32"
-    assert base_dtype(cfg.replace(base_dtype="fp16"), CPU, cpu_bf16=False, n_params=1) == "fp16"
+    assert base_dtype(cfg, CPU, big, cpu_bf16=True) == "bf16"
+    assert base_dtype(cfg, CPU, small, cpu_bf16=True) == "fp32"
+    assert base_dtype(cfg, CPU, 8 * big, cpu_bf16=False) == "fp32"  # emulated bf16: slow
+    assert base_dtype(cfg.replace(precision="fp32"), CPU, big, cpu_bf16=True) == "fp32"
+    assert base_dtype(cfg.replace(base_dtype="fp16"), CPU, 1, cpu_bf16=False) == "fp16"
     # the compute follows a bf16 base, and stays as it was for an fp32 one
     assert precision(cfg.replace(base_dtype="bf16"), CPU, cpu_bf16=False) == "bf16"
     assert precision(cfg.replace(base_dtype="fp32"), CPU, cpu_bf16=False) == "fp32"
@@ -147,7 +147,8 @@ def test_the_parameters_auto_counts_are_the_models_own(llama):
 
     assert parameter_count(llama) == sum(p.numel() for p in AutoModel.from_pretrained(llama).parameters())
     cfg = TrialConfig(model=llama)
-    assert base_dtype(cfg, CPU, cpu_bf16=True) == "fp32"  # a tiny model stays fp32 where bf16 is native
+    # a tiny model stays fp32 where bf16 is native
+    assert base_dtype(cfg, CPU, lambda: parameter_count(llama), cpu_bf16=True) == "fp32"
 
 
 def test_new_settings_at_their_defaults_keep_the_default_studys_name():
