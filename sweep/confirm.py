@@ -264,7 +264,8 @@ def arm_runs(trials: pd.DataFrame, name: str) -> ArmRuns:
     histories = {int(r["seed"]): r["history"] or [] for r in finished.to_dict("records")}
     diverged = frozenset(int(s) for s in finished.loc[finished["state"] == "PRUNED", "seed"])
     # A run stopped by Ctrl-C or SIGTERM is no result about its arm: the next confirm runs it again.
-    gave_up = (rows["state"] == "FAIL") & ~rows["stop_reason"].map(was_interrupted)
+    # astype: mapped over no rows, the column keeps its string dtype, which pandas will not negate
+    gave_up = (rows["state"] == "FAIL") & ~rows["stop_reason"].map(was_interrupted).astype(bool)
     failed = frozenset(int(s) for s in rows.loc[gave_up, "seed"]) - set(values)
     return ArmRuns(values, histories, diverged, failed, len(rows), int(rows["tokens"].sum()),
                    float(rows["wall_time_s"].sum()))
