@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from sweep.config import TrialConfig
@@ -365,7 +365,12 @@ def print_study_summary(name: str, summary: pd.DataFrame) -> None:
 
 def print_studies(rows: list[dict[str, Any]]) -> None:
     """sweep.stored.list_studies as a table."""
-    table = Table("study", "model", "task", "trials", "best", title="studies")
+    # A study's name is what show, export and delete take: whole, on one line, at any width, with its
+    # count and best value; the model and task (which the name repeats) give way first.
+    longest = max((len(r["study"]) for r in rows), default=5)
+    table = Table(Column("study", no_wrap=True, min_width=longest), "model", "task",
+                  Column("trials", no_wrap=True, min_width=6), Column("best", no_wrap=True, min_width=6),
+                  title="studies")
     for r in rows:
         if r.get("foreign"):
             _row(table, r["study"], "(foreign)", "-", r["trials"], _num(r["best"]))

@@ -104,3 +104,16 @@ def test_a_cache_that_is_not_a_directory_is_one_line_before_any_trial(tmp_path, 
         one_line(r.stderr, "the cache directory", "LORAPLUS_SWEEP_CACHE")
     assert not storage.exists()  # refused before the study was made
     assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("columns", ["80", "60"])
+def test_studies_list_shows_every_name_whole_at_a_narrow_terminal(db, columns):
+    """The names are what show, export and delete take: cut to 'minilm-l6-rotten-tomatoe…' at 80
+    columns, none of them could be copied from the list."""
+    names = cli(["studies", "list", "--names", "--storage", f"sqlite:///{db}"], subprocess.PIPE)
+    assert names.returncode == 0 and len(names.stdout.split()) > 4, names.stderr
+    table = cli(["studies", "list", "--storage", f"sqlite:///{db}"], subprocess.PIPE,
+                env={"COLUMNS": columns})
+    assert table.returncode == 0, table.stderr
+    shown = {cell.strip() for line in table.stdout.splitlines() for cell in line.split("│")}
+    assert set(names.stdout.split()) <= shown
