@@ -5,16 +5,14 @@ there and counts the same afterwards."""
 
 import hashlib
 import json
-import os
-import shutil
 import socket
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from readonly import read_only, writable
 from typer.testing import CliRunner
 
 from cli import app
@@ -310,21 +308,6 @@ def test_a_closed_mlflow_port_stops_run_at_once_before_any_study(tmp_path, close
                     env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port}"})
     one_line_error(r, "refused the connection; nothing was created")
     assert took < LIMIT + SLACK and not db.exists()
-
-
-def read_only(path: Path) -> None:
-    """chmod where it binds (not as root), else the immutable flag; skip where neither can."""
-    os.chmod(path, 0o444 if path.is_file() else 0o555)
-    if os.access(path, os.W_OK) and shutil.which("chattr"):
-        subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-    if os.access(path, os.W_OK):
-        writable(path)
-        pytest.skip("no way to make a file read-only on this machine")
-
-
-def writable(path: Path) -> None:
-    subprocess.run(["chattr", "-i", str(path)], capture_output=True)
-    os.chmod(path, 0o755)
 
 
 @pytest.mark.parametrize("what", ["file", "directory"])

@@ -2,7 +2,6 @@
 one-line errors, and the commands that read and delete studies on it."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from readonly import read_only, writable
 from typer.testing import CliRunner
 
 from cli import app
@@ -110,21 +110,6 @@ def test_a_damaged_journal_is_one_line(tmp_path):
         f.write("{not json\n" + json.dumps({"op_code": 0, "worker_id": "w"}) + "\n")
     one_line_error(invoke("studies", "list", "--storage", log), f"cannot open the journal {log}",
                    "a damaged file?")
-
-
-def read_only(path: Path) -> None:
-    """chmod where it binds (not as root), else the immutable flag; skip where neither can."""
-    os.chmod(path, 0o555)
-    if os.access(path, os.W_OK) and shutil.which("chattr"):
-        subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-    if os.access(path, os.W_OK):
-        writable(path)
-        pytest.skip("no way to make a directory read-only on this machine")
-
-
-def writable(path: Path) -> None:
-    subprocess.run(["chattr", "-i", str(path)], capture_output=True)
-    os.chmod(path, 0o755)
 
 
 # --- commands on a study stored in a journal -----------------------------------------------------
