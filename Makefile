@@ -22,9 +22,14 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # The embedded default study (studies/default.toml), then its report; re-running continues the study.
+# The report names that study alone, so results/default never holds the database's other studies; its
+# name carries a hash of its definition and task data (StudySpec.study_name), derived as `run` does.
+DEMO_STUDY := from sweep.checks import preflight; from sweep.spec import find_study_file, load_spec; \
+	print(preflight(load_spec(find_study_file("default"))).study_name)
+
 demo: $(BIN)/.installed
 	$(BIN)/loraplus-sweep run default
-	$(BIN)/loraplus-sweep report --out results/default
+	name=$$($(BIN)/python -c '$(DEMO_STUDY)') && $(BIN)/loraplus-sweep report "$$name" --out results/default
 
 test: $(BIN)/.installed
 	$(BIN)/pytest -q -m "not slow and not processes" tests

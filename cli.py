@@ -245,6 +245,10 @@ def _sweep(spec, store) -> None:
 
 @app.command()
 def report(
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="[NAME]...", show_default=False,
+        help="Report these studies only, with their confirm studies (default: every study; see "
+             "loraplus-sweep studies list).")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
@@ -252,17 +256,21 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Also write every table (csv, markdown, json) and the PNG plots here.")] = None,
 ) -> None:
     """Best (eta_A, lambda, rank) per model and task, the gain over plain LoRA, the lambda curve,
-    the recommended default lambda per model, the compute each answer cost, and `confirm` results."""
+    the recommended default lambda per model, the compute each answer cost, and `confirm` results:
+    of every study stored, or of the NAMEd ones."""
     from sweep.outfiles import FORMATS, prepare_dir
 
     if fmt not in ("rich", *FORMATS):
         raise SweepError(f"--format must be one of rich, {', '.join(FORMATS)}; got {short(fmt)}")
+    from sweep import outputs
+    from sweep.reporting import gather, selected
+
+    if names:
+        selected(storage, names)  # an unknown name is refused before --out is created
     if out is not None:
         prepare_dir(out)
-    from sweep import outputs
-    from sweep.reporting import gather
 
-    shown = gather(storage, model, task)
+    shown = gather(storage, model, task, names)
     if out is not None:
         written = outputs.write(shown.trials, shown.tables, out, shown.confirmations)
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)

@@ -1,0 +1,132 @@
+"""report on hand-built studies (stored trials, no training): reports scoped to named studies, and
+what a report of a small study says it cannot tell."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import create_trial
+from test_hostile import snapshot
+from typer.testing import CliRunner
+
+from cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+DISTRIBUTIONS = {"eta_a": FloatDistribution(1e-5, 1e-1, log=True),
+                 "lambda": FloatDistribution(1.0, 64.0, log=True), "rank": CategoricalDistribution([4, 8])}
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.output
+    return lines[0]
+
+
+def store(url: str, name: str, task: str, points: list[tuple[float, float, int, float]],
+          metric: str = "accuracy", config: dict | None = None, **attrs) -> None:
+    """A study of ours as run stores it, its trials (eta_a, lambda, rank, value) complete."""
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    for key, value in {"model": "minilm-l6", "task": task, "metric_name": metric,
+                       "spec": {"base": {"model": "minilm-l6", "task": task}}, **attrs}.items():
+        study.set_user_attr(key, value)
+    for eta_a, lam, rank, value in points:
+        user = {"model": "minilm-l6", "task": task, "metric_name": metric, "metric": value, "tokens": 100,
+                "wall_time_s": 1.0, "steps": 5, "init": "standard", "stop_reason": "completed",
+                "config": {"task": task, "eta_a": eta_a, "lambda": lam, "rank": rank, **(config or {})}}
+        study.add_trial(create_trial(params={"eta_a": eta_a, "lambda": lam, "rank": rank},
+                                     distributions=DISTRIBUTIONS, value=value, user_attrs=user))
+
+
+SEARCH = [(1e-4, 1.0, 8, 0.70), (3e-4, 4.0, 8, 0.75), (1e-3, 16.0, 4, 0.72)]
+
+
+@pytest.fixture
+def box(tmp_path, monkeypatch) -> Path:
+    """results/loraplus.db (the default storage) with two studies of other tasks, and a foreign one."""
+    (tmp_path / "results").mkdir()
+    url = f"sqlite:///{tmp_path}/results/loraplus.db"
+    store(url, "demo", "rotten-tomatoes", SEARCH)
+    store(url, "other", "bbc-news", [(1e-4, 1.0, 8, 0.50), (2e-4, 8.0, 8, 0.55)])
+    optuna.create_study(study_name="foreign", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1),
+                                                                     n_trials=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LORAPLUS_SWEEP_DEBUG", raising=False)
+    return tmp_path
+
+
+def db(box: Path) -> Path:
+    return box / "results" / "loraplus.db"
+
+
+def test_report_of_a_named_study_holds_that_study_alone(box):
+    r = invoke("report", "demo", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    assert "rotten-tomatoes" in r.stdout and "bbc-news" not in r.stdout
+    both = invoke("report", "demo", "other", "--format", "csv")
+    assert both.exit_code == 0, both.output
+    assert "rotten-tomatoes" in both.stdout and "bbc-news" in both.stdout
+
+
+def test_report_out_of_a_named_study_writes_its_files_alone(box):
+    r = invoke("report", "other", "--out", "results/default")
+    assert r.exit_code == 0, r.output
+    heatmaps = sorted(p.name for p in (box / "results" / "default").glob("heatmap-*.png"))
+    assert heatmaps == ["heatmap-other.png"]
+    assert "rotten-tomatoes" not in (box / "results" / "default" / "summary.csv").read_text()
+
+
+def test_an_unknown_name_is_one_line_naming_it_and_the_stored_studies(box):
+    before = snapshot(db(box))
+    r = invoke("report", "demo", "nosuch", "--out", "rep")
+    assert r.exit_code == 2
+    line = one_line(r)
+    assert "nosuch" in line and "'demo', 'other')" in line and "studies list" in line
+    assert not (box / "rep").exists()  # refused before the output directory is made
+    assert snapshot(db(box)) == before
+
+
+def test_a_named_foreign_study_is_one_line(box):
+    r = invoke("report", "foreign")
+    assert r.exit_code == 2
+    assert "foreign" in one_line(r) and "not written by loraplus-sweep" in one_line(r)
+
+
+def test_a_named_study_brings_its_confirm_studies_along(box):
+    from sweep.reporting import selected
+
+    url = f"sqlite:///{db(box)}"
+    for name, of in (("demo.confirm", "demo"), ("other.confirm", "other")):
+        confirm = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        for key, value in (("kind", "confirm"), ("confirm_of", of), ("model", "minilm-l6"), ("task", "t"),
+                           ("arms", {})):
+            confirm.set_user_attr(key, value)
+    assert selected(url, ["demo", "demo"]) == ["demo", "demo.confirm"]
+
+
+def test_make_demo_reports_the_default_study_alone_into_results_default():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    report = next(line for line in recipe.splitlines() if "loraplus-sweep report" in line)
+    assert re.search(r'loraplus-sweep report "\$\$name" --out results/default$', report), report
+
+
+@pytest.mark.slow
+def test_the_demo_study_name_is_the_one_run_default_creates():
+    """The Makefile's name is the preset's as run derives it: the committed demo report's heatmap."""
+    code = re.search(r"DEMO_STUDY := (.*?)\n\n", (ROOT / "Makefile").read_text(), re.S).group(1)
+    code = code.replace("\\\n\t", " ")
+    name = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert (ROOT / "results" / "default" / f"heatmap-{name}.png").is_file(), name
