@@ -71,6 +71,7 @@ class BestTrial:
     metric_name: str | None
     config: TrialConfig
     precision: str | None = None  # what the trial's forward passes ran in (fp32, bf16, fp16), where stored
+    steps: int | None = None  # the optimizer steps it took, where stored: its schedule's length
 
     def to_json(self) -> str:
         """The exported file: `trial --config FILE` reads it back."""
@@ -111,8 +112,10 @@ def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
         raise SweepError(f"the stored config of trial #{number} of {short(study)}: {e}") from e
     metric = row["metric_name"]
     ran = trials.loc[trials["number"] == number, "precision"].iloc[0] if "precision" in trials else None
+    steps = trials.loc[trials["number"] == number, "steps"].iloc[0] if "steps" in trials else None
     return BestTrial(study, number, float(row["value"]), None if pd.isna(metric) else str(metric), cfg,
-                     ran if isinstance(ran, str) else None)
+                     ran if isinstance(ran, str) else None,
+                     int(steps) if pd.notna(steps) and steps >= 1 else None)
 
 
 def trial_kind(cfg: TrialConfig) -> str:
@@ -144,31 +147,267 @@ def targets(cfg: TrialConfig, kind: str) -> list[str] | str | None:
 
 
 def peft_snippet(cfg: TrialConfig) -> str:
-    """Python that builds the same LoRA and LoRA+ optimizer with PEFT, for a `model` already loaded."""
+    """Python that puts the trial's LoRA on a `model` already loaded and builds its LoRA+ optimizer."""
     kind = trial_kind(cfg)
+    return "\n".join(["from peft import LoraConfig, get_peft_model", "import torch", "",
+                      *_wrapped(_not_expressed(cfg, kind, "PEFT")), *_quantized_base(cfg),
+                      *_lora_lines(cfg, kind), "", *_optimizer_lines(cfg, kind)])
+
+
+def peft_program(best: BestTrial) -> str:
+    """A whole script that trains the best trial again with PEFT: it loads the model in the form the
+    trial did (a dtype or a bitsandbytes quantization), puts the same LoRA on it, builds the trial's
+    LoRA+ parameter groups (sweep.optim.loraplus_param_groups) and schedule (sweep.train.lr_factor),
+    and defines its training step; only the data loop is left to the user."""
+    cfg, kind = best.config, trial_kind(best.config)
+    path = _base(cfg, "model")
+    auto = "AutoModelForCausalLM" if kind == "causal-lm" else "AutoModelForSequenceClassification"
+    lines = [f"# {_comment('PEFT code of ' + best.describe())}",
+             f"# {_comment(f'written by loraplus-sweep export: {cfg.model} on {cfg.task}')}",
+             "# It runs as it is: it loads the model, puts the trial's LoRA on it and builds its LoRA+",
+             "# optimizer and learning-rate schedule; your data goes in the loop at the end.",
+             "import math", "", "import torch", "from peft import LoraConfig, get_peft_model",
+             f"from transformers import {auto}, AutoTokenizer", "",
+             *_wrapped(_not_expressed(cfg, kind, "PEFT")),
+             *_quantized_base(cfg, loads=True),
+             *_wrapped(_comment(n) for n in path.notes),
+             f"model_path = {path.value!r}",
+             'device = "cuda" if torch.cuda.is_available() else "cpu"',
+             f"tokenizer = AutoTokenizer.from_pretrained(model_path{_remote(cfg)})",
+             "if tokenizer.pad_token is None:  # decoders (GPT-2, Llama) pad with their EOS token, as the "
+             "trial did",
+             "    tokenizer.pad_token = tokenizer.eos_token",
+             f"torch.manual_seed({cfg.seed})  # the trial's seed: the new head's init and LoRA's",
+             *_load_lines(cfg, kind, auto),
+             *_lora_lines(cfg, kind), *_trained_in_full(kind),
+             *(["model.to(device)"] if cfg.quantize == "none" else []), "",
+             *_optimizer_lines(cfg, kind), "", *_schedule_lines(best), "", *_step_lines(best, kind), "",
+             *_loop_lines(best, kind)]
+    return "\n".join(lines)
+
+
+def _remote(cfg: TrialConfig) -> str:
+    return ", trust_remote_code=True" if cfg.trust_remote_code else ""
+
+
+def _labels(cfg: TrialConfig) -> tuple[int, tuple[str, ...] | None, bool]:
+    """(num_labels, label names or None for regression, whether the task could be read here): the
+    head's size is the task's, which the trial does not store."""
+    from sweep.tasks import Columns, load_task
+
+    try:
+        task = load_task(cfg.task, Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column))
+    except (SweepError, OSError, ValueError):
+        return 2, ("0", "1"), False
+    return task.num_labels, task.label_names, True
+
+
+def _load_lines(cfg: TrialConfig, kind: str, auto: str) -> list[str]:
+    """from_pretrained as the trial called it: its base's dtype or quantization, a classifier's head
+    sized for the task."""
+    from sweep.base import BF16_FROM_PARAMS
+
+    dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(cfg.base_dtype, "torch.float32")
+    form = [f"dtype={dtype}"]
+    if cfg.quantize != "none":
+        form.append('quantization_config=quantization_config, device_map={"": device}')
+    notes = []
+    if cfg.base_dtype == "auto":
+        notes += _wrapped([f"base_dtype auto: fp32, unless the model has {BF16_FROM_PARAMS:,} parameters or "
+                           "more and the device computes bf16 natively (then torch.bfloat16)"])
+    if kind == "causal-lm":
+        return [*notes, f"model = {auto}.from_pretrained(model_path, {', '.join(form)}{_remote(cfg)})",
+                "model.config.use_cache = False  # training reads whole sequences",
+                "model.config.pad_token_id = tokenizer.pad_token_id"]
+    n, names, known = _labels(cfg)
+    if not known:
+        notes += _wrapped([_comment(f"{cfg.task} could not be read here: set num_labels and the label names "
+                                    "to your task's")])
+    head = ('num_labels=1, problem_type="regression"' if names is None else
+            f"num_labels={n}, id2label={dict(enumerate(names))!r},\n    "
+            f"label2id={ {v: i for i, v in enumerate(names)}!r}")
+    return [*notes,
+            f"model, loading = {auto}.from_pretrained(",
+            f"    model_path, {head},",
+            f"    {', '.join(form)}, output_loading_info=True{_remote(cfg)})",
+            "model.config.pad_token_id = tokenizer.pad_token_id"]
+
+
+def _lora_lines(cfg: TrialConfig, kind: str) -> list[str]:
     task_type = "CAUSAL_LM" if kind == "causal-lm" else "SEQ_CLS"
-    notes = _wrapped(_not_expressed(cfg, kind, "PEFT"))
-    one_d = "DoRA's magnitude" if kind == "causal-lm" else "the classifier bias, DoRA's magnitude"
-    return "\n".join([
-        "from peft import LoraConfig, get_peft_model",
-        "from peft.optimizers import create_loraplus_optimizer",
-        "import torch",
-        "",
-        *notes,
-        *_quantized_base(cfg),
-        "model = get_peft_model(model, LoraConfig(",
-        f"    r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.dropout:g},",
-        f"    target_modules={targets(cfg, kind)!r}, use_dora={cfg.use_dora}, use_rslora={cfg.use_rslora}, "
-        f'task_type="{task_type}",',
-        "))",
-        "optimizer = create_loraplus_optimizer(",
-        f"    model, torch.optim.AdamW, lr={cfg.eta_a:.4g}, loraplus_lr_ratio={cfg.lam:.4g},",
-        f"    loraplus_lr_embedding={cfg.embedding_lr:g}, loraplus_weight_decay={cfg.weight_decay:g}, "
-        f"betas={tuple(cfg.betas)!r},",
+    head = "" if kind == "causal-lm" else "  # SEQ_CLS: the head (classifier or score) trains in full"
+    return ["model = get_peft_model(model, LoraConfig(",
+            f"    r={cfg.rank}, lora_alpha={cfg.lora_alpha:g}, lora_dropout={cfg.dropout:g},",
+            f"    target_modules={targets(cfg, kind)!r}, use_dora={cfg.use_dora}, "
+            f'use_rslora={cfg.use_rslora}, task_type="{task_type}",',
+            f")){head}"]
+
+
+def _trained_in_full(kind: str) -> list[str]:
+    """The weights a classifier's checkpoint lacks besides the head (a new pooler) start random: the
+    trial trained them in full (sweep.models.load_model), and, like the head, in fp32."""
+    if kind == "causal-lm":
+        return []
+    return ["new = set(loading[\"missing_keys\"])  # what the checkpoint lacks (a pooler) trains in full too",
+            "for name, p in model.named_parameters():",
+            '    if name.removeprefix("base_model.model.") in new:',
+            "        p.requires_grad_(True)",
+            "    if p.requires_grad:",
+            "        p.data = p.data.float()  # what trains stays fp32 whatever the base's dtype"]
+
+
+def _optimizer_lines(cfg: TrialConfig, kind: str) -> list[str]:
+    """AdamW over sweep.optim.loraplus_param_groups' groups: PEFT's create_loraplus_optimizer would give
+    1-D parameters (the head's bias, DoRA's magnitude) lambda * eta_A, which the trial did not."""
+    head_lr = "eta_a" if cfg.head_lr is None else f"{cfg.head_lr:.6g}"
+    wd = f"{cfg.weight_decay:g}"
+    other = ('        group = "head" if p.ndim >= 2 else "head_no_decay"  # the head, new weights'
+             if kind == "classification" else
+             '        raise ValueError(f"{name}: not a LoRA factor; the trial trained nothing else")')
+    return [
+        "# The trial's LoRA+ parameter groups (AdamW): A at eta_A, B at lambda * eta_A.",
+        f"eta_a, lam = {cfg.eta_a:.6g}, {cfg.lam:.6g}",
+        "groups = {  # name: (learning rate, weight decay)",
+        f'    "lora_A": (eta_a, {wd}),',
+        f'    "lora_B": (lam * eta_a, {wd}),',
+        '    "magnitude": (eta_a, 0.0),  # DoRA\'s magnitude vectors',
+        f'    "embedding": ({cfg.embedding_lr:g}, {wd}),  # both LoRA factors of an embedding layer',
+        *([f'    "head": ({head_lr}, {wd}),', f'    "head_no_decay": ({head_lr}, 0.0),  # biases, norms']
+          if kind == "classification" else []),
+        "}",
+        "members = {group: [] for group in groups}",
+        "for name, p in model.named_parameters():",
+        "    if not p.requires_grad:",
+        "        continue",
+        '    if ".lora_embedding_A." in name or ".lora_embedding_B." in name:',
+        '        group = "embedding"',
+        '    elif ".lora_A." in name:',
+        '        group = "lora_A"',
+        '    elif ".lora_B." in name:',
+        '        group = "lora_B"',
+        '    elif ".lora_magnitude_vector." in name:',
+        '        group = "magnitude"',
+        "    else:",
+        other,
+        "    members[group].append(p)",
+        "optimizer = torch.optim.AdamW(",
+        '    [{"name": g, "params": ps, "lr": groups[g][0], "weight_decay": groups[g][1]}',
+        "     for g, ps in members.items() if ps],",
+        f"    lr=eta_a, betas={tuple(cfg.betas)!r}, eps=1e-8,",
         ")",
-        f"# Note: PEFT also gives 1-D trainable parameters ({one_d})",
-        "# lr * loraplus_lr_ratio.",
-    ])
+    ]
+
+
+def _schedule_lines(best: BestTrial) -> list[str]:
+    """sweep.train.lr_factor over the trial's steps."""
+    cfg = best.config
+    if cfg.max_steps is not None:
+        length = [f"total_steps = {cfg.max_steps}  # the trial's step budget"]
+    else:
+        formula = f"math.ceil({cfg.epochs:g} * math.ceil(len(your_training_set) / {cfg.batch_size}))"
+        if best.steps is not None:
+            length = [f"# The trial's {best.steps} steps: {cfg.epochs:g} epochs at batch {cfg.batch_size}. "
+                      "For your data:",
+                      f"# total_steps = {formula}",
+                      f"total_steps = {best.steps}"]
+        else:
+            length = ["your_training_set = range(1000)  # stands for your data: its length sets the steps",
+                      f"total_steps = {formula}  # {cfg.epochs:g} epochs at batch {cfg.batch_size}"]
+    decay = {"linear": ["    return max(0.0, 1.0 - progress)"],
+             "cosine": ["    return 0.5 * (1.0 + math.cos(math.pi * progress))"],
+             "constant": ["    return 1.0"]}[cfg.schedule]
+    after = {"linear": "linear decay to zero", "cosine": "cosine decay to zero",
+             "constant": "a constant rate"}
+    return [*length,
+            f"warmup_steps = math.ceil({cfg.warmup_ratio:g} * total_steps)",
+            "",
+            "",
+            "def lr_factor(step):",
+            f'    """The trial\'s schedule: linear warmup, then {after[cfg.schedule]}."""',
+            "    if step < warmup_steps:",
+            "        return (step + 1) / warmup_steps",
+            *(["    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)"]
+              if cfg.schedule != "constant" else []),
+            *decay,
+            "",
+            "",
+            "scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)"]
+
+
+def _ran_in(best: BestTrial) -> str:
+    """fp32, bf16 or fp16: what the trial's forward passes ran in, where it stored it."""
+    if best.precision in ("fp32", "bf16", "fp16"):
+        return best.precision
+    if best.config.base_dtype in ("bf16", "fp16"):
+        return best.config.base_dtype
+    return "bf16" if best.config.precision == "bf16" else "fp32"
+
+
+def _step_lines(best: BestTrial, kind: str) -> list[str]:
+    """One optimizer step as sweep.train.run_trial takes it: the batch's mean loss (per example, or per
+    trained token of a causal LM) in micro-batches, clipping, the scheduler's step."""
+    cfg, ran = best.config, _ran_in(best)
+    pieces = cfg.micro_batches
+    count = ('(part["labels"][:, 1:] != -100).sum()' if kind == "causal-lm" else 'len(part["labels"])')
+    what = "trained tokens" if kind == "causal-lm" else "examples"
+    autocast = {"fp32": "torch.autocast(device, enabled=False)",
+                "bf16": "torch.autocast(device, dtype=torch.bfloat16)",
+                "fp16": "torch.autocast(device, dtype=torch.float16)"}[ran]
+    fp16 = ran == "fp16"
+    clip = ([*(["    scaler.unscale_(optimizer)"] if fp16 else []),
+             f"    torch.nn.utils.clip_grad_norm_(model.parameters(), {cfg.max_grad_norm:g})"]
+            if cfg.max_grad_norm is not None else [])
+    return [*(["scaler = torch.amp.GradScaler(device)  # fp16's narrow range: the trial scaled its loss"]
+              if fp16 else []),
+            "",
+            "def train_step(batch):",
+            f'    """One optimizer step on a batch of {cfg.batch_size} examples (tensors, labels included), '
+            f'in {pieces} forward pass{"es" if pieces > 1 else ""}',
+            f'    as the trial took it ({ran}); the loss is the mean over its {what}."""',
+            "    model.train()",
+            f"    parts = [dict(zip(batch, values)) for values in zip(*(v.tensor_split({pieces}) "
+            "for v in batch.values()))]",
+            f"    count = sum({count} for part in parts)",
+            "    total = 0.0",
+            "    for part in parts:",
+            '        if len(part["labels"]) == 0:',
+            "            continue",
+            "        part = {k: v.to(device) for k, v in part.items()}",
+            f"        with {autocast}:",
+            f"            loss = model(**part).loss * {count} / max(int(count), 1)",
+            f"        {'scaler.scale(loss)' if fp16 else 'loss'}.backward()",
+            "        total += loss.item()",
+            *clip,
+            f"    {'scaler.step(optimizer)' if fp16 else 'optimizer.step()'}",
+            *(["    scaler.update()"] if fp16 else []),
+            "    scheduler.step()",
+            "    optimizer.zero_grad(set_to_none=True)",
+            "    return total"]
+
+
+def _loop_lines(best: BestTrial, kind: str) -> list[str]:
+    cfg = best.config
+    from sweep.outfiles import safe_name
+
+    if kind == "causal-lm":
+        labels = ['#     batch = tokenizer(texts, truncation=True, max_length='
+                  f'{cfg.max_length}, padding=True, return_tensors="pt")',
+                  '#     batch["labels"] = ...  # input_ids, -100 where no loss is taken (prompt, padding)']
+    else:
+        labels = ['#     batch = tokenizer(texts, truncation=True, max_length='
+                  f'{cfg.max_length}, padding=True, return_tensors="pt")',
+                  '#     batch["labels"] = torch.tensor(labels)']
+    shape = "a causal-LM task" if kind == "causal-lm" else "a classification task"
+    return ["", *_wrapped([_comment(f"Your data goes here: the trial trained on {cfg.task} ({shape}), "
+                              f"total_steps batches of {cfg.batch_size} examples, each cut to "
+                              f"{cfg.max_length} tokens, in a shuffled order. For example:")]),
+        "# for step in range(total_steps):",
+        "#     texts, labels = ...  # the next batch of your training set",
+        *labels,
+        "#     loss = train_step(batch)",
+        f'# model.save_pretrained("saves/{safe_name(best.study)}-trial-{best.trial}")  # the adapter'
+        + ("" if kind == "causal-lm" else " and the head"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -288,7 +527,7 @@ def llama_factory_yaml(best: BestTrial) -> str:
 
 
 RENDERERS: dict[str, Callable[[BestTrial], str]] = {
-    "peft": lambda best: peft_snippet(best.config) + "\n",
+    "peft": lambda best: peft_program(best) + "\n",
     "axolotl": axolotl_yaml,
     "llama-factory": llama_factory_yaml,
 }
@@ -339,10 +578,10 @@ def _not_expressed(cfg: TrialConfig, kind: str, tool: str) -> list[str]:
     if cfg.init == "reversed":
         notes.append(f"init: the trial started LoRA with B random and A zero (reversed); {tool} has no such "
                      "init: it starts A random and B zero")
-    if kind == "classification" and cfg.head_lr is not None:
+    if kind == "classification" and cfg.head_lr is not None and tool != "PEFT":  # (its code sets it)
         notes.append(f"head_lr: the trial trained the classifier head at {cfg.head_lr:g}; {tool} has no "
                      "learning rate of its own for the head")
-    if cfg.use_dora and tool != "PEFT":  # (the snippet's last comment says it for PEFT)
+    if cfg.use_dora and tool != "PEFT":  # (PEFT's code builds the trial's groups)
         notes.append(f"DoRA: {tool}'s LoRA+ gives the magnitude vectors learning_rate * loraplus_lr_ratio; "
                      "the trial kept them at eta_A")
     return [_comment(n) for n in notes]
@@ -364,17 +603,24 @@ def _base(cfg: TrialConfig, key: str) -> Key:
 QUANTIZED = "the trial's base, quantized by bitsandbytes"
 
 
-def _quantized_base(cfg: TrialConfig) -> list[str]:
-    """The PEFT snippet's BitsAndBytesConfig of a quantized trial (sweep.base.quantization_config)."""
+def _quantized_base(cfg: TrialConfig, loads: bool = False) -> list[str]:
+    """The PEFT code's BitsAndBytesConfig of a quantized trial (sweep.base.quantization_config); `loads`:
+    the code's own from_pretrained passes it (and the base's dtype)."""
     if cfg.quantize == "none":
         dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(cfg.base_dtype)
-        if dtype is None:
+        if dtype is None or loads:
             return []
         return [f"# The trial loaded its base in {cfg.base_dtype}: from_pretrained(..., dtype={dtype}).", ""]
     config = ('load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,\n'
               "    bnb_4bit_compute_dtype=torch.bfloat16" if cfg.quantize == "4bit" else "load_in_8bit=True")
-    return [f"# The trial's base, quantized by bitsandbytes ({cfg.quantize}): load `model` with",
-            "# from_pretrained(..., quantization_config=quantization_config).",
+    if trial_kind(cfg) == "classification":  # the head and weights new to the model train: never quantized
+        from sweep.models import FULL_MODULES
+
+        config += f",\n    llm_int8_skip_modules={list(FULL_MODULES)!r}"
+    how = ([f"# The trial's base, quantized by bitsandbytes ({cfg.quantize})."] if loads else
+           [f"# The trial's base, quantized by bitsandbytes ({cfg.quantize}): load `model` with",
+            "# from_pretrained(..., quantization_config=quantization_config)."])
+    return [*how,
             "from transformers import BitsAndBytesConfig",
             "",
             f"quantization_config = BitsAndBytesConfig({config})", ""]
