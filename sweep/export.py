@@ -265,7 +265,10 @@ def _optimizer_lines(cfg: TrialConfig, kind: str) -> list[str]:
              if kind == "classification" else
              '        raise ValueError(f"{name}: not a LoRA factor; the trial trained nothing else")')
     return [
-        "# The trial's LoRA+ parameter groups (AdamW): A at eta_A, B at lambda * eta_A.",
+        "# The trial's LoRA+ parameter groups (AdamW): A at eta_A, B at lambda * eta_A. PEFT's",
+        f"# create_loraplus_optimizer(model, torch.optim.AdamW, lr={cfg.eta_a:.4g}, "
+        f"loraplus_lr_ratio={cfg.lam:.4g}) builds",
+        "# nearly these, but gives 1-D parameters (the head's bias, DoRA's magnitude) lambda * eta_A.",
         f"eta_a, lam = {cfg.eta_a:.6g}, {cfg.lam:.6g}",
         "groups = {  # name: (learning rate, weight decay)",
         f'    "lora_A": (eta_a, {wd}),',
