@@ -35,6 +35,12 @@ from sweep.schema import conform, short
 
 SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("asha", "median", "none")
+# A study that names no pruner uses successive halving from this many trials on, and none below. With
+# reduction factor 3 a rung keeps a trial going only as the best so far until six trials have reached
+# it, so in a smaller study most trials would be judged against one; and a study of a few trials
+# needs them completed (LoRA's first evaluations rank trials poorly; the report's curves use finished
+# trials only).
+ASHA_MIN_TRIALS = 12
 DEFAULT_STORAGE = "sqlite:///results/loraplus.db"
 STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage",
               "baselines", "trial_timeout", "jobs", "devices", "in_process", "heartbeat", "track",
@@ -72,7 +78,7 @@ class StudySpec:
     n_trials: int = 20
     timeout: float | None = None
     sampler: str = "tpe"
-    pruner: str = "asha"
+    pruner: str | None = None  # one of PRUNERS; None: default_pruner(n_trials)
     storage: str = DEFAULT_STORAGE
     name: str | None = None
     trial_timeout: float | None = None  # seconds per trial (needs a child process per trial)
@@ -95,6 +101,8 @@ class StudySpec:
         problems = conform(self)
         if problems:
             raise SweepError(f"{self.source}: " + "; ".join(problems))
+        if self.pruner is None:
+            object.__setattr__(self, "pruner", default_pruner(self.n_trials))
         _validate(self)
 
     @property
@@ -187,6 +195,11 @@ class StudySpec:
 
     def replace(self, **changes: Any) -> StudySpec:
         return dataclasses.replace(self, **changes)
+
+
+def default_pruner(n_trials: int) -> str:
+    """The pruner of a study that names none: asha from ASHA_MIN_TRIALS trials, none below."""
+    return "asha" if n_trials >= ASHA_MIN_TRIALS else "none"
 
 
 def _slug(text: str) -> str:
