@@ -8,44 +8,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import typer.core
 
-from sweep.commandline import (
-    DEBUG_ENV,
-    Edge,
-    err,
-    error,
-    interrupted,
-    plain_help,
-    setting,
-    with_trial_settings,
-)
-from sweep.config import REMOTE_CODE_HELP, TrialConfig
+from sweep import options as opt
+from sweep import ui
+from sweep.commandline import DEBUG_ENV, Edge, err, error, export_adapter, interrupted, plain_help, sweep
+from sweep.config import TrialConfig
 from sweep.errors import SweepError
+from sweep.options import RemoteCodeOpt, StorageOpt
 from sweep.schema import short
 from sweep.spec import DEFAULT_STORAGE
 from sweep.storage import mask_url
 from sweep.stored import StoredStudy
-from sweep.tracking import check as check_trackers
-from sweep.ui import (
-    confirm_live,
-    print_confirm,
-    print_report,
-    print_result,
-    print_studies,
-    print_study,
-    trial_live,
-)
-
-StorageOpt = Annotated[str, typer.Option(help="The results database: a database URL (sqlite:///..., "
-                                          "postgresql://...) or a journal file (journal:///path.log).")]
-TrialTimeoutOpt = Annotated[float | None, typer.Option(help="Fail a trial that runs longer than this many seconds.")]
-JobsOpt = Annotated[int | None, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")]
-DevicesOpt = Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")]
-HeartbeatOpt = Annotated[int | None, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")]
-RemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help=REMOTE_CODE_HELP)]
-TrackOpt = Annotated[list[str] | None, typer.Option(metavar="TRACKER", help="Also log every trial to mlflow, wandb or tensorboard (repeatable): one run per trial, grouped by study.")]
-TrackDirOpt = Annotated[str | None, typer.Option(metavar="DIR", help="Where trackers write locally (default results): tensorboard/, mlflow.db unless MLFLOW_TRACKING_URI is set, wandb/ unless WANDB_DIR is.")]
 
 app = typer.Typer(
     cls=Edge,
@@ -58,9 +31,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option(
-        "--debug", help=f"Show the traceback of an unexpected error (also {DEBUG_ENV}=1); without it, "
-                        "every error is one line on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of an unexpected error (also {DEBUG_ENV}=1); without it, every error is one line on stderr.")] = False,
 ) -> None:
     """LoRA+ sweeps: trials, studies and reports.
 
@@ -72,7 +43,7 @@ def _root(
 
 
 @app.command()
-@with_trial_settings
+@opt.with_trial_settings
 def trial(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="A trial config JSON (as --json prints); flags given override it.")] = None,
@@ -80,130 +51,58 @@ def trial(
     **settings: Any,
 ) -> None:
     """Run one LoRA+ fine-tune and print its validation result."""
-    if config is not None:
-        # By name: typer may vendor its own click, whose enum is not click's.
-        explicit = {k: v for k, v in settings.items()
-                    if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-        cfg = TrialConfig.from_file(config).replace(**explicit)
-    else:
-        cfg = TrialConfig(**settings)
+    cfg = TrialConfig.from_file(config).replace(**opt.given(ctx, settings)) if config else TrialConfig(**settings)
     try:
-        result = trial_live(cfg)
+        result = ui.trial_live(cfg)
     except KeyboardInterrupt:
         error("interrupted: the trial stopped before its end; nothing was stored", 130)
         raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
     else:
-        print_result(result)
-
-
-RUN_FLAGS = {"lam": "lambda", "study_name": "name"}  # parameter -> study key, where they differ
+        ui.print_result(result)
 
 
 @app.command()
+@opt.with_study_settings
 def run(
     ctx: typer.Context,
-    study_file: Annotated[str | None, typer.Argument(help="A study TOML file, or a preset name from studies/ (e.g. default).")] = None,
-    n_trials: Annotated[int | None, typer.Option(help="Finished trials the study should hold (re-runs continue to it).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe, random, grid or qmc.")] = None,
-    pruner: Annotated[str | None, typer.Option(help="asha, median or none.")] = None,
-    storage: Annotated[str | None, typer.Option(help=f"Database URL or journal file (journal:///path.log); default {DEFAULT_STORAGE}.")] = None,
-    study_name: Annotated[str | None, typer.Option(help="Name of the study (default: model, task and a hash of the definition).")] = None,
-    trial_timeout: TrialTimeoutOpt = None,
-    jobs: JobsOpt = None,
-    devices: DevicesOpt = None,
-    in_process: Annotated[bool | None, typer.Option("--in-process", help="Run trials in this process (debugging): no isolation, no timeout.")] = None,
-    heartbeat: HeartbeatOpt = None,
-    track: TrackOpt = None,
-    track_dir: TrackDirOpt = None,
-    rank: Annotated[str | None, setting("rank", help="Ranks to try, comma-separated, e.g. 4,8,16.")] = None,
-    init: Annotated[str | None, setting("init")] = None,
-    use_dora: Annotated[bool | None, setting("use_dora")] = None,
-    use_rslora: Annotated[bool | None, setting("use_rslora")] = None,
-    eta_a: Annotated[str | None, setting("eta_a", help="eta_A range LOW:HIGH (log-uniform) or a value.")] = None,
-    lam: Annotated[str | None, setting("lam", help="lambda range LOW:HIGH (log-uniform, must include 1) or a value.")] = None,
-    space: Annotated[str | None, typer.Option(help="What is drawn: eta_a (eta_A and lambda) or eta_b (eta_B and lambda; eta_A = eta_B / lambda).", rich_help_panel="optimizer")] = None,
-    eta_b: Annotated[str | None, typer.Option(help="With --space eta_b: eta_B range LOW:HIGH (log-uniform; default: the eta_A range times the lambda range).", rich_help_panel="optimizer")] = None,
-    head_lr: Annotated[float | None, setting("head_lr")] = None,
-    batch_size: Annotated[int | None, setting("batch_size")] = None,
-    task: Annotated[str | None, setting("task")] = None,
-    max_length: Annotated[int | None, setting("max_length")] = None,
-    train_limit: Annotated[int | None, setting("train_limit")] = None,
-    eval_limit: Annotated[int | None, setting("eval_limit")] = None,
-    model: Annotated[str | None, setting("model")] = None,
-    seed: Annotated[int | None, setting("seed", extra=" Also the seed of the sampler.")] = None,
-    epochs: Annotated[float | None, setting("epochs")] = None,
-    max_steps: Annotated[int | None, setting("max_steps")] = None,
-    eval_every: Annotated[int | None, setting("eval_every", extra=" A pruner decides at each evaluation.")] = None,
-    device: Annotated[str | None, setting("device")] = None,
-    kind: Annotated[str | None, setting("kind")] = None,
-    metric: Annotated[str | None, setting("metric")] = None,
-    micro_batch_size: Annotated[int | None, setting("micro_batch_size")] = None,
-    gradient_checkpointing: Annotated[bool | None, setting("gradient_checkpointing")] = None,
-    packing: Annotated[bool | None, setting("packing")] = None,
-    trust_remote_code: RemoteCodeOpt = False,
+    study_file: Annotated[str | None, typer.Argument(help="A study TOML file, or a preset name from studies/ (e.g. default); options given override its settings.")] = None,
+    **settings: Any,
 ) -> None:
-    """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial."""
-    from sweep import spec as specs
+    """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial.
+
+    Options given override the study file's settings; the defaults shown are a study's without one."""
     from sweep.workers import prepare
 
-    flags = {RUN_FLAGS.get(k, k): v for k, v in ctx.params.items() if k != "study_file"}
-    # `is not None`: an empty --rank "" is an error, not the default
-    for key, parse in (("eta_a", specs.parse_range), ("lambda", specs.parse_range), ("eta_b", specs.parse_range),
-                       ("rank", specs.parse_ranks)):
-        if flags[key] is not None:
-            flags[key] = parse(flags[key], key) if key != "rank" else parse(flags[key])
-    # Only from this flag: a study file or a stored study can never turn it on.
-    flags["trust_remote_code"] = trust_remote_code or None
-    path = specs.find_study_file(study_file) if study_file is not None else None
-    flags["track"] = tuple(track) if track else None
-    spec = specs.load_spec(path, flags)
-    check_trackers(spec.track, spec.track_dir)  # before the study is created
-    _sweep(*prepare(spec))
+    sweep(*prepare(opt.study_spec(ctx, study_file, settings)))
 
 
 @app.command()
+@opt.with_machine_options()
 def worker(
     name: Annotated[str, typer.Argument(help="The study to join (see loraplus-sweep studies list).")],
     storage: StorageOpt = DEFAULT_STORAGE,
-    trial_timeout: TrialTimeoutOpt = None,
-    jobs: JobsOpt = None,
-    devices: DevicesOpt = None,
-    heartbeat: HeartbeatOpt = None,
-    track: TrackOpt = None,
-    track_dir: TrackDirOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
+    **machine: Any,
 ) -> None:
     """Join a stored study from this machine: take its trials until it holds its budget."""
     from sweep.workers import prepare
 
-    check_trackers(track or (), track_dir)
-    run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices, "heartbeat": heartbeat,
-           "track": tuple(track) if track else None, "track_dir": track_dir}
-    _sweep(*prepare(StoredStudy.load(storage, name).joined_spec(run, trust_remote_code)))
+    run, trust_remote_code = opt.machine_run(machine)
+    sweep(*prepare(StoredStudy.load(storage, name).joined_spec(run, trust_remote_code)))
 
 
 @app.command()
+@opt.with_machine_options("heartbeat")
 def confirm(
     name: Annotated[str, typer.Argument(help="The study whose best configurations to confirm.")],
-    seeds: Annotated[int, typer.Option(min=2, help="Seeds per configuration: the study's seed + 1, + 2, ... "
-                                       "(no search trial used them); a significance claim needs 3 pairs.")] = 5,
-    rank: Annotated[int | None, typer.Option(min=1, help="Compare at this rank: its best plain-LoRA trial and "
-                                             "its best LoRA+ trial (default: the best plain trial's rank).")] = None,
-    split: Annotated[str, typer.Option(help="The split the runs are scored on: test (held out from the search) "
-                                       "or validation (what the search selected on).")] = "test",
-    per_bin: Annotated[bool, typer.Option("--per-bin", help="Confirm the best trial of every lambda bin "
-                                          "(lambda >= 1.41) against plain LoRA, one row per bin.")] = False,
+    seeds: Annotated[int, typer.Option(min=2, help="Seeds per configuration: the study's seed + 1, + 2, ... (no search trial used them); a significance claim needs 3 pairs.")] = 5,
+    rank: Annotated[int | None, typer.Option(min=1, help="Compare at this rank: its best plain-LoRA trial and its best LoRA+ trial (default: the best plain trial's rank).")] = None,
+    split: Annotated[str, typer.Option(help="The split the runs are scored on: test (held out from the search) or validation (what the search selected on).")] = "test",
+    per_bin: Annotated[bool, typer.Option("--per-bin", help="Confirm the best trial of every lambda bin (lambda >= 1.41) against plain LoRA, one row per bin.")] = False,
     storage: StorageOpt = DEFAULT_STORAGE,
-    trial_timeout: TrialTimeoutOpt = None,
-    jobs: JobsOpt = None,
-    devices: DevicesOpt = None,
     out: Annotated[Path | None, typer.Option(help="Also write the table (csv, markdown, json) and the convergence plot here.")] = None,
-    track: TrackOpt = None,
-    track_dir: TrackDirOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
+    **machine: Any,
 ) -> None:
     """Re-train the study's best LoRA+ and best plain-LoRA configurations, at one rank, over fresh seeds
     paired by seed: means, the gain with its 95% interval and the smallest gain the pairs could detect,
@@ -215,12 +114,10 @@ def confirm(
     if out is not None:
         prepare_dir(out)  # before minutes of training, not after
     study = StoredStudy.load(storage, name)
-    check_trackers(track or (), track_dir)
-    run = {"trial_timeout": trial_timeout, "jobs": jobs, "devices": devices,
-           "track": tuple(track) if track else None, "track_dir": track_dir}
+    run, trust_remote_code = opt.machine_run(machine)
     try:
         planned = confirm_mod.prepare(study, run, trust_remote_code, seeds, rank, per_bin, split)
-        summaries = confirm_live(study, *planned)
+        summaries = ui.confirm_live(study, *planned)
     except KeyboardInterrupt as e:
         raise interrupted(e, "finished runs are stored") from None
     frame = confirm_mod.table(summaries)
@@ -229,18 +126,9 @@ def confirm(
                       + ("" if rank is None else f"-r{rank}"))
         written = outputs.write(None, {table_name: frame}, out, summaries)
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
-    print_confirm(frame)
+    ui.print_confirm(frame)
     if all(s.comparison is None for s in summaries):
         raise SweepError("fewer than 2 seeds have a result on both sides; nothing to compare")
-
-
-def _sweep(spec, store) -> None:
-    from sweep.ui import sweep_live
-
-    try:
-        sweep_live(spec, store)
-    except KeyboardInterrupt as e:
-        raise interrupted(e, f"finished trials are stored in {mask_url(spec.storage)}") from None
 
 
 @app.command()
@@ -274,7 +162,7 @@ def report(
     if out is not None:
         written = outputs.write(shown.trials, shown.tables, out, shown.confirmations)
         err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
-    print_report(shown.tables, fmt)
+    ui.print_report(shown.tables, fmt)
 
 
 studies_app = typer.Typer(help="List, show, copy and delete stored studies.", no_args_is_help=True)
@@ -294,7 +182,7 @@ def studies_list(
         for r in rows:
             typer.echo(r["study"])
         return
-    print_studies(rows)
+    ui.print_studies(rows)
 
 
 @studies_app.command("show")
@@ -306,7 +194,7 @@ def studies_show(name: str, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     if not study.is_ours:
         err.print(f"study {short(name)} is foreign ({foreign_kind(study)}): its trials as Optuna stored them",
                   highlight=False, markup=False, soft_wrap=True)
-    print_study(name, study.attrs.get("spec", {}), study.ranked_trials(), study.stop_reason)
+    ui.print_study(name, study.attrs.get("spec", {}), study.ranked_trials(), study.stop_reason)
 
 
 @studies_app.command("delete")
@@ -376,27 +264,7 @@ def export(
     err.print(f"wrote {path}", highlight=False, markup=False)
     typer.echo(exp.render(best, fmt), nl=False)
     if adapter is not None:
-        _export_adapter(best, adapter, trust_remote_code)
-
-
-def _export_adapter(best: Any, dest: Path, trust_remote_code: bool) -> None:
-    from sweep.adapters import save_adapter
-    from sweep.result import StopReason
-
-    cfg = best.config.replace(trust_remote_code=trust_remote_code)
-    err.print(f"training trial #{best.trial} of study {short(best.study)} again (seed {cfg.seed})",
-              highlight=False, markup=False, soft_wrap=True)
-    about = (f"Trained by `loraplus-sweep export --adapter`: {best.describe()}; {cfg.model} on {cfg.task}, "
-             f"eta_A {cfg.eta_a:.4g}, lambda {cfg.lam:.4g}, rank {cfg.rank}, seed {cfg.seed}.")
-    try:
-        result = trial_live(cfg, on_end=lambda model, tokenizer: save_adapter(model, tokenizer, dest, about))
-    except KeyboardInterrupt:
-        error("interrupted: no adapter was written", 130)
-        raise typer.Exit(130) from None
-    if result.stop is StopReason.DIVERGED:
-        raise SweepError(f"trial #{best.trial} diverged when trained again ({result.stop_reason}); no adapter was written")
-    err.print(f"wrote the adapter to {dest}: validation {result.metric_name} {result.metric:.4g} "
-              f"(stored: {best.value:.4g})", highlight=False, markup=False, soft_wrap=True)
+        export_adapter(best, adapter, trust_remote_code)
 
 
 @app.command()

@@ -1,17 +1,16 @@
-"""What every command of the command line shares: the one error edge (every error one line on
-stderr, secrets masked), options generated from TrialConfig's fields, the end of an interrupted run."""
+"""What the commands of the command line share: the one error edge (every error one line on stderr,
+secrets masked), the help of its commands, the end of an interrupted run, the sweep of run and worker
+and the adapter of export (the options are sweep.options')."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import inspect
 import itertools
 import os
 import sys
-import typing
-from collections.abc import Callable
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Any
 
 import typer
 import typer.core
@@ -20,9 +19,9 @@ from rich.markup import escape
 from rich.text import Text
 
 from sweep import streams
-from sweep.config import GROUPS, TrialConfig, flag
 from sweep.errors import SweepError
-from sweep.storage import database_failure, mask_secrets
+from sweep.schema import short
+from sweep.storage import database_failure, mask_secrets, mask_url
 
 DEBUG_ENV = "LORAPLUS_SWEEP_DEBUG"
 err = Console(stderr=True)
@@ -103,33 +102,6 @@ def error(message: str, code: int, urls: list[str] | tuple[str, ...] = ()) -> in
     return code
 
 
-SETTINGS = {f.name: f for f in dataclasses.fields(TrialConfig)}
-
-
-def setting(name: str, help: str | None = None, extra: str = "", decls: str | None = None) -> Any:
-    """The option of a TrialConfig field: its flag, its help (unless a command means something else by
-    it) and its group as the help panel, all from the field."""
-    meta = SETTINGS[name].metadata
-    return typer.Option(decls or flag(name), help=(help or meta["help"]) + extra,
-                        rich_help_panel=meta["group"])
-
-
-def with_trial_settings(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give `command` (which takes **settings) one option per TrialConfig field, typed, documented and
-    defaulted by the field, so that the dataclass is the one source of the trial's flags."""
-    hints = typing.get_type_hints(TrialConfig)
-    settings = []
-    for f in sorted(SETTINGS.values(), key=lambda f: GROUPS.index(f.metadata["group"])):
-        kind = str | None if f.name == "target_modules" else hints[f.name]  # comma-separated on the line
-        decls = f"{flag(f.name)}/--no-{flag(f.name)[2:]}" if kind is bool else None
-        settings.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                          annotation=Annotated[kind, setting(f.name, decls=decls)]))
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
-           if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    command.__signature__ = inspect.Signature([*own, *settings])
-    return command
-
-
 def interrupted(e: KeyboardInterrupt, stored: str) -> typer.Exit:
     """The line a sweep or confirm stopped by a signal ends with, and its exit code (130 for Ctrl-C,
     143 for SIGTERM, 129 for SIGHUP). Later signals are ignored: this process is exiting, they would only
@@ -141,3 +113,36 @@ def interrupted(e: KeyboardInterrupt, stored: str) -> typer.Exit:
     err.print(f"{str(e) or 'interrupted'}: the running trials are stored as failed, {stored}; "
               "run the same command again to continue", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(getattr(e, "exit_code", 130))
+
+
+def sweep(spec: Any, store: Any) -> None:
+    """Run a study's trials (run, worker); a signal ends it with one line."""
+    from sweep.ui import sweep_live
+
+    try:
+        sweep_live(spec, store)
+    except KeyboardInterrupt as e:
+        raise interrupted(e, f"finished trials are stored in {mask_url(spec.storage)}") from None
+
+
+def export_adapter(best: Any, dest: Path, trust_remote_code: bool) -> None:
+    """Train a study's best trial again (its config and seed) and save its adapter to `dest`."""
+    from sweep.adapters import save_adapter
+    from sweep.result import StopReason
+    from sweep.ui import trial_live
+
+    cfg = best.config.replace(trust_remote_code=trust_remote_code)
+    err.print(f"training trial #{best.trial} of study {short(best.study)} again (seed {cfg.seed})",
+              highlight=False, markup=False, soft_wrap=True)
+    about = (f"Trained by `loraplus-sweep export --adapter`: {best.describe()}; {cfg.model} on {cfg.task}, "
+             f"eta_A {cfg.eta_a:.4g}, lambda {cfg.lam:.4g}, rank {cfg.rank}, seed {cfg.seed}.")
+    try:
+        result = trial_live(cfg, on_end=lambda model, tokenizer: save_adapter(model, tokenizer, dest, about))
+    except KeyboardInterrupt:
+        error("interrupted: no adapter was written", 130)
+        raise typer.Exit(130) from None
+    if result.stop is StopReason.DIVERGED:
+        raise SweepError(f"trial #{best.trial} diverged when trained again ({result.stop_reason}); no "
+                         "adapter was written")
+    err.print(f"wrote the adapter to {dest}: validation {result.metric_name} {result.metric:.4g} "
+              f"(stored: {best.value:.4g})", highlight=False, markup=False, soft_wrap=True)

@@ -61,7 +61,9 @@ class TrialConfig:
     """One trial: every setting of a LoRA+ fine-tune. eta_B = lam * eta_a; lam = 1 is plain LoRA.
     Each field's help (see `settings_markdown`) says what it sets and what unset means."""
 
-    model: str = setting(DEFAULT_MODEL, "Hub id, local model directory, or 'minilm-l6' (embedded).", "run")
+    model: str = setting(DEFAULT_MODEL, "Hub id, local model directory, or an embedded model (offline): "
+                                        "'minilm-l6' (an encoder, for classification) or 'smollm2-135m' (a "
+                                        "causal LM).", "run")
     task: str = setting(DEFAULT_TASK, "GLUE task (sst2, mrpc, qqp, qnli, rte, mnli, cola, stsb), embedded "
                                       "task, or a .csv/.tsv/.jsonl file.", "data")
     kind: str = setting("auto", "What the model learns: classification (a head on the model) or causal-lm "

@@ -24,7 +24,7 @@ LAYERS = [
     # the study wing: stored studies, search, the workers' trial loop, confirm
     {"storage", "search", "stored", "workers", "confirm", "reporting", "dashboard"},
     # presentation
-    {"ui", "commandline", "tracking"},
+    {"ui", "commandline", "options", "tracking"},
 ]
 LEVEL = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 MODULES = sorted(p.stem for p in (ROOT / "sweep").glob("*.py") if p.stem != "__init__")
