@@ -46,8 +46,8 @@ def _root(
 @opt.with_trial_settings
 def trial(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option(help="A trial config JSON (as --json prints); flags given override it.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    config: Annotated[Path | None, typer.Option(help="A trial config JSON (as --json prints); flags given override it.", show_default="none")] = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the result as one JSON object.")] = False,
     **settings: Any,
 ) -> None:
     """Run one LoRA+ fine-tune and print its validation result."""
