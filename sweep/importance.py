@@ -21,8 +21,11 @@ import pandas as pd
 
 from sweep.metrics import direction
 
-# fANOVA fits a random forest: fewer trials than this give shares that say nothing.
-MIN_TRIALS = 4
+# fANOVA fits a random forest: fewer completed trials than this give shares that say more about which
+# points were drawn than about the metric. Measured on a metric that lambda alone drives (with noise),
+# over 12 draws of trials: lambda got 47 % of the variance on average from 4 trials, 67 % from 10 and
+# 81 % from 16. Below it, a study's answer says how many trials it has and how many it needs.
+MIN_TRIALS = 10
 SEED = 0  # the forest's: the same trials give the same shares, report after report
 PARAMETERISATIONS = (("eta_a", "lambda", "rank"), ("eta_b", "lambda", "rank"))
 LEARNING_RATES = ("eta_a", "eta_b", "lambda")  # searched log-uniform

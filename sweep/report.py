@@ -155,8 +155,9 @@ def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
     best_plain - best).
 
     Columns: model, task, definition, metric_name, best, best_lambda, best_plain, plain_eta_a,
-    plain_rank (Int64), gain. The plain columns and gain are NaN/NA where the task has no completed
-    lambda = 1 trial.
+    plain_rank (Int64), gain, lora_plus_trials (completed trials with lambda != 1). The plain columns
+    and gain are NaN/NA where the task has no completed lambda = 1 trial; gain is NaN too where it has
+    no completed LoRA+ trial (plain LoRA against itself is no gain of 0).
     """
     done = completed(_defined(df))
     best = _best_rows(done, KEYS)[KEYS + ["metric_name", "value", "lambda"]]
@@ -165,7 +166,11 @@ def plain_lora_gain(df: pd.DataFrame) -> pd.DataFrame:
     plain = plain.rename(columns={"value": "best_plain", "eta_a": "plain_eta_a", "rank": "plain_rank"})
     out = best.merge(plain, on=KEYS, how="left")
     out["plain_rank"] = out["plain_rank"].astype("Int64")
-    out["gain"] = (out["best"] - out["best_plain"]) * _signs(out) + 0.0  # + 0.0: no "-0" for a tie
+    plus = done[~is_plain(done["lambda"])].groupby(KEYS).size().rename("lora_plus_trials").reset_index()
+    out = out.merge(plus, on=KEYS, how="left")
+    out["lora_plus_trials"] = out["lora_plus_trials"].fillna(0).astype("int64")
+    gain = (out["best"] - out["best_plain"]) * _signs(out) + 0.0  # + 0.0: no "-0" for a tie
+    out.insert(out.columns.get_loc("lora_plus_trials"), "gain", gain.where(out["lora_plus_trials"] > 0))
     return out
 
 
@@ -235,6 +240,75 @@ def _recorded_se(stored: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return se if math.isfinite(se) and se >= 0 else None
+
+
+# A validation split of fewer rows is too small to judge a gain by: accuracy near 0.8 on 100 rows has
+# a binomial standard error of 0.04, already as large as the gains a learning-rate ratio brings.
+MIN_EVAL_ROWS = 100
+
+
+def rows_scored(config: Any) -> tuple[int | None, bool]:
+    """How many validation rows a trial was scored on, where its config tells: (rows, exact). An
+    embedded task's split (or eval_limit where smaller) is exact; another task's eval_limit is an upper
+    bound (its split may hold fewer); (None, False) otherwise, as a file's or the Hub's split size is
+    not stored with the trials."""
+    config = config if isinstance(config, dict) else {}
+    limit = config.get("eval_limit")
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+    task = embedded.TASKS.get(config.get("task")) if isinstance(config.get("task"), str) else None
+    if task is not None:
+        return min(task.validation_size, limit or task.validation_size), True
+    return limit, False
+
+
+def _trial_se(row: pd.Series) -> float:
+    return standard_error(row["metric_name"], row["value"], row.get("config"), row.get("metric_se"))[0]
+
+
+def judged(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, definition): how far its best value and its gain over plain LoRA can be told
+    from noise. Columns: model, task, definition, eval_rows (Int64: the validation rows its best trial
+    was scored on, NA where not known exactly), eval_rows_at_most (Int64: an upper bound from
+    eval_limit, else eval_rows), se (the best trial's standard error, see standard_error), gain_se (the
+    standard error of best - best_plain, the two taken as independent; NaN without both)."""
+    done = completed(_defined(df))
+    rows = []
+    for key, g in done.groupby(KEYS, sort=True):
+        top = _best_rows(g, KEYS).iloc[0]
+        plain = g[is_plain(g["lambda"])]
+        plain_se = _trial_se(_best_rows(plain, KEYS).iloc[0]) if len(plain) else NAN_F
+        se = _trial_se(top)
+        n, exact = rows_scored(top.get("config"))
+        rows.append((*key, n if exact else None, n, se, float(np.hypot(se, plain_se))))
+    out = pd.DataFrame(rows, columns=[*KEYS, "eval_rows", "eval_rows_at_most", "se", "gain_se"])
+    for c in ("eval_rows", "eval_rows_at_most"):
+        out[c] = out[c].astype("Int64")
+    return out
+
+
+def notes(r: dict[str, Any]) -> str:
+    """What one summary row cannot tell, in words ("" where nothing): no gain without a LoRA+ trial or
+    a plain one, a validation split too small to judge, a gain within noise."""
+    said = []
+    if _missing(r.get("best")):
+        return ""
+    if _missing(r.get("best_plain")):
+        said.append("no plain LoRA trial (lambda = 1) completed: no gain to report")
+    elif not r.get("lora_plus_trials"):
+        said.append("no LoRA+ trial (lambda > 1) completed, only plain LoRA: no gain to report; run more "
+                    "trials")
+    se = "" if _missing(r.get("se")) else f", standard error of {r['metric_name']} ±{r['se']:.4f}"
+    rows, at_most = r.get("eval_rows"), r.get("eval_rows_at_most")
+    if not _missing(rows) and rows < MIN_EVAL_ROWS:
+        said.append(f"validation split of {rows} rows{se}: too small to judge (under {MIN_EVAL_ROWS} rows)")
+    elif _missing(rows) and not _missing(at_most) and at_most < MIN_EVAL_ROWS:
+        said.append(f"scored on at most {at_most} validation rows (eval_limit){se}: too small to judge "
+                    f"(under {MIN_EVAL_ROWS} rows)")
+    gain, gain_se = r.get("gain"), r.get("gain_se")
+    if not _missing(gain) and not _missing(gain_se) and 0 < gain <= NOISE_SES * gain_se:
+        said.append(f"gain {gain:+.4f} within noise (its standard error ±{gain_se:.4f}): the validation "
+                    "split cannot tell LoRA+ from plain LoRA")
+    return "; ".join(said)
 
 
 def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
@@ -546,13 +620,18 @@ def _cell(value: Any) -> str:
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, definition): its setup, the best config, the best plain LoRA and the gain, and
-    the compute spent."""
+    """Per (model, task, definition): its setup, the best config, the best plain LoRA and the gain, the
+    compute spent, how sure the best value and the gain are (judged), and `notes`: what the row cannot
+    tell, in words (sweep.report.notes)."""
     best = best_configs(df).drop(columns=["study", "value", "metric_name"])
     best = best.rename(columns={"number": "best_trial"})
     gain = plain_lora_gain(df).drop(columns=["best_lambda"])
     spent = compute_spent(df)
-    return _with_setup(gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right"), df)
+    out = gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right")
+    out = out.merge(judged(df), on=KEYS, how="left")
+    out["lora_plus_trials"] = out["lora_plus_trials"].fillna(0).astype("int64")
+    out["notes"] = [notes(r) for r in out.to_dict("records")]
+    return _with_setup(out, df)
 
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -200,8 +200,11 @@ def _print_search_tables(tables: dict[str, pd.DataFrame]) -> None:
     for r in s:
         _row(t, str(r["model"]), task(r), str(r["metric_name"]), _num(r["best"]),
              _num(r["eta_a"], ".2g"), _num(r["lambda"], ".3g"), _num(r["rank"], ".0f"),
-             _num(r["best_plain"]), _num(r["plain_eta_a"], ".2g"), _num(r["gain"], "+.4f"))
+             _num(r["best_plain"]), _num(r["plain_eta_a"], ".2g"), _gain(r))
     out.print(t)
+    for r in s:  # what a row cannot tell, where it cannot: a gain without LoRA+, a split too small
+        if r.get("notes"):
+            out.print(Text(f"{r['model']} / {task(r)}: {r['notes']}"), style="yellow")
     t = Table("model", "task", "trials", "complete", "pruned", "failed", "tokens", "wall time",
               title="compute spent")
     for r in s:
@@ -251,6 +254,12 @@ def _print_sweep_vs_grid(out: Console, versus: pd.DataFrame, task: Callable[[dic
              str(r["sweep_trials"]), _num(r["sweep_best"]), at_sweep, found, to_noise,
              _percent(r["compute_to_noise"]), _percent(r["sweep_over_grid"]))
     out.print(t)
+
+
+def _gain(r: dict[str, Any]) -> str:
+    if not _missing(r["best_plain"]) and not r.get("lora_plus_trials", 1):
+        return "no LoRA+ trial"
+    return _num(r["gain"], "+.4f")
 
 
 def _percent(share: Any) -> str:
@@ -359,8 +368,11 @@ def print_study_summary(name: str, summary: pd.DataFrame) -> None:
                   f"rank {_num(r['rank'], '.0f')} (trial {_num(r['best_trial'], '.0f')})",
                   highlight=False, markup=False)
         if not _missing(r["best_plain"]):
-            out.print(f"best plain LoRA (lambda = 1): {r['best_plain']:.4f} at eta_A {r['plain_eta_a']:.3g}; "
-                      f"LoRA+ gain {r['gain']:+.4f}", highlight=False)
+            gain = "" if _missing(r["gain"]) else f"; LoRA+ gain {r['gain']:+.4f}"
+            out.print(f"best plain LoRA (lambda = 1): {r['best_plain']:.4f} at eta_A {r['plain_eta_a']:.3g}"
+                      f"{gain}", highlight=False)
+        if r.get("notes"):
+            out.print(Text(r["notes"]), style="yellow")
 
 
 def print_studies(rows: list[dict[str, Any]]) -> None:

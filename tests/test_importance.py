@@ -84,17 +84,17 @@ def test_the_same_trials_give_the_same_shares_every_time():
     pd.testing.assert_frame_equal(first, again)
 
 
-def test_fewer_than_four_completed_trials_say_so_instead_of_a_number():
+def test_fewer_completed_trials_than_the_minimum_say_so_instead_of_a_number():
     rows = frame(lambda e, lam, r: np.log2(lam), n=5)
     rows.loc[[0, 1], "state"] = ["PRUNED", "FAIL"]  # 3 completed
     table = importance.importance_table(rows)
     assert table["trials"].tolist() == [3, 3]
     assert table[["eta_a", "eta_b", "lambda", "rank", "interactions"]].isna().all().all()
-    assert set(table["answer"]) == {"not enough trials: 3 completed, fANOVA needs 4"}
+    assert set(table["answer"]) == {f"not enough trials: 3 completed, fANOVA needs {importance.MIN_TRIALS}"}
 
 
 def test_a_setting_held_at_one_value_has_no_share_and_the_rest_are_measured():
-    rows = frame(lambda e, lam, r: np.log2(lam), n=8, ranks=(8,))
+    rows = frame(lambda e, lam, r: np.log2(lam), n=10, ranks=(8,))
     row = shares(importance.importance_table(rows), "s", EVER)
     assert math.isnan(row["rank"])
     assert_most_important(row, "lambda")
@@ -102,15 +102,15 @@ def test_a_setting_held_at_one_value_has_no_share_and_the_rest_are_measured():
 
 
 def test_a_fixed_lambda_says_it_held_one_value():
-    rows = frame(lambda e, lam, r: np.log10(e), n=6).assign(**{"lambda": 1.0})
+    rows = frame(lambda e, lam, r: np.log10(e), n=10).assign(**{"lambda": 1.0})
     row = shares(importance.importance_table(rows), "s", EVER)
-    assert row["answer"].startswith("lambda held one value across these 6 trials")
+    assert row["answer"].startswith("lambda held one value across these 10 trials")
     assert_most_important(row, "eta_a")
 
 
 def test_a_metric_that_never_moved_has_nothing_to_explain():
-    table = importance.importance_table(frame(lambda e, lam, r: 0.5 + 0 * e, n=6))
-    assert set(table["answer"]) == {"nothing to explain: accuracy was 0.5 in all 6 trials"}
+    table = importance.importance_table(frame(lambda e, lam, r: 0.5 + 0 * e, n=10))
+    assert set(table["answer"]) == {"nothing to explain: accuracy was 0.5 in all 10 trials"}
     assert table["interactions"].isna().all()
 
 
@@ -126,7 +126,7 @@ def test_each_study_is_measured_on_its_own_completed_trials():
 
 
 def test_the_report_tables_and_every_format_carry_the_importance():
-    rows = frame(lambda e, lam, r: np.log2(lam), n=6).assign(init="standard", tokens=10, wall_time_s=1.0)
+    rows = frame(lambda e, lam, r: np.log2(lam), n=10).assign(init="standard", tokens=10, wall_time_s=1.0)
     table = report.tables(rows)["importance"]
     assert table["parameters"].tolist() == [EVER, EVER_B]
     assert "lambda explains" in report.to_format(table, "markdown")
@@ -135,7 +135,7 @@ def test_the_report_tables_and_every_format_carry_the_importance():
 
 
 def test_plot_importance_writes_a_png_and_refuses_a_study_without_shares(tmp_path):
-    table = importance.importance_table(frame(lambda e, lam, r: np.log2(lam), n=8))
+    table = importance.importance_table(frame(lambda e, lam, r: np.log2(lam), n=10))
     path = plots.plot_importance(table, tmp_path / "importance.png")
     assert path.read_bytes().startswith(PNG_MAGIC)
     few = importance.importance_table(frame(lambda e, lam, r: np.log2(lam), n=3))
@@ -159,9 +159,9 @@ def test_report_out_writes_the_importance_of_a_stored_study(tmp_path):
 
     url = f"sqlite:///{tmp_path}/sweep.db"
     spec = load_spec(None, {"model": "bert", "task": "sst2", "sampler": "random", "storage": url,
-                            "name": "toy", "n_trials": 8})
+                            "name": "toy", "n_trials": 10})
     store = StoredStudy.create_or_load(spec)
-    for draw in range(8):  # recorded as finished trials are, without training; the metric follows lambda
+    for draw in range(10):  # recorded as finished trials are, without training; the metric follows lambda
         running = store.ask(spec, draw=draw)
         cfg = running.config(spec)
         for key, v in (("config", cfg.to_dict()), ("metric_name", "accuracy"), ("tokens", 10)):
@@ -173,5 +173,5 @@ def test_report_out_writes_the_importance_of_a_stored_study(tmp_path):
     assert "## importance" in res.stdout and "lambda explains" in res.stdout
     assert (out / "importance-toy.png").read_bytes().startswith(PNG_MAGIC)
     written = pd.read_csv(out / "importance.csv")
-    assert written["study"].tolist() == ["toy", "toy"] and written["trials"].tolist() == [8, 8]
+    assert written["study"].tolist() == ["toy", "toy"] and written["trials"].tolist() == [10, 10]
     assert written.loc[written["parameters"] == EVER, "lambda"].iloc[0] > 0.5

@@ -3,12 +3,14 @@ what a report of a small study says it cannot tell."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import create_trial
@@ -16,6 +18,7 @@ from test_hostile import snapshot
 from typer.testing import CliRunner
 
 from cli import app
+from sweep import importance, report
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = {"eta_a": FloatDistribution(1e-5, 1e-1, log=True),
@@ -130,3 +133,66 @@ def test_the_demo_study_name_is_the_one_run_default_creates():
     name = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     assert (ROOT / "results" / "default" / f"heatmap-{name}.png").is_file(), name
+
+
+# What a small study's report says it cannot tell
+
+
+def trials(points, task="rotten-tomatoes", metric="accuracy", **config) -> pd.DataFrame:
+    """A trials frame as sweep.stored makes it: (lambda, value, metric_se) per completed trial."""
+    return pd.DataFrame([{
+        "study": "s", "model": "minilm-l6", "task": task, "metric_name": metric, "number": i,
+        "state": "COMPLETE", "value": value, "metric_se": se, "eta_a": 1e-4 * (i + 1), "lambda": lam,
+        "rank": 8, "init": "standard", "tokens": 10, "wall_time_s": 1.0,
+        "config": {"task": task, "eta_a": 1e-4 * (i + 1), "lambda": lam, "rank": 8, **config},
+    } for i, (lam, value, se) in enumerate(points)])
+
+
+def test_a_study_of_plain_lora_alone_reports_no_gain_and_says_why(capsys):
+    from sweep.ui import print_report, print_study_summary
+
+    one = trials([(1.0, 0.79, 0.018)], eval_limit=500)  # run --n-trials 1: the lambda = 1 anchor alone
+    row = report.summary(one).iloc[0]
+    assert row["lora_plus_trials"] == 0 and math.isnan(row["gain"])
+    assert "no LoRA+ trial (lambda > 1) completed" in row["notes"]
+    print_study_summary("s", report.summary(one))
+    print_report(report.tables(one))
+    out = capsys.readouterr().out
+    assert "+0.0000" not in out and "LoRA+ gain" not in out
+    assert "no LoRA+ trial" in out
+    csv = report.to_format(report.summary(one), "csv")
+    assert "no LoRA+ trial" in csv
+
+
+def test_a_gain_on_a_split_of_two_rows_says_it_is_too_small_to_judge():
+    tiny = trials([(1.0, 0.5, 0.35), (4.0, 1.0, 0.0)], task="data/toy.csv", eval_limit=2)
+    row = report.summary(tiny).iloc[0]
+    assert row["gain"] == 0.5 and pd.isna(row["eval_rows"]) and row["eval_rows_at_most"] == 2
+    assert "scored on at most 2 validation rows (eval_limit), standard error of accuracy ±0.0000: too " \
+           "small to judge (under 100 rows)" in row["notes"]
+
+
+def test_an_embedded_split_states_its_size_and_binomial_standard_error():
+    small = trials([(1.0, 0.74, None), (8.0, 0.80, None)], eval_limit=50)
+    row = report.summary(small).iloc[0]
+    assert row["eval_rows"] == 50 and row["se"] == pytest.approx(math.sqrt(0.8 * 0.2 / 50))
+    assert f"validation split of 50 rows, standard error of accuracy ±{row['se']:.4f}" in row["notes"]
+    assert "gain +0.0600 within noise (its standard error ±0.0840)" in row["notes"]
+    # The default study's 500 rows are enough to be judged, and a gain of 0.06 there is not noise.
+    whole = report.summary(trials([(1.0, 0.74, None), (8.0, 0.80, None)], eval_limit=500)).iloc[0]
+    assert whole["eval_rows"] == 500 and whole["notes"] == ""
+
+
+def test_importance_over_fewer_trials_than_it_needs_says_how_many_instead_of_shares():
+    points = [(2.0 ** (i % 6), 0.5 + 0.01 * i, None) for i in range(6)]
+    table = importance.importance_table(trials(points))
+    assert table["lambda"].isna().all()
+    assert set(table["answer"]) == {"not enough trials: 6 completed, fANOVA needs 10"}
+    assert "%" not in " ".join(table["answer"])
+
+
+def test_report_csv_of_a_stored_one_trial_study_says_it_has_no_lora_plus_trial(box):
+    store(f"sqlite:///{db(box)}", "first", "rotten-tomatoes", [(1e-4, 1.0, 8, 0.79)])
+    r = invoke("report", "first", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    assert "no LoRA+ trial (lambda > 1) completed" in r.stdout
