@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sweep import report
 from sweep.errors import SweepError
+from sweep.metrics import sign
 
 LAMBDA_LABEL = "lambda = eta_B / eta_A"
 # Lambda ticks always cover 1..64, the range the LoRA+ paper discusses, so plots compare at a glance.
@@ -135,37 +137,79 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def plot_lambda_curves(curve: pd.DataFrame, path: str | Path) -> Path:
-    """One line per (model, task, definition) of the normalised best value over lambda, labelled with
-    the definition's setup where a task has several, each bin's standard error as an error bar where it
-    is known, and each model's default marked (with the bins tied with it).
-
-    `curve` is a report.lambda_curve frame; tasks whose best value is <= 0 have no normalised curve.
-    """
-    shown = curve.dropna(subset=["normalised"])
-    if shown.empty:
-        raise SweepError("no completed trials with a positive best value to plot; run the sweep first")
-    defaults = report.default_lambda_from_curve(curve)
+    """The lambda curves (a report.lambda_curve frame) as a PNG: see lambda_curves_figure."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = lambda_curves_figure(curve)
     try:
-        for (model, task, _), rows in shown.groupby(report.KEYS, sort=True):
-            label = f"{model} / {report.curve_label(task, rows['setup'].iloc[0])}"
-            ax.errorbar(rows["lambda"], rows["normalised"], yerr=rows["normalised_se"], marker="o", capsize=3,
-                        label=label)
-        for style, d in zip(itertools.cycle(["--", ":", "-."]), defaults.values()):
-            ties = ", ".join(f"{2.0**b:g}" for b in d.within_noise)
-            label = f"default {d.model}: {d.lam:g}" + (f" (tied within noise: {ties})" if d.tied else "")
-            ax.axvline(d.lam, color="black", linestyle=style, linewidth=1.2, label=label)
-        _lambda_axis(ax, "x", shown["lambda"])
-        ax.set_ylabel("best value / task's best")
-        ax.set_title("Best metric over lambda, normalised per task")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend lies outside the panels
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def curve_panels(curve: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """The panels of the lambda-curve figure: one per (task, metric), a task's setup in its name where
+    it has several definitions, as (task label, metric, its rows), sorted. Values of one panel share
+    their units; two tasks, or two metrics, never share an axis."""
+    setup = curve["setup"] if "setup" in curve else pd.Series("", index=curve.index)
+    labels = [report.curve_label(t, s) for t, s in zip(curve["task"], setup.fillna(""), strict=True)]
+    keyed = curve.assign(_panel=labels, _metric=curve["metric_name"].fillna("metric").astype(str))
+    return [(str(label), str(metric), rows.drop(columns=["_panel", "_metric"]))
+            for (label, metric), rows in keyed.groupby(["_panel", "_metric"], sort=True)]
+
+
+def bins_with_gaps(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One curve's (lambda, value) over every power-of-two bin from its first to its last, NaN in the
+    bins without a completed trial: a line drawn through them breaks there instead of spanning them."""
+    bins = rows["lambda_bin"].astype(int).to_numpy()
+    values = pd.Series(rows["value"].to_numpy(float), index=bins)
+    every = np.arange(bins.min(), bins.max() + 1)
+    return 2.0**every, values.reindex(every).to_numpy(float)
+
+
+def lambda_curves_figure(curve: pd.DataFrame):
+    """The best value in each lambda bin, in the metric's own units: a panel per task and metric (no
+    normalisation, so a panel reads as the report's table), a line per model, each bin's standard error
+    as an error bar where it is known. Markers stand for the bins tried; a line joins neighbouring bins
+    only, never one across a bin without a completed trial. Each model's default lambda is marked
+    (with the bins tied with it) where its task is. The legend lies below the panels, outside every
+    data area. The caller closes the figure."""
+    if curve.empty:
+        raise SweepError("no completed trials to plot; run the sweep first")
+    defaults = report.default_lambda_from_curve(curve)
+    panels = curve_panels(curve)
+    models = sorted(curve["model"].astype(str).unique())
+    plt = _pyplot()
+    colours = dict(zip(models, itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
+    styles = dict(zip(models, itertools.cycle(["--", ":", "-."])))
+    cols = min(len(panels), 3)
+    rows_n = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.6 * rows_n), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (label, metric, rows) in zip(axes.flat, panels, strict=False):  # more axes than panels
+        for (model, _), c in rows.groupby(["model", "definition"], sort=True):
+            c = c.sort_values("lambda_bin")
+            colour = colours[str(model)]
+            ax.plot(*bins_with_gaps(c), "-", color=colour, linewidth=1.2)
+            handles[str(model)] = ax.errorbar(c["lambda"], c["value"], yerr=c["se"].to_numpy(float),
+                                              fmt="o", color=colour, capsize=3)
+            d = defaults.get(str(model))
+            if d is not None:
+                ties = ", ".join(f"{2.0**b:g}" for b in d.within_noise)
+                text = f"default {d.model}: {d.lam:g}" + (f" (tied within noise: {ties})" if d.tied else "")
+                handles[text] = ax.axvline(d.lam, color=colour, linestyle=styles[str(model)], linewidth=1)
+        _lambda_axis(ax, "x", rows["lambda"])
+        better = "lower" if sign(metric) < 0 else "higher"
+        ax.set_ylabel(f"{metric} ({better} is better)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Best metric in each lambda bin, over eta_A and rank", fontsize=11)
+    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(handles), 3), fontsize="small", frameon=False)
+    return fig
 
 
 def plot_convergence(c, path: str | Path) -> Path:

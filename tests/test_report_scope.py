@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -18,7 +19,7 @@ from test_hostile import snapshot
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import importance, report
+from sweep import importance, plots, report
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = {"eta_a": FloatDistribution(1e-5, 1e-1, log=True),
@@ -196,3 +197,80 @@ def test_report_csv_of_a_stored_one_trial_study_says_it_has_no_lora_plus_trial(b
     r = invoke("report", "first", "--format", "csv")
     assert r.exit_code == 0, r.output
     assert "no LoRA+ trial (lambda > 1) completed" in r.stdout
+
+
+# The lambda-curve plot
+
+
+@pytest.fixture
+def curve() -> pd.DataFrame:
+    """bert on sst2 (accuracy, bins 0, 2 and 4: two empty bins between) and mrpc (f1, bins 0 and 1),
+    llama on sst2 (bins 1 and 3); accuracy on 500 rows of an eval_limit sample, so each has an SE."""
+    rows = [("bert", "sst2", "accuracy", 1.0, 0.80), ("bert", "sst2", "accuracy", 4.0, 0.85),
+            ("bert", "sst2", "accuracy", 16.0, 0.90), ("bert", "mrpc", "f1", 1.0, 0.70),
+            ("bert", "mrpc", "f1", 2.0, 0.80), ("llama", "sst2", "accuracy", 2.0, 0.60),
+            ("llama", "sst2", "accuracy", 8.0, 0.70)]
+    frame = pd.DataFrame([{
+        "study": f"{m}-{t}", "model": m, "task": t, "metric_name": metric, "number": i, "state": "COMPLETE",
+        "value": v, "eta_a": 1e-4, "lambda": lam, "rank": 8, "init": "standard", "tokens": 10,
+        "wall_time_s": 1.0, "config": {"task": t, "eval_limit": 500},
+    } for i, (m, t, metric, lam, v) in enumerate(rows)])
+    return report.lambda_curve(frame)
+
+
+def panels(fig) -> dict[str, object]:
+    return {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+
+
+def test_the_lambda_curves_plot_each_tasks_raw_metric_in_a_panel_of_its_own(curve):
+    import matplotlib.pyplot as plt
+
+    fig = plots.lambda_curves_figure(curve)
+    try:
+        shown = panels(fig)
+        assert set(shown) == {"sst2", "mrpc"}
+        assert shown["mrpc"].get_ylabel() == "f1 (higher is better)"
+        for title, ax in shown.items():
+            rows = curve[curve["task"] == title]
+            points = {(x, y) for c in ax.containers for x, y in zip(*c.lines[0].get_data(), strict=True)}
+            # The values themselves, not a ratio to the task's best.
+            assert points == set(zip(rows["lambda"], rows["value"], strict=True)), title
+    finally:
+        plt.close(fig)
+
+
+def test_no_line_of_the_lambda_curves_spans_a_bin_without_a_trial(curve):
+    import matplotlib.pyplot as plt
+
+    fig = plots.lambda_curves_figure(curve)
+    try:
+        segments = 0
+        for ax in panels(fig).values():
+            for line in ax.get_lines():
+                if line.get_linestyle() in ("None", "", " ") or len(line.get_xdata()) < 2:
+                    continue
+                x, y = (np.asarray(v, float) for v in line.get_data())
+                drawn = np.isfinite(y[:-1]) & np.isfinite(y[1:]) & (x[:-1] != x[1:])
+                steps = np.log2(x[1:] / x[:-1])[drawn]
+                assert (steps == 1).all(), (ax.get_title(), x, y)
+                segments += len(steps)
+        assert segments == 1  # mrpc's bins 0 and 1 alone are neighbours; sst2's bins never are
+    finally:
+        plt.close(fig)
+
+
+def test_the_lambda_curves_legend_lies_outside_every_panel(curve):
+    import matplotlib.pyplot as plt
+
+    fig = plots.lambda_curves_figure(curve)
+    try:
+        assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "bert" in labels and "llama" in labels
+        for ax in panels(fig).values():
+            assert not legend.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+    finally:
+        plt.close(fig)
