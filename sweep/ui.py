@@ -4,12 +4,15 @@ and stored studies as tables on stdout."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 import pandas as pd
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, Progress, Task, TaskID
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -20,20 +23,86 @@ from sweep.result import EvalPoint, TrialResult
 err = Console(stderr=True)
 
 
+# How a progress line fills its width, in order: the title and the bar at their least, then the
+# parts of rank 1 (a loss, the trial counts), then more of the title, the time elapsed (rank 2), the
+# whole bar, the parts of rank 3 (the best trial's settings) and the whole title. The step or trial
+# count, the metric and the ETA (rank None) are always shown.
+GROWTH: tuple[tuple[str, int | None], ...] = (("title", 12), ("bar", 10), ("rank", 1), ("title", 32),
+                                               ("rank", 2), ("bar", 24), ("rank", 3), ("title", None))
+MIN_TITLE = 8  # a title shorter than this says nothing: none instead
+
+
+def _layout(width: int, title: str, parts: list[tuple[str, int | None]]) -> tuple[int, int, list[int]]:
+    """What a progress line of `width` columns shows: (the title's width, the bar's, 0 for none; the
+    indices of `parts` kept, each (text, rank): see GROWTH)."""
+    kept = [i for i, (text, rank) in enumerate(parts) if rank is None and text]
+
+    def size(title_w: int, bar_w: int, keep: list[int]) -> int:
+        text = cell_len(" ".join(parts[i][0] for i in keep))
+        return text + (title_w + 1 if title_w else 0) + (bar_w + 1 if bar_w else 0)
+
+    title_w = bar_w = 0
+    for what, n in GROWTH:
+        if what == "title":
+            room = width - size(0, bar_w, kept) - 1
+            want = min(cell_len(title) if n is None else n, cell_len(title), room)
+            if want >= min(MIN_TITLE, cell_len(title)):
+                title_w = max(title_w, want)
+        elif what == "bar":
+            if size(title_w, n, kept) <= width:
+                bar_w = max(bar_w, n)
+        else:
+            for i, (text, rank) in enumerate(parts):
+                if rank == n and text and size(title_w, bar_w, sorted([*kept, i])) <= width:
+                    kept = sorted([*kept, i])
+    return title_w, bar_w, kept
+
+
+def _clock(seconds: float | None) -> str:
+    return "-:--:--" if seconds is None else str(timedelta(seconds=max(0, int(seconds))))
+
+
+class _FittedProgress(Progress):
+    """Rich progress whose every line fits the terminal's width: at 80 columns a line of rich's
+    columns wrapped or lost its bar and ETA. A task's fields: `count` and `metric` (always shown),
+    `extra` ((text, rank) parts that give way first, see GROWTH) and `eta` (seconds; where absent,
+    rich's own estimate from the task's progress)."""
+
+    def make_tasks_table(self, tasks: Iterable[Task]) -> Table:
+        rows = Table.grid()
+        for task in tasks:
+            if task.visible:
+                rows.add_row(self._line(task, self.console.width))
+        return rows
+
+    @staticmethod
+    def _line(task: Task, width: int) -> RenderableType:
+        f = task.fields
+        eta = f["eta"] if "eta" in f else task.time_remaining
+        elapsed = task.finished_time if task.finished else task.elapsed
+        extra = list(f.get("extra", ()))
+        parts = [(f.get("count", ""), None), *(e for e in extra if e[1] == 1),
+                 (f.get("metric", ""), None), *(e for e in extra if e[1] == 3),
+                 (_clock(elapsed or 0), 2), (f"eta {_clock(eta)}", None)]
+        # one column short of the width: a terminal may wrap a line that fills its last column
+        title_w, bar_w, kept = _layout(width - 1, task.description, parts)
+        line = Table.grid(padding=(0, 1))
+        cells: list[RenderableType] = []
+        if title_w:
+            line.add_column(width=title_w, no_wrap=True, overflow="ellipsis")
+            cells.append(Text(task.description, style="bold", no_wrap=True, overflow="ellipsis"))
+        if bar_w:
+            line.add_column(width=bar_w, no_wrap=True)
+            cells.append(BarColumn(bar_width=bar_w).render(task))
+        line.add_column(no_wrap=True)
+        # plain Text, never markup: titles and parts hold user text (a model path, a study name)
+        cells.append(Text(" ".join(parts[i][0] for i in kept), no_wrap=True))
+        line.add_row(*cells)
+        return line
+
+
 def _progress() -> Progress:
-    # markup=False: descriptions hold user text (a model path, a task file, a study name), which
-    # rich would otherwise read as markup ("[/]" in a path ends the run with a MarkupError).
-    return Progress(
-        TextColumn("{task.description}", style="bold", markup=False),
-        BarColumn(bar_width=24),
-        TextColumn("{task.fields[count]}", markup=False),
-        TextColumn("{task.fields[info]}", markup=False),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,  # gone when done: the result (or the error) is what stays
-    )
+    return _FittedProgress(console=err, transient=True)  # transient: the result (or the error) stays
 
 
 def _line(text: str) -> None:
@@ -47,19 +116,20 @@ class _TrialBar:
     def __init__(self, progress: Progress, title: str) -> None:
         self.progress = progress
         self.title = title
-        self.id: TaskID = progress.add_task(title, total=None, count="starting", info="")
+        self.id: TaskID = progress.add_task(title, total=None, count="starting", metric="")
         self.loss = self.metric = ""
         self.total: int | None = None
+        self.at = 0  # the last step taken
 
     def step(self, step: int, total: int, loss: float) -> None:
         self.loss = f"loss {loss:.4f}"
-        self.total = total
+        self.total, self.at = total, step
         self.progress.update(self.id, completed=step, total=total, count=f"step {step}/{total}",
-                             info=f"{self.loss} {self.metric}")
+                             extra=[(self.loss, 1)])
 
     def eval(self, point: EvalPoint) -> None:
         self.metric = f"eval {point.metric:.4f}"
-        self.progress.update(self.id, info=f"{self.loss} {self.metric}")
+        self.progress.update(self.id, metric=self.metric)
         if not err.is_terminal:
             _line(f"{self.title}: step {point.step}/{self.total}, {self.metric}, "
                   f"train loss {point.train_loss:.4f}")
@@ -84,17 +154,24 @@ class TrialProgress:
 class SweepProgress:
     """A bar for the trials finished (complete / pruned / failed, best so far), one per running trial."""
 
-    def __init__(self, study_name: str, done: int, total: int, sign: float = 1.0) -> None:
+    def __init__(self, study_name: str, done: int, total: int, sign: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`sign`: +1 where a higher value is better, -1 where lower is (a loss; sweep.metrics.sign)."""
         self.sign = sign
         self.progress = _progress()
         self.sweep = self.progress.add_task(study_name, total=total, completed=done,
-                                            count=f"{done}/{total} trials", info="")
+                                            count=f"{done}/{total} trials", metric="", eta=None)
         self.running: dict[int, _TrialBar] = {}
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.best_value: float | None = None
-        self.best = ""
+        self.best = self.best_at = ""
         self.total = total
+        # The sweep's ETA from the steps taken per second, known from the first evaluation on: rich's
+        # own estimate counts finished trials, and so says nothing until the first one ends.
+        self.clock, self.started = clock, clock()
+        self.steps_done = 0  # by the trials finished since this process started
+        self.trial_steps: int | None = None  # a trial's steps (the latest known): what each trial left takes
+        self.evaluated = False
 
     def __enter__(self) -> SweepProgress:
         self.progress.__enter__()
@@ -106,10 +183,36 @@ class SweepProgress:
     def hooks(self) -> Hooks:
         return Hooks(
             trial_start=self.trial_start,
-            step=lambda n, step, total, loss: self.running[n].step(step, total, loss),
-            eval=lambda n, point: self.running[n].eval(point),
+            step=self.step,
+            eval=self.eval,
             trial_end=self.trial_end,
         )
+
+    def step(self, number: int, step: int, total: int, loss: float) -> None:
+        self.running[number].step(step, total, loss)
+        self.trial_steps = total
+        self._eta()
+
+    def eval(self, number: int, point: EvalPoint) -> None:
+        self.running[number].eval(point)
+        self.evaluated = True
+        self._eta()
+
+    def eta(self) -> float | None:
+        """Seconds until the sweep ends: the steps left (of the running trials, and a trial's steps for
+        each trial not started) at the rate steps were taken since it started; None before the first
+        evaluation, whose time the rate must include. Pruning only shortens it."""
+        taken = self.steps_done + sum(bar.at for bar in self.running.values())
+        elapsed = self.clock() - self.started
+        if not self.evaluated or self.trial_steps is None or taken == 0 or elapsed <= 0:
+            return None
+        done = int(self.progress.tasks[0].completed)
+        left = sum(max(0, (bar.total or self.trial_steps) - bar.at) for bar in self.running.values())
+        left += max(0, self.total - done - len(self.running)) * self.trial_steps
+        return left * elapsed / taken
+
+    def _eta(self) -> None:
+        self.progress.update(self.sweep, eta=self.eta())
 
     def trial_start(self, number: int, cfg: TrialConfig) -> None:
         title = f"#{number} eta_A {cfg.eta_a:.2e} lambda {cfg.lam:.3g} r {cfg.rank}"
@@ -119,20 +222,24 @@ class SweepProgress:
         bar = self.running.pop(trial.number, None)
         if bar is not None:
             self.progress.remove_task(bar.id)
+            self.steps_done += bar.at
         state = trial.state
         self.counts[state] = self.counts.get(state, 0) + 1
         if state == "COMPLETE" and trial.value is not None:
             if self.best_value is None or self.sign * (trial.value - self.best_value) > 0:
                 self.best_value = trial.value
                 p = trial.params
-                self.best = (f"best {trial.value:.4f} (eta_A {p['eta_a']:.2e}, lambda {p['lambda']:.3g}, "
-                             f"r {p['rank']})")
+                self.best_at = f"(eta_A {p['eta_a']:.2e}, lambda {p['lambda']:.3g}, r {p['rank']})"
+                self.best = f"best {trial.value:.4f} {self.best_at}"
         if state in ("COMPLETE", "PRUNED"):
             self.progress.advance(self.sweep)
         done = int(self.progress.tasks[0].completed)
         c = self.counts
         counts = f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed"
-        self.progress.update(self.sweep, count=f"{done}/{self.total} trials", info=f"{counts}  {self.best}")
+        best = [] if self.best_value is None else [(self.best_at, 3)]
+        self.progress.update(self.sweep, count=f"{done}/{self.total} trials", extra=[(counts, 1), *best],
+                             metric="" if self.best_value is None else f"best {self.best_value:.4f}")
+        self._eta()
         if not err.is_terminal:  # no bars in a log: a line per finished trial instead
             what = bar.title if bar is not None else f"#{trial.number}"
             how = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state, state.lower())
