@@ -502,22 +502,75 @@ def print_studies(rows: list[dict[str, Any]]) -> None:
 
 def print_study(name: str, spec: dict[str, Any], trials: list[Any],
                 stop_reason: Callable[[Any], str]) -> None:
-    """A stored study's definition, then its trials (Optuna's FrozenTrial) in the order given
-    (StoredStudy.ranked_trials: best first)."""
+    """A stored study in brief (what it tunes, its trials by state, its best value and configuration),
+    then its trials (Optuna's FrozenTrial) in the order given (StoredStudy.ranked_trials: best first),
+    then its definition."""
     out = Console()
-    out.print_json(json.dumps(spec))
+    out.print(_study_summary(name, spec, trials))
     table = Table("#", "state", "value", "eta_A", "lambda", "rank", "stop reason", title=Text(name))
-    from sweep.search import point
-
     for t in trials:
-        try:
-            p = point(t.params) or t.params  # eta_A, whether drawn or eta_B / lambda
-        except (TypeError, ZeroDivisionError):  # another tool's parameters of those names
-            p = t.params
+        p = _drawn(t)
         value = "-" if t.values is None else ", ".join(f"{v:.4f}" for v in t.values)
         _row(table, t.number, t.state.name, value, _param(p, "eta_a"), _param(p, "lambda"),
              p.get("rank", "-"), stop_reason(t))
     out.print(table)
+    base = spec.get("base") if isinstance(spec, dict) else None
+    if isinstance(base, dict):  # the search draws these: the base's values were never used
+        spec = {**spec, "base": {k: v for k, v in base.items() if k not in SEARCHED}}
+    out.print(Text("definition (eta_a, lambda and rank come from the search, not from base)"
+                   if isinstance(base, dict) else "definition", style="bold"))
+    out.print_json(json.dumps(spec))
+
+
+SEARCHED = ("eta_a", "lambda", "rank")
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+          "WAITING": "queued"}
+
+
+def _drawn(trial: Any) -> dict[str, Any]:
+    from sweep.search import point
+
+    try:
+        return point(trial.params) or trial.params  # eta_A, whether drawn or eta_B / lambda
+    except (TypeError, ZeroDivisionError):  # another tool's parameters of those names
+        return trial.params
+
+
+def _study_summary(name: str, spec: Any, trials: list[Any]) -> Table:
+    """The lines a user looks for first: what the study tunes, and what it found."""
+    from sweep.metrics import direction
+
+    spec = spec if isinstance(spec, dict) else {}
+    base = spec.get("base") if isinstance(spec.get("base"), dict) else {}
+    # what a study without a stored definition (a confirm study) records of each of its runs
+    ran = next((t.user_attrs for t in trials if isinstance(t.user_attrs.get("model"), str)), {})
+    model, task = base.get("model", ran.get("model", "-")), base.get("task", ran.get("task", "-"))
+    metric = spec.get("objective") or base.get("metric") or ran.get("metric_name")
+    if base or metric:  # a study without an objective stored maximizes (sweep.stored.study_direction)
+        way = direction(str(metric)) if metric else "maximize"
+        metric = f"{metric or 'the task metric'} ({way}d)"
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    counts = ", ".join(f"{n} {STATES.get(state, state.lower())}"
+                       for state, n in sorted(states.items(), key=lambda kv: -kv[1]))
+    # ranked_trials puts the best first; the first complete one with one value is the study's best
+    best = next((t for t in trials if t.state.name == "COMPLETE" and t.values and len(t.values) == 1), None)
+    table = Table(show_header=False)
+    rows = [("study", name), ("model", model), ("task", task),
+            ("metric", metric or "-"), ("trials", f"{len(trials)}" + (f": {counts}" if counts else ""))]
+    if best is None:
+        rows.append(("best", "- (no complete trial yet)"))
+    else:
+        p = _drawn(best)
+        run = best.user_attrs
+        arm = f", arm {run['arm']} seed {run.get('seed', '-')}" if isinstance(run.get("arm"), str) else ""
+        rows += [("best", f"{best.values[0]:.4f} (trial #{best.number}{arm})"),
+                 ("at", f"eta_A {_param(p, 'eta_a')}, lambda {_param(p, 'lambda')}, "
+                        f"rank {p.get('rank', '-')}")]
+    for k, v in rows:
+        _row(table, k, v)
+    return table
 
 
 def _param(params: dict[str, Any], key: str) -> str:

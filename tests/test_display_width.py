@@ -1,8 +1,9 @@
 """The progress lines of run and trial keep their step, metric and ETA at 80 columns, the sweep's ETA
-is known from the first evaluation on."""
+is known from the first evaluation on, and studies show opens with a summary of the study."""
 
 import re
 
+import optuna
 import pytest
 from rich.console import Console
 
@@ -10,6 +11,7 @@ from sweep import ui
 from sweep.config import TrialConfig
 from sweep.hooks import Finished
 from sweep.result import EvalPoint
+from sweep.spec import StudySpec
 
 CLOCK = r"\d+:\d\d:\d\d"
 
@@ -73,3 +75,36 @@ def test_a_trials_line_keeps_step_metric_and_eta_at_80_columns(screen):
     bar.eval(EvalPoint(40, 640, 0.7654, {}, 0.5123))
     (line,) = drawn(screen, bar)
     assert "step 40/200" in line and "eval 0.7654" in line and re.search(rf"eta ({CLOCK}|-:--:--)$", line)
+
+
+def _study() -> tuple[dict, list]:
+    spec = StudySpec(base=TrialConfig(model="minilm-l6", task="sst2"), objective="accuracy")
+    study = optuna.create_study(direction="maximize")
+    dist = {"eta_a": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+            "lambda": optuna.distributions.FloatDistribution(1, 64, log=True),
+            "rank": optuna.distributions.CategoricalDistribution([4, 8])}
+    for value, params, state in ((0.8, {"eta_a": 1e-3, "lambda": 1.0, "rank": 8}, "COMPLETE"),
+                                 (0.9, {"eta_a": 2e-3, "lambda": 8.0, "rank": 4}, "COMPLETE"),
+                                 (0.5, {"eta_a": 1e-4, "lambda": 32.0, "rank": 8}, "PRUNED")):
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dist, value=value if state == "COMPLETE" else None,
+            state=optuna.trial.TrialState[state]))
+    trials = sorted(study.trials, key=lambda t: -(t.value or 0))
+    return {k: v for k, v in spec.to_dict().items() if k != "storage"}, trials
+
+
+def test_studies_show_starts_with_the_studys_summary(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    spec, trials = _study()
+    ui.print_study("sst2-study", spec, trials, lambda t: t.state.name.lower())
+    out = capsys.readouterr().out
+    head = out.split('"base"')[0]  # everything before the stored definition
+    summary = [line.strip("│ ").split("│") for line in head.splitlines()[:9] if line.count("│") == 3]
+    rows = {k.strip(): v.strip() for k, v in summary}
+    assert rows == {"study": "sst2-study", "model": "minilm-l6", "task": "sst2",
+                    "metric": "accuracy (maximized)", "trials": "3: 2 complete, 1 pruned",
+                    "best": "0.9000 (trial #1)", "at": "eta_A 0.002, lambda 8, rank 4"}
+    assert out.lstrip().startswith("┌") and out.index("sst2-study") < out.index("{")
+    # the base's eta_a, lambda and rank, which the search draws, are not shown as if used
+    definition = out[out.index('"base"'):out.index('"eta_a": [')]
+    assert '"eta_a"' not in definition and '"lambda"' not in definition and '"rank"' not in definition
