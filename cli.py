@@ -134,7 +134,7 @@ def confirm(
 @app.command()
 def report(
     names: Annotated[list[str] | None, typer.Argument(
-        metavar="[NAME]...", show_default=False,
+        metavar="NAME", show_default=False,
         help="Report these studies only, with their confirm studies (default: every study; see "
              "loraplus-sweep studies list).")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
