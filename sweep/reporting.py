@@ -6,15 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import optuna
 import pandas as pd
 
 from sweep import confirm, report
 from sweep.errors import SweepError
 from sweep.gridcheck import sweep_vs_grid
 from sweep.schema import short
-from sweep.storage import open_storage
-from sweep.stored import StoredStudy, is_ours, trials_frame
+from sweep.stored import StoredStudy, studies_attrs, trials_frame
 
 
 @dataclass(frozen=True)
@@ -58,21 +56,19 @@ LISTED = 10  # stored study names an unknown name's message lists; studies list 
 def selected(url: str, names: Sequence[str]) -> list[str]:
     """The named studies, each once, then the confirm studies of any of them: what a scoped report
     reads. A name not stored, or another tool's study, is one line."""
-    summaries = optuna.get_all_study_summaries(open_storage(url, create=False), include_best_trial=False)
-    stored = {s.study_name: s for s in summaries}
-    ours = [n for n, s in stored.items() if is_ours(s.user_attrs, len(s.directions))]
+    stored = studies_attrs(url)
+    ours = [n for n, attrs in stored.items() if attrs is not None]
     for name in names:
         if name not in stored:
             listed = ", ".join(short(n) for n in ours[:LISTED]) or "none"
             more = f" and {len(ours) - LISTED} more" if len(ours) > LISTED else ""
             raise SweepError(f"no study {short(name)} to report (stored: {listed}{more}); "
                              "see loraplus-sweep studies list")
-        s = stored[name]
-        if not is_ours(s.user_attrs, len(s.directions)):
+        if stored[name] is None:
             raise SweepError(f"study {short(name)} was not written by loraplus-sweep; report reads only "
                              "the studies that loraplus-sweep makes (loraplus-sweep studies list marks the "
                              "others as foreign)")
     chosen = list(dict.fromkeys(names))
-    confirms = [n for n, s in stored.items() if s.user_attrs.get("confirm_of") in chosen
-                and is_ours(s.user_attrs, len(s.directions)) and n not in chosen]
+    confirms = [n for n, attrs in stored.items()
+                if attrs is not None and attrs.get("confirm_of") in chosen and n not in chosen]
     return chosen + sorted(confirms)

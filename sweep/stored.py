@@ -427,6 +427,12 @@ def study_names(url: str) -> list[str]:
     return _names(_open(url, create=False))
 
 
+def studies_attrs(url: str) -> dict[str, dict[str, Any] | None]:
+    """Every stored study's attributes by name, in the storage's order; None for a foreign one."""
+    return {s.study_name: s.user_attrs if is_ours(s.user_attrs, len(s.directions)) else None
+            for s in optuna.get_all_study_summaries(_open(url, create=False), include_best_trial=False)}
+
+
 def _names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
