@@ -30,3 +30,27 @@ def native_cpu_bf16() -> bool:
     except OSError:
         return False
     return bool(cpu_flags(text) & BF16_FLAGS)
+
+
+@functools.cache
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere).
+
+    Converting or quantizing a base tensor by tensor frees megabytes at a time among the small
+    allocations that stay (quantization states, LoRA factors): glibc keeps such holes in its heap, and
+    a 4-bit SmolLM2-135M held about 200 MB of them after loading (benchmarks/llm_scale.py)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

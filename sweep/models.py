@@ -3,6 +3,7 @@ chosen init."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -11,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from sweep.base import DTYPES, base_dtype, quantization_config
 from sweep.batches import cache_dir
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
+from sweep.hardware import release_free_memory
 from sweep.hub import hub_reachable
 
 # Models that packages ship, so the default needs no network.
@@ -337,17 +340,57 @@ def _base_model(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, d
     key = repr((auto_class.__name__, path, _stamp(path), sorted(kwargs.items(), key=repr)))
     if key not in _base_cache:
         _base_cache.clear()  # one at a time: a slot's trials share one checkpoint
-        model, info = _pretrained_with_info(auto_class, path, kwargs)
+        reduced = "quantization_config" in kwargs or kwargs.get("dtype", torch.float32) != torch.float32
+        with _read_not_mapped() if reduced else contextlib.nullcontext():
+            model, info = _pretrained_with_info(auto_class, path, kwargs)
+        release_free_memory()
         # a quantized model is not copied: bitsandbytes' parameters carry their quantization state
         # beside the tensor, and loading quantizes only the linear weights, as fast as reading them
         if "quantization_config" in kwargs:
             _own_storage(model)
             return model, info
-        if _param_bytes(model) > BASE_CACHE_SHARE * _memory_bytes():
+        # nor kept twice where the trial asked for a reduced base to save memory
+        if reduced or _param_bytes(model) > BASE_CACHE_SHARE * _memory_bytes():
             return model, info
         _base_cache[key] = (model, info)
     model, info = _base_cache[key]
     return copy.deepcopy(model), info
+
+
+_safe_open_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _read_not_mapped():
+    """While a base loads in a reduced form (bf16, fp16, quantized), transformers reads its safetensors
+    files with pread instead of mapping them. A mapped file keeps every page that loading touched
+    resident until the last tensor is converted: an fp32 SmolLM2-135M checkpoint put 540 MB of file
+    pages beside the 270 MB bf16 model it became (benchmarks/llm_scale.py). Read tensor by tensor,
+    only the one being converted is held. The weights loaded are the same bytes either way."""
+    try:
+        from safetensors import safe_open
+        from transformers import modeling_utils
+    except ImportError:
+        yield
+        return
+    if getattr(modeling_utils, "safe_open", None) is not safe_open:
+        yield  # a transformers that opens checkpoints another way: left as it is
+        return
+
+    def read(filename, framework, device="cpu", *, backend="mmap", **kwargs):
+        if backend == "mmap":
+            try:
+                return safe_open(filename, framework=framework, device=device, backend="pread", **kwargs)
+            except (TypeError, ValueError):  # a safetensors without the pread backend
+                pass
+        return safe_open(filename, framework=framework, device=device, backend=backend, **kwargs)
+
+    with _safe_open_lock:
+        modeling_utils.safe_open = read
+        try:
+            yield
+        finally:
+            modeling_utils.safe_open = safe_open
 
 
 @torch.no_grad()

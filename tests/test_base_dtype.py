@@ -75,7 +75,7 @@ def test_a_llama_on_a_bf16_base_trains_like_fp32_and_keeps_no_fp32_frozen_weight
     assert frozen == {torch.bfloat16}  # embeddings, norms, the LM head and every linear: no fp32 copy
     assert trained == {torch.float32}  # LoRA: the optimizer's master weights
     assert all(".lora_" in n for n, p in model.named_parameters() if p.requires_grad)
-    assert _cached_base_dtypes() == {torch.bfloat16}  # nor in the copy kept for the next trial
+    assert _cached_base_dtypes() == set()  # a reduced base is not kept twice for the next trial
     assert bf16.precision == "bf16"  # computed in bf16 autocast
     assert bf16.history[-1].metric < bf16.history[0].metric  # it learns
     assert bf16.history[-1].metric == pytest.approx(fp32.history[-1].metric, abs=0.01)
@@ -320,3 +320,60 @@ def test_a_quantized_base_keeps_no_view_of_its_checkpoint_file(llama, rows_file)
     gc.collect()
     assert checkpoint not in Path("/proc/self/maps").read_text()
     assert any(not p.is_floating_point() for p in model.parameters())
+
+
+# -- loading a reduced base -------------------------------------------------------------------------
+
+_PEAK_OF_LOADING = """
+import contextlib
+import sys
+from pathlib import Path
+import torch
+from sweep import models
+from sweep.config import TrialConfig
+from sweep.models import load_causal_lm
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+cfg = TrialConfig(model=sys.argv[1], task="unused", base_dtype=sys.argv[2], rank=4, device="cpu")
+load_causal_lm(cfg.replace(model=sys.argv[4]))  # the libraries' lazy imports, paid before measuring
+if sys.argv[5] == "mapped":
+    models._read_not_mapped = contextlib.nullcontext
+Path("/proc/self/clear_refs").write_text("5")
+before = status("VmRSS")
+model = load_causal_lm(cfg)
+assert {p.dtype for p in model.parameters() if not p.requires_grad} == {getattr(torch, sys.argv[3])}
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads Linux's peak RSS")
+def test_a_bf16_base_loads_without_holding_its_fp32_checkpoint_in_memory(llama, tmp_path):
+    """Loading a bf16 base from an fp32 checkpoint does not hold the checkpoint's pages in memory beside
+    the model it becomes (sweep.models._read_not_mapped): each way measured in a fresh process on a
+    Llama of 67 MB of fp32 weights, after a first load that pays the libraries' lazy imports."""
+    import subprocess
+    import sys
+
+    import transformers as tf
+
+    from tests.decoders import byte_tokenizer
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=257, hidden_size=512, num_hidden_layers=4, num_attention_heads=4,
+                            intermediate_size=2048, max_position_embeddings=64)
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    byte_tokenizer(tmp_path).save_pretrained(tmp_path)
+    checkpoint = (tmp_path / "model.safetensors").stat().st_size
+    root = Path(__file__).resolve().parent.parent
+
+    def added(how: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _PEAK_OF_LOADING, str(tmp_path), "bf16", "bfloat16",
+                              llama, how], capture_output=True, text=True, cwd=root, check=True)
+        return int(out.stdout.split()[-1])
+
+    mapped, read = added("mapped"), added("read")
+    assert read < mapped - checkpoint / 2, (read, mapped, checkpoint)
+    assert read < checkpoint  # the bf16 model is half the checkpoint
