@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test docs lint bench clean-venv
 
 # torch first, so pip does not resolve the dependency to a build we do not want: the CUDA build
 # where a GPU answers, the CPU wheel (torch==2.13.0) elsewhere.
@@ -35,6 +35,12 @@ test: $(BIN)/.installed
 	$(BIN)/pytest -q -m "not slow and not processes" tests
 	$(BIN)/pytest -q -m processes tests
 	$(BIN)/pytest -q -m slow tests
+	$(MAKE) --no-print-directory docs
+
+# The documentation site (mkdocs.yml, docs/), built strictly into a temporary folder: a broken link,
+# anchor or page left out of the nav fails.
+docs: $(BIN)/.installed
+	site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && $(BIN)/mkdocs build --strict --quiet -d "$$site"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -1,5 +1,5 @@
-"""TrialConfig documents itself: each field's help and group are the text of --help and of the README's
-table of trial settings; and it reports every problem of a config in one error."""
+"""TrialConfig documents itself: each field's help and group are the text of --help and of the table of
+trial settings in docs/commands.md; and it reports every problem of a config in one error."""
 
 import dataclasses
 import re
@@ -12,7 +12,7 @@ from cli import app
 from sweep.config import GROUPS, TrialConfig, flag, settings_markdown
 from sweep.errors import SweepError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+COMMANDS_DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
 FIELDS = dataclasses.fields(TrialConfig)
 # What run means by these differs from one trial's value: ranges and a list of ranks.
 RUN_OWN_HELP = {"eta_a", "lam", "rank"}
@@ -56,12 +56,13 @@ def test_run_options_that_set_a_field_show_its_help():
     assert "LOW:HIGH" in shown
 
 
-def test_readme_table_is_the_generated_one():
-    text = README.read_text(encoding="utf-8")
+def test_docs_table_is_the_generated_one():
+    text = COMMANDS_DOC.read_text(encoding="utf-8")
     found = re.search(r"<!-- trial settings:[^\n]*-->\n(.*?)<!-- end of trial settings -->", text, re.S)
-    assert found, "README.md lost the markers around its table of trial settings"
+    assert found, "docs/commands.md lost the markers around its table of trial settings"
     assert found.group(1).strip() == settings_markdown().strip(), (
-        "README.md's trial settings differ from the fields' help: paste sweep.config.settings_markdown()")
+        "docs/commands.md's trial settings differ from the fields' help: "
+        "paste sweep.config.settings_markdown()")
 
 
 def test_generated_table_has_a_row_per_field_in_its_group():
