@@ -26,6 +26,7 @@ from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm, pack
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
 from sweep.metrics import MAIN_SPLIT, bootstrap_se, compute_splits, main_metric
+from sweep import outcomes
 from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id
 from sweep.tasks import Columns, TaskData, load_task
 
@@ -49,6 +50,8 @@ class Prepared:
     worst: dict[str, float]  # the metrics of a run that diverged
     # The standard error of `metric` at the last evaluation (a bootstrap over its examples).
     standard_error: Callable[[], float] = lambda: float("nan")
+    # The last evaluation's per-example outcomes for `metric` (sweep.outcomes); None where unknown.
+    outcomes: Callable[[], dict | None] = lambda: None
 
 
 def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | LMTask | None = None) -> Prepared:
@@ -107,11 +110,16 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
     def standard_error() -> float:
         return bootstrap_se(metric, last[MAIN_SPLIT], golds[MAIN_SPLIT]) if last else float("nan")
 
+    def per_example() -> dict | None:
+        if not last:
+            return None
+        return outcomes.classification(metric, last[MAIN_SPLIT], golds[MAIN_SPLIT], task.is_regression)
+
     nan = {name: np.full(len(enc), np.nan) for name, enc in val_enc.items()}
     worst = compute_splits(task.metrics, nan, golds)
     return Prepared("classification", model, tokenizer, train_enc.lengths, batch,
                     lambda b: len(b["labels"]), loss_sum, evaluate, tuple(worst), metric, worst,
-                    standard_error)
+                    standard_error, per_example)
 
 
 def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> Prepared:
@@ -141,16 +149,19 @@ def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> P
         return nll_per_example(model, b)[0].sum()
 
     last: dict[str, Callable[[], float]] = {}  # the last evaluation's standard errors, by metric
+    seen: dict[str, object] = {}  # and its per-example figures
 
     def evaluate(autocast) -> dict[str, float]:
         with autocast():
             loss = token_loss(model, val_enc, pad_id, batch_size, device)
             out = {"loss": loss.loss, "perplexity": loss.perplexity}
             last.update(loss=loss.standard_error, perplexity=lambda: loss.standard_error(perplexity=True))
+            seen.update(nll=loss.example_nll, tokens=loss.example_tokens)
             if choices is not None:
                 scores = score_choices(model, choices, pad_id, batch_size, device)
                 out["accuracy"] = scores.accuracy
                 last["accuracy"] = scores.standard_error
+                seen.update(correct=scores.predicted == scores.answer, answers=scores.answer)
         return out
 
     metrics = task.metrics
@@ -158,7 +169,8 @@ def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> P
     worst = {"loss": float("inf"), "perplexity": float("inf"), "accuracy": 0.0}
     return Prepared("causal-lm", model, tokenizer, train_enc.lengths, batch, count, loss_sum, evaluate,
                     metrics, metric, {m: worst[m] for m in metrics},
-                    lambda: last[metric]() if metric in last else float("nan"))
+                    lambda: last[metric]() if metric in last else float("nan"),
+                    lambda: outcomes.causal_lm(metric, **seen) if seen else None)
 
 
 # Evaluation batches: on a CPU a forward pass of 16 short examples runs well below the matmul peak,

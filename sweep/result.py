@@ -60,6 +60,9 @@ class TrialResult:
     # The standard error of `metric` over the examples it was scored on (a bootstrap, see
     # sweep.metrics.bootstrap); NaN for a diverged run.
     metric_se: float = math.nan
+    # Per-example outcomes of that final evaluation (sweep.outcomes), to pair two trials scored on the
+    # same examples; None for a diverged run.
+    outcomes: dict | None = None
 
     @property
     def diverged(self) -> bool:

@@ -207,12 +207,13 @@ def run_trial(
     if unread is not None and stop is StopReason.COMPLETED:
         read(*unread)  # (a loop that ends with an evaluation step has read it already)
 
-    metric_se = math.nan
+    metric_se, per_example = math.nan, None
     if stop is StopReason.DIVERGED:
         final = work.worst  # the weights are no longer meaningful: score the run at its worst, not at random
     else:
         final = history[-1].metrics
         metric_se = work.standard_error()
+        per_example = work.outcomes()
         if on_end is not None:
             uncast(cast)
             on_end(model, work.tokenizer)
@@ -224,6 +225,7 @@ def run_trial(
         metric_name=work.metric,
         metric=main,
         metric_se=metric_se,
+        outcomes=per_example,
         best_metric=best.metric if best else main,
         best_step=best.step if best else step,
         metrics=final,

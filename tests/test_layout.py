@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     # foundation: no knowledge of trials
     {"errors", "schema", "quiet", "hub", "signals", "stats", "liveness", "metrics", "outfiles", "hardware",
-     "texts", "dropout", "streams"},
+     "texts", "dropout", "streams", "outcomes"},
     # what a trial and a study are
     {"config", "spec", "embedded", "tasks", "batches", "lm_tasks", "lm_batches", "result", "hooks"},
     # the engine: one trial, from config to result
