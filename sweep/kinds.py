@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sweep import outcomes
 from sweep.batches import collate, encode_task, eval_batches, sample_indices
 from sweep.config import TrialConfig
 from sweep.dropout import numpy_dropout
@@ -26,7 +27,6 @@ from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm, pack
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
 from sweep.metrics import MAIN_SPLIT, bootstrap_se, compute_splits, main_metric
-from sweep import outcomes
 from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id
 from sweep.tasks import Columns, TaskData, load_task
 

@@ -80,7 +80,9 @@ def causal_lm(metric: str, nll: np.ndarray | None, tokens: np.ndarray | None,
     """The record of a causal LM's evaluation for `metric`: loss and perplexity from each example's
     summed NLL and trained tokens, accuracy from each row's right or wrong candidate."""
     if metric == "accuracy":
-        return None if correct is None else _record(np.asarray(answers), {"correct": np.asarray(correct, bool)})
+        if correct is None:
+            return None
+        return _record(np.asarray(answers), {"correct": np.asarray(correct, bool)})
     if nll is None or tokens is None or not np.isfinite(nll).all():
         return None
     return _record(np.asarray(tokens), {"nll": np.asarray(nll, np.float32),

@@ -34,7 +34,8 @@ def write(df: pd.DataFrame | None, frames: dict[str, pd.DataFrame], out_dir: Pat
             if not completed(rows).empty:
                 written.append(plots.plot_heatmap(rows, out_dir / f"heatmap-{safe_name(str(study))}.png"))
         if "lambda_curve" in frames and not frames["lambda_curve"].empty:
-            written.append(plots.plot_lambda_curves(frames["lambda_curve"], out_dir / "lambda_curves.png"))
+            path = out_dir / "lambda_curves.png"
+            written.append(plots.plot_lambda_curves(frames["lambda_curve"], path, df))
         shares = frames.get("importance")
         for study, rows in (shares.groupby("study", sort=True) if shares is not None else ()):
             if rows["interactions"].notna().any():  # a study with too few trials has its answer, no plot

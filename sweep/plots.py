@@ -136,10 +136,10 @@ def plot_heatmap(df: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_lambda_curves(curve: pd.DataFrame, path: str | Path) -> Path:
+def plot_lambda_curves(curve: pd.DataFrame, path: str | Path, trials: pd.DataFrame | None = None) -> Path:
     """The lambda curves (a report.lambda_curve frame) as a PNG: see lambda_curves_figure."""
     plt = _pyplot()
-    fig = lambda_curves_figure(curve)
+    fig = lambda_curves_figure(curve, trials)
     try:
         fig.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend lies outside the panels
     finally:
@@ -167,16 +167,17 @@ def bins_with_gaps(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return 2.0**every, values.reindex(every).to_numpy(float)
 
 
-def lambda_curves_figure(curve: pd.DataFrame):
+def lambda_curves_figure(curve: pd.DataFrame, trials: pd.DataFrame | None = None):
     """The best value in each lambda bin, in the metric's own units: a panel per task and metric (no
     normalisation, so a panel reads as the report's table), a line per model, each bin's standard error
     as an error bar where it is known. Markers stand for the bins tried; a line joins neighbouring bins
     only, never one across a bin without a completed trial. Each model's default lambda is marked
     (with the bins tied with it) where its task is. The legend lies below the panels, outside every
-    data area. The caller closes the figure."""
+    data area. `trials`, the frame of the curve, lets the ties be judged as the report's table judges
+    them (report.default_lambda_from_curve). The caller closes the figure."""
     if curve.empty:
         raise SweepError("no completed trials to plot; run the sweep first")
-    defaults = report.default_lambda_from_curve(curve)
+    defaults = report.default_lambda_from_curve(curve, trials)
     panels = curve_panels(curve)
     models = sorted(curve["model"].astype(str).unique())
     plt = _pyplot()

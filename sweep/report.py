@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep import embedded
+from sweep import embedded, stats
 from sweep.config import PLAIN_RTOL
 from sweep.importance import importance_table
 from sweep.metrics import sign
@@ -261,8 +261,61 @@ def rows_scored(config: Any) -> tuple[int | None, bool]:
     return limit, False
 
 
-def _trial_se(row: pd.Series) -> float:
+def _trial_se(row: Any) -> float:
     return standard_error(row["metric_name"], row["value"], row.get("config"), row.get("metric_se"))[0]
+
+
+def _seeds(g: pd.DataFrame) -> pd.Series:
+    """Each trial's training seed: its stored seed, else its config's."""
+    configs = g["config"] if "config" in g else pd.Series(None, index=g.index, dtype=object)
+    from_config = configs.map(lambda c: c.get("seed") if isinstance(c, dict) else None)
+    return (g["seed"].where(g["seed"].notna(), from_config) if "seed" in g else from_config)
+
+
+def seed_noise(g: pd.DataFrame) -> tuple[float, int]:
+    """The seed-to-seed variance of one trial's value among the completed trials `g` of one (model,
+    task, definition), and its degrees of freedom (0: no replicates, NaN variance). Replicates are
+    trials of one configuration (eta_A, lambda, rank) at different seeds; a seed run twice counts
+    once. Pooled over configurations (sweep.stats.seed_variance): it assumes they all spread alike."""
+    if g.empty:
+        return NAN_F, 0
+    seeds = _seeds(g)
+    point = [(round(math.log(float(e)), 6), round(math.log(float(lam)), 6), r)
+             for e, lam, r in zip(g["eta_a"], g["lambda"], g["rank"], strict=True)]
+    frame = pd.DataFrame({"point": point, "seed": seeds.astype(object).to_numpy(),
+                          "value": pd.to_numeric(g["value"], errors="coerce").to_numpy()})
+    frame = frame[frame["seed"].notna()].drop_duplicates(["point", "seed"])
+    groups = [sub["value"].to_numpy() for _, sub in frame.groupby("point", sort=False) if len(sub) >= 2]
+    return stats.seed_variance(groups)
+
+
+def diff_se(a: Any, b: Any, seed_var: float = math.nan) -> float:
+    """The standard error of trial a's value minus trial b's (rows of one definition: one metric, one
+    validation split), 0 for a trial against itself.
+
+    Evaluation noise: paired over the examples both were scored on where both stored their per-example
+    outcomes (sweep.stats.paired_se); else their own standard errors (standard_error) combined as if
+    independent, which overstates it where the two agree on most examples. Seed noise: twice the
+    study's seed-to-seed variance (seed_noise; each trial's seed independent), where it has
+    replicates; without them the SE is of evaluation noise only. The two are taken as independent."""
+    same = a.get("number") is not None and a.get("number") == b.get("number")
+    if same and a.get("study") == b.get("study"):
+        return 0.0
+    paired = stats.paired_se(str(a["metric_name"]), a.get("outcomes"), b.get("outcomes"))
+    se = paired if paired is not None else stats.unpaired_se(_trial_se(a), _trial_se(b))
+    seed = 2.0 * seed_var if math.isfinite(seed_var) else 0.0
+    return float(math.sqrt(se * se + seed))
+
+
+def noise_basis(g: pd.DataFrame) -> str:
+    """In words, what diff_se counts for the completed trials `g` of one definition."""
+    records = g["outcomes"] if "outcomes" in g else pd.Series(dtype=object)
+    paired = bool(len(records)) and records.map(lambda r: isinstance(r, dict)).all()
+    evaluation = "evaluation noise, paired over the examples" if paired else "evaluation noise, unpaired"
+    _, df = seed_noise(g)
+    if df:
+        return f"{evaluation}, and seed noise ({df} degrees of freedom of replicates)"
+    return f"{evaluation} only: no replicates at other seeds, so seed noise is not counted"
 
 
 def judged(df: pd.DataFrame) -> pd.DataFrame:
@@ -270,16 +323,18 @@ def judged(df: pd.DataFrame) -> pd.DataFrame:
     from noise. Columns: model, task, definition, eval_rows (Int64: the validation rows its best trial
     was scored on, NA where not known exactly), eval_rows_at_most (Int64: an upper bound from
     eval_limit, else eval_rows), se (the best trial's standard error, see standard_error), gain_se (the
-    standard error of best - best_plain, the two taken as independent; NaN without both)."""
+    standard error of best - best_plain, see diff_se: paired over their shared examples, with the
+    seed-to-seed noise of the study's replicates; NaN without both)."""
     done = completed(_defined(df))
     rows = []
     for key, g in done.groupby(KEYS, sort=True):
         top = _best_rows(g, KEYS).iloc[0]
         plain = g[is_plain(g["lambda"])]
-        plain_se = _trial_se(_best_rows(plain, KEYS).iloc[0]) if len(plain) else NAN_F
+        gain_se = (diff_se(top, _best_rows(plain, KEYS).iloc[0], seed_noise(g)[0]) if len(plain)
+                   else NAN_F)
         se = _trial_se(top)
         n, exact = rows_scored(top.get("config"))
-        rows.append((*key, n if exact else None, n, se, float(np.hypot(se, plain_se))))
+        rows.append((*key, n if exact else None, n, se, gain_se))
     out = pd.DataFrame(rows, columns=[*KEYS, "eval_rows", "eval_rows_at_most", "se", "gain_se"])
     for c in ("eval_rows", "eval_rows_at_most"):
         out[c] = out[c].astype("Int64")
@@ -322,9 +377,10 @@ def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
     its best was plain LoRA), trials (completed trials in the bin); normalised: 1 at the curve's best
     bin, less elsewhere (value / the best, or for a metric better lower, the best / value), NaN when a
     ratio says nothing (a best <= 0, e.g. an MCC that never left 0; a loss <= 0); normalised_se, the se
-    on that scale; within_noise: whether the bin's value trails the curve's best by at most NOISE_SES
-    standard errors of the difference (the two SEs taken as independent). The best bin always is; where
-    an SE is unknown, only a bin with an equal value is.
+    on that scale; diff_se, the standard error of the bin's best minus the curve's best (diff_se:
+    paired over shared examples, with seed noise where the study has replicates); within_noise: whether
+    the bin's value trails the curve's best by at most NOISE_SES diff_se. The best bin always is; where
+    an SE is unknown, only a bin with an equal value is. noise: what diff_se counts, in words.
     """
     df = _defined(df)
     done = completed(df)
@@ -335,7 +391,8 @@ def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
     stored = best["metric_se"] if "metric_se" in best else pd.Series(None, index=best.index, dtype=object)
     noise = [standard_error(m, v, c, se) for m, v, c, se in zip(best["metric_name"], best["value"], configs,
                                                                 stored, strict=True)]
-    best = best[keys + ["metric_name", "value", "eta_a", "lambda", "rank"]].rename(
+    best = best.assign(_trial=best.to_dict("records"))  # for diff_se below
+    best = best[keys + ["metric_name", "value", "eta_a", "lambda", "rank", "_trial"]].rename(
         columns={"lambda": "trial_lambda"})
     best.insert(best.columns.get_loc("value") + 1, "se", [n[0] for n in noise])
     best.insert(best.columns.get_loc("se") + 1, "se_basis", [n[1] for n in noise])
@@ -348,14 +405,20 @@ def lambda_curve(df: pd.DataFrame) -> pd.DataFrame:
     # Each row's curve's best bin (of equal bests the lowest, as default_lambda picks).
     at_top = score.groupby([out[k] for k in KEYS]).transform("idxmax")
     top = out["value"].loc[at_top].to_numpy()
-    top_se = out["se"].loc[at_top].to_numpy()
     up = (out["value"] / top).where(top > 0)
     down = (top / out["value"]).where((out["value"] > 0) & (top > 0))
     out["normalised"] = up.where(signs > 0, down)
     out["normalised_se"] = (out["normalised"] * out["se"] / out["value"].abs()).where(out["value"] != 0)
     gap = (top - out["value"]) * signs
-    out["within_noise"] = (gap <= NOISE_SES * np.hypot(out["se"], top_se)) | (gap <= 0)
-    return _with_setup(out, df)
+    groups = {key: g for key, g in done.groupby(KEYS, sort=False)}
+    seed_var = {key: seed_noise(g)[0] for key, g in groups.items()}
+    trials = out["_trial"].to_numpy()
+    out["diff_se"] = [diff_se(trials[i], trials[t], seed_var[tuple(trials[i][k] for k in KEYS)])
+                      for i, t in zip(range(len(out)), out.index.get_indexer(at_top), strict=True)]
+    out["within_noise"] = (gap <= NOISE_SES * out["diff_se"]) | (gap <= 0)
+    basis = {key: noise_basis(g) for key, g in groups.items()}
+    out["noise"] = [basis[tuple(t[k] for k in KEYS)] for t in trials]
+    return _with_setup(out.drop(columns="_trial"), df)
 
 
 @dataclass(frozen=True)
@@ -370,7 +433,7 @@ class DefaultLambda:
     within_noise holds the bins (ascending) whose mean trails the recommended bin's by at most NOISE_SES
     standard errors of the difference: the recommended bin alone when the data orders the rest, several
     when they tie; with an unknown SE only bins of an equal mean tie. excluded names curves left out
-    because their best value was <= 0.
+    because their best value was <= 0. noise says what those standard errors count (see diff_se).
     """
 
     model: str
@@ -383,6 +446,7 @@ class DefaultLambda:
     within_noise: tuple[int, ...]
     tasks: tuple[str, ...]
     excluded: tuple[str, ...] = ()
+    noise: str = "evaluation noise, unpaired only: no trials given"
 
     @property
     def lam(self) -> float:
@@ -400,10 +464,11 @@ class DefaultLambda:
 
 def default_lambda(df: pd.DataFrame) -> dict[str, DefaultLambda]:
     """Per model, the lambda with the best mean normalised value across its tasks (see ..._from_curve)."""
-    return default_lambda_from_curve(lambda_curve(df))
+    return default_lambda_from_curve(lambda_curve(df), df)
 
 
-def default_lambda_from_curve(curve: pd.DataFrame) -> dict[str, DefaultLambda]:
+def default_lambda_from_curve(curve: pd.DataFrame, trials: pd.DataFrame | None = None
+                              ) -> dict[str, DefaultLambda]:
     """Per model (sorted), the recommended lambda from a lambda_curve frame.
 
     Each (task, definition) curve counts once: two definitions of one task are two labelled curves,
@@ -412,6 +477,11 @@ def default_lambda_from_curve(curve: pd.DataFrame) -> dict[str, DefaultLambda]:
     choice; `within_noise` says which bins the data cannot order. With one curve this is its best bin,
     spread 0. A model is left out when none of its curves has a best value > 0, or no bin is common to
     all of them.
+
+    With `trials` (the frame the curve was made from), a bin ties with the pick when its mean trails by
+    at most NOISE_SES standard errors of the mean difference over curves, each curve's from diff_se
+    (paired over its examples, with its seed noise) taken to the normalised scale, the curves taken as
+    independent. Without, from the curves' normalised_se, every value's noise taken as independent.
     """
     setup = curve["setup"] if "setup" in curve else pd.Series("", index=curve.index)
     curve = curve.assign(_curve=[curve_label(t, s) for t, s in zip(curve["task"], setup, strict=True)])
@@ -426,7 +496,12 @@ def default_lambda_from_curve(curve: pd.DataFrame) -> dict[str, DefaultLambda]:
         se = np.sqrt((ses**2).sum(axis=1, skipna=False)) / table.shape[1]
         pick = int(mean.idxmax())  # the index is sorted, and idxmax returns the first maximum
         gap = mean[pick] - mean
-        within = (gap <= NOISE_SES * np.hypot(se, se[pick])) | (gap <= 0)
+        noise = DefaultLambda.noise
+        if trials is None:
+            gap_se = np.hypot(se, se[pick])
+        else:
+            gap_se, noise = _normalised_gap_se(usable, table, pick, trials)
+        within = (gap <= NOISE_SES * gap_se) | (gap <= 0)
         at = table.loc[pick]
         out[str(model)] = DefaultLambda(
             model=str(model),
@@ -439,19 +514,54 @@ def default_lambda_from_curve(curve: pd.DataFrame) -> dict[str, DefaultLambda]:
             within_noise=tuple(int(b) for b in mean.index[within]),
             tasks=tuple(str(c) for c in table.columns),
             excluded=tuple(sorted(set(rows["_curve"]) - set(usable["_curve"]))),
+            noise=noise,
         )
     return out
+
+
+def _normalised_gap_se(rows: pd.DataFrame, table: pd.DataFrame, pick: int,
+                       trials: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Per bin of `table` (bins x curves of normalised values): the standard error of the mean over
+    curves of (normalised at `pick` - normalised at the bin), and the noise counted, in words. A
+    curve's difference in metric units (diff_se) is divided by its best value, or for a metric better
+    lower scaled by best / (value_bin value_pick), the first-order change of best / value."""
+    done = completed(_defined(trials))
+    done = done.assign(lambda_bin=lambda_bin(done["lambda"].astype(float)))
+    bests = {tuple(r[k] for k in [*KEYS, "lambda_bin"]): r
+             for r in _best_rows(done, [*KEYS, "lambda_bin"]).to_dict("records")}
+    groups = {key: g for key, g in done.groupby(KEYS, sort=False)}
+    where = {r["_curve"]: tuple(r[k] for k in KEYS) for r in rows.to_dict("records")}
+    variance = pd.Series(0.0, index=table.index)
+    for c in table.columns:
+        key, g = where[c], groups.get(where[c])
+        if g is None:
+            return pd.Series(NAN_F, index=table.index), DefaultLambda.noise
+        seed_var = seed_noise(g)[0]
+        at, s = bests[(*key, pick)], _sign_of(bests[(*key, pick)])
+        top = max((r["value"] for k, r in bests.items() if k[:len(KEYS)] == key), key=lambda v: v * s)
+        for b in table.index:
+            row = bests[(*key, b)]
+            se = diff_se(at, row, seed_var)
+            scale = 1.0 / abs(top) if s > 0 else abs(top) / abs(row["value"] * at["value"])
+            variance[b] += (se * scale) ** 2
+    noises = sorted({noise_basis(groups[where[c]]) for c in table.columns})
+    return np.sqrt(variance) / table.shape[1], "; ".join(noises)
+
+
+def _sign_of(row: Any) -> float:
+    return sign(row["metric_name"]) if isinstance(row.get("metric_name"), str) else (
+        -1.0 if row.get("direction") == "minimize" else 1.0)
 
 
 def defaults_table(defaults: dict[str, DefaultLambda]) -> pd.DataFrame:
     """The recommendations as one row per model, ready for to_format (by_bin left out): within_noise
     lists the lambdas of the tied bins ("4, 8"), tasks and excluded the curves ("; " between them)."""
     columns = ["model", "lambda", "lambda_bin", "mean_normalised", "mean_se", "within_noise", "spread",
-               "worst", "n_tasks", "tasks", "excluded"]
+               "worst", "n_tasks", "tasks", "excluded", "noise"]
     rows = [
         [d.model, d.lam, d.lambda_bin, d.mean_normalised, d.mean_se,
          ", ".join(f"{2.0**b:g}" for b in d.within_noise), d.spread, d.worst, d.n_tasks,
-         "; ".join(d.tasks), "; ".join(d.excluded)]
+         "; ".join(d.tasks), "; ".join(d.excluded), d.noise]
         for d in defaults.values()
     ]
     return pd.DataFrame(rows, columns=columns)
@@ -640,7 +750,7 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {
         "summary": summary(df),
         "lambda_curve": curve,
-        "default_lambda": defaults_table(default_lambda_from_curve(curve)),
+        "default_lambda": defaults_table(default_lambda_from_curve(curve, df)),
         "budget": grid_equivalent(df),
         "importance": importance_table(df),
     }

@@ -1,5 +1,6 @@
 """Statistics for `confirm`: LoRA+ against plain LoRA over seeds, paired by seed, how large a gain those
-pairs could detect, and how many steps each needs to reach a metric."""
+pairs could detect, and how many steps each needs to reach a metric; and for the report, the standard
+error of two trials' difference, paired over the examples they share, and the seed-to-seed noise."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, stats
+
+from sweep import outcomes
+from sweep.metrics import BOOTSTRAP_RESAMPLES, METRICS, bootstrap
 
 MIN_PAIRS = 3  # with 2 pairs the t interval has 1 degree of freedom: too wide to mean anything
 POWER = 0.8  # the power of the minimum detectable effect
@@ -97,6 +101,79 @@ def min_detectable_effect(sd: float, n: int, level: float = 0.95, power: float =
         high *= 2
     return float(optimize.brentq(lambda e: paired_t_power(e, sd, n, level) - power, 0.0, high,
                                  xtol=1e-12 * sd, rtol=1e-10))
+
+
+def paired_se(metric: str, a: object, b: object, resamples: int = BOOTSTRAP_RESAMPLES,
+              seed: int = 0) -> float | None:
+    """The standard error of value(a) - value(b) for two trials' per-example records (sweep.outcomes)
+    of the same examples in the same order; None where either has no record or they do not line up
+    (the caller then combines the trials' own SEs as if independent).
+
+    It assumes the examples are independent draws from the population the validation split stands
+    for, and the two trained models fixed: it measures evaluation noise only, not the seed's. Pairing
+    removes what the examples share (an example both get right or both get wrong adds nothing), so it
+    is at most about the unpaired sqrt(se_a^2 + se_b^2), and much smaller where the two mostly agree.
+    - accuracy: the mean of d_i = correct_a,i - correct_b,i, its SE std(d) / sqrt(n);
+    - a causal LM's loss per token, both scored on the same trained tokens T: the difference is
+      sum(nll_a,i - nll_b,i) / T, its SE sqrt(n) std(d) / T (T taken as fixed);
+    - any other metric (F1, macro-F1, MCC, Pearson, Spearman, perplexity), not a mean of per-example
+      terms: a paired bootstrap, each resample of the examples scoring both trials on the same ones.
+    """
+    if not outcomes.aligned(a, b):
+        return None
+    x, y = outcomes.arrays(a), outcomes.arrays(b)
+    if x is None or y is None:
+        return None
+    n = int(a["n"])  # type: ignore[index]
+    if n < 2:
+        return None
+    if metric in outcomes.MEAN_OF_CORRECT and "correct" in x and "correct" in y:
+        d = x["correct"].astype(float) - y["correct"].astype(float)
+        return float(d.std(ddof=1) / math.sqrt(n))
+    if metric == "loss" and {"nll", "tokens"} <= set(x) & set(y) and np.array_equal(x["tokens"], y["tokens"]):
+        total = float(x["tokens"].sum())
+        d = x["nll"] - y["nll"]
+        return float(math.sqrt(n) * d.std(ddof=1) / total) if total > 0 else None
+    fa, fb = _statistic(metric, x), _statistic(metric, y)
+    if fa is None or fb is None:
+        return None
+    return bootstrap(lambda i: fa(i) - fb(i), n, resamples, seed)
+
+
+def _statistic(metric: str, x: dict[str, np.ndarray]):
+    """metric(indices) recomputed from a record's arrays; None where the record cannot give it."""
+    if metric in ("loss", "perplexity") and {"nll", "tokens"} <= set(x):
+        def loss(i: np.ndarray) -> float:
+            value = float(x["nll"][i].sum()) / max(int(x["tokens"][i].sum()), 1)
+            return value if metric == "loss" else (math.exp(value) if value < 700 else math.inf)
+        return loss
+    if metric in METRICS and {"pred", "gold"} <= set(x):
+        return lambda i: METRICS[metric](x["pred"][i], x["gold"][i])
+    if metric in outcomes.MEAN_OF_CORRECT and "correct" in x:
+        return lambda i: float(x["correct"][i].mean())
+    return None
+
+
+def unpaired_se(se_a: float, se_b: float) -> float:
+    """The standard error of a difference of two values whose errors are independent: trials scored
+    on separate examples, or a fallback where the examples' pairing is unknown (an overestimate where
+    they share examples and mostly agree)."""
+    return float(math.hypot(se_a, se_b))
+
+
+def seed_variance(values: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """The seed-to-seed variance of a trial's value, pooled over groups of replicates (each group: one
+    configuration's values at different seeds), and its degrees of freedom (sum of size - 1; 0: no
+    replicates, variance NaN). It assumes every configuration spreads alike over seeds; scored on one
+    validation split, it is the spread of the trained models as that split sees them."""
+    sums, df = 0.0, 0
+    for group in values:
+        v = np.asarray(group, float)
+        v = v[np.isfinite(v)]
+        if len(v) >= 2:
+            sums += float(((v - v.mean()) ** 2).sum())
+            df += len(v) - 1
+    return (sums / df if df else math.nan), df
 
 
 def mean_curve(histories: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:

@@ -340,6 +340,8 @@ def _print_search_tables(tables: dict[str, pd.DataFrame]) -> None:
         _row(t, str(r["model"]), f"{r['lambda']:g}", _num(r["mean_normalised"]), _num(r["mean_se"]),
              noise, _num(r["spread"]), _num(r["worst"]), tasks)
     out.print(t)
+    for r in d.to_dict("records"):
+        out.print(f"{r['model']}: ties judged on {r['noise']}", highlight=False)
     if "importance" in tables and not tables["importance"].empty:
         _print_importance(out, tables["importance"])
     if "sweep_vs_grid" in tables:

@@ -2,6 +2,10 @@
 of two trials scored on the same examples, seed-to-seed noise from replicates, and the plateau's centre
 recommended rather than its edge."""
 
+import math
+
+import numpy as np
+import pandas as pd
 import pytest
 
 from sweep.outcomes import arrays
@@ -26,3 +30,62 @@ def test_a_real_trial_stores_its_per_example_outcomes(tiny_cfg, tmp_path):
     assert stored["n"] == n
     correct = arrays(stored)["correct"]
     assert correct.shape == (n,) and correct.mean() == pytest.approx(result.metric)
+
+
+def test_the_paired_standard_error_is_smaller_where_two_trials_agree_on_most_examples():
+    from sweep import stats
+    from sweep.metrics import bootstrap_se
+    from sweep.outcomes import classification
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 400)
+    a = np.where(rng.random(400) < 0.8, gold, 1 - gold)  # about 80 % right
+    b = a.copy()
+    flip = rng.choice(400, 12, replace=False)  # the two differ on 12 examples
+    b[flip] = 1 - b[flip]
+    ra, rb = classification("accuracy", a, gold, False), classification("accuracy", b, gold, False)
+    paired = stats.paired_se("accuracy", ra, rb)
+    unpaired = stats.unpaired_se(bootstrap_se("accuracy", a, gold), bootstrap_se("accuracy", b, gold))
+    d = (a == gold).astype(float) - (b == gold).astype(float)
+    assert paired == pytest.approx(d.std(ddof=1) / math.sqrt(400))
+    assert paired < unpaired / 3
+    # A metric that is no mean of per-example terms: a paired bootstrap, as much smaller.
+    fa, fb = classification("f1", a, gold, False), classification("f1", b, gold, False)
+    assert stats.paired_se("f1", fa, fb) < stats.unpaired_se(bootstrap_se("f1", a, gold),
+                                                             bootstrap_se("f1", b, gold)) / 3
+    # Other examples (another sample): not paired, so the caller falls back to the unpaired SE.
+    other = classification("accuracy", b[:399], gold[:399], False)
+    assert stats.paired_se("accuracy", ra, other) is None
+    assert stats.paired_se("accuracy", ra, None) is None
+
+
+def study(values: dict[float, list[float]], se: float = 0.005) -> pd.DataFrame:
+    """Trials of one task: per lambda, one configuration at each seed (replicates), each scored with an
+    evaluation standard error `se`."""
+    rows = []
+    for lam, seeds in values.items():
+        for seed, value in enumerate(seeds):
+            rows.append({"study": "s", "model": "m", "task": "t", "metric_name": "accuracy",
+                         "state": "COMPLETE", "number": len(rows), "value": value, "metric_se": se,
+                         "eta_a": 1e-3, "lambda": lam, "rank": 8, "seed": seed, "tokens": 0,
+                         "wall_time_s": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_two_lambda_bins_apart_by_less_than_the_seed_spread_tie():
+    from sweep import report
+
+    df = study({4.0: [0.80, 0.84, 0.88], 8.0: [0.79, 0.83, 0.86]})  # equal in truth, seeds spread 0.04
+    curve = report.lambda_curve(df).set_index("lambda_bin")
+    assert curve.loc[3, "within_noise"]  # 0.86 against 0.88: apart by 4 evaluation SEs, not by seeds
+    assert curve.loc[3, "diff_se"] > 0.04
+    assert "seed noise (4 degrees of freedom" in curve.loc[3, "noise"]
+    d = report.default_lambda(df)["m"]
+    assert d.lambda_bin == 2 and d.within_noise == (2, 3) and d.tied
+    assert report.judged(df.assign(**{"lambda": df["lambda"].replace(8.0, 1.0)}))["gain_se"].iloc[0] > 0.04
+    # Without replicates the same two trials are apart, and the report says what it judged them on.
+    single = df[df["value"].isin([0.88, 0.86])]
+    curve = report.lambda_curve(single).set_index("lambda_bin")
+    assert not curve.loc[3, "within_noise"]
+    assert "evaluation noise, unpaired only: no replicates" in curve.loc[3, "noise"]
+    assert report.default_lambda(single)["m"].within_noise == (2,)
