@@ -94,13 +94,16 @@ def seeds_of(spec: StudySpec, seeds: int) -> tuple[int, ...]:
 
 
 def _best(trials: pd.DataFrame) -> dict:
-    return report.best_configs(trials).iloc[0].to_dict()
+    """The trial the report recommends of `trials`: the centre of the plateau within noise of their
+    best (report.plateau), not the first trial that reached the top, which may sit at its edge."""
+    return report.plateau(trials).recommended
 
 
 def candidates(trials: pd.DataFrame, spec: StudySpec, rank: int | None = None) -> tuple[dict[str, Arm], str]:
     """From a study's trials frame: the plain arm (its best completed lambda = 1 trial, at `rank` if
     given; without one, plain LoRA at the study's baseline eta_A) and, at the plain arm's rank, the
-    best completed trial of each lambda bin >= MIN_BIN; by name, and the name of the best of them."""
+    best completed trial of each lambda bin >= MIN_BIN; by name, and the name of the best of them.
+    Each "best" is the recommended trial of those (_best): the centre of their plateau within noise."""
     study = trials["study"].iloc[0] if len(trials) else spec.study_name
     done = report.completed(trials)
     plain = done[report.is_plain(done["lambda"])]

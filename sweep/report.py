@@ -144,6 +144,63 @@ def best_configs(df: pd.DataFrame) -> pd.DataFrame:
     return _best_rows(completed(_defined(df)), KEYS)[KEYS + CONFIG_COLUMNS]
 
 
+@dataclass(frozen=True)
+class Plateau:
+    """The configurations within noise of the best among some completed trials, and the one to
+    recommend: the trial nearest the middle of the plateau's log eta_B range (eta_B = lambda * eta_A),
+    the one farthest from its edges, where a cliff may lie just past the last trial within noise."""
+
+    best: dict[str, Any]  # the best trial (of equal values, the lower number)
+    recommended: dict[str, Any]
+    trials: int  # within noise of the best, the best included
+    eta_b_low: float
+    eta_b_high: float
+    lambda_bins: tuple[int, ...]  # the bins of the trials within noise, ascending
+
+
+def plateau(g: pd.DataFrame) -> Plateau | None:
+    """The plateau of the completed trials of `g`, one (model, task, definition) or any part of it
+    (None without one): every trial whose value trails the best by at most NOISE_SES standard errors
+    of the difference (diff_se, with the seed noise of g's replicates), or not at all. Where an SE is
+    unknown only equal values are within noise. Of trials equally near the middle, the better, then
+    the lower number."""
+    done = completed(g)
+    if done.empty:
+        return None
+    scored = done.assign(_score=scores(done))
+    rows = scored.sort_values(["_score", "number"], ascending=[False, True], kind="mergesort")
+    records = rows.to_dict("records")
+    best, seed_var = records[0], seed_noise(done)[0]
+    gap = [best["_score"] - r["_score"] for r in records]
+    within = [r for r, d in zip(records, gap, strict=True)
+              if d <= 0 or d <= NOISE_SES * diff_se(r, best, seed_var)]
+    log_b = [math.log(float(r["eta_a"]) * float(r["lambda"])) for r in within]
+    middle = (min(log_b) + max(log_b)) / 2
+    # in `within`'s order on a tie: the better, then the lower number
+    centre = min(range(len(within)), key=lambda i: (abs(log_b[i] - middle), i))
+    clean = [{k: v for k, v in r.items() if k != "_score"} for r in (best, within[centre])]
+    return Plateau(clean[0], clean[1], len(within), math.exp(min(log_b)), math.exp(max(log_b)),
+                   tuple(sorted({int(lambda_bin(float(r["lambda"]))) for r in within})))
+
+
+def recommendations(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, task, definition): the plateau within noise of the best and the trial at its centre
+    (see plateau). Columns: model, task, definition, recommended_trial, recommended_eta_a,
+    recommended_lambda, recommended_rank, recommended_value, plateau_trials, plateau_eta_b_low,
+    plateau_eta_b_high (the eta_B range of the trials within noise) and plateau_lambdas (their lambda
+    bins as lambdas, "4, 8, 16")."""
+    columns = [*KEYS, "recommended_trial", "recommended_eta_a", "recommended_lambda", "recommended_rank",
+               "recommended_value", "plateau_trials", "plateau_eta_b_low", "plateau_eta_b_high",
+               "plateau_lambdas"]
+    rows = []
+    for key, g in completed(_defined(df)).groupby(KEYS, sort=True):
+        p = plateau(g)
+        r = p.recommended
+        rows.append([*key, r["number"], r["eta_a"], r["lambda"], r["rank"], r["value"], p.trials,
+                     p.eta_b_low, p.eta_b_high, ", ".join(f"{2.0**b:g}" for b in p.lambda_bins)])
+    return pd.DataFrame(rows, columns=columns)
+
+
 def is_plain(lam: pd.Series) -> pd.Series:
     """True where lambda is 1 (plain LoRA), within PLAIN_RTOL (sweep.config.is_plain for one)."""
     return pd.Series(np.isclose(lam.astype(float), 1.0, rtol=PLAIN_RTOL, atol=0.0), index=lam.index)
@@ -314,7 +371,7 @@ def noise_basis(g: pd.DataFrame) -> str:
     evaluation = "evaluation noise, paired over the examples" if paired else "evaluation noise, unpaired"
     _, df = seed_noise(g)
     if df:
-        return f"{evaluation}, and seed noise ({df} degrees of freedom of replicates)"
+        return f"{evaluation}, and seed noise (replicates: {df} degree(s) of freedom)"
     return f"{evaluation} only: no replicates at other seeds, so seed noise is not counted"
 
 
@@ -731,13 +788,15 @@ def _cell(value: Any) -> str:
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, task, definition): its setup, the best config, the best plain LoRA and the gain, the
-    compute spent, how sure the best value and the gain are (judged), and `notes`: what the row cannot
+    configuration recommended at the centre of the plateau within noise of the best (recommendations),
+    the compute spent, how sure the best value and the gain are (judged), and `notes`: what the row cannot
     tell, in words (sweep.report.notes)."""
     best = best_configs(df).drop(columns=["study", "value", "metric_name"])
     best = best.rename(columns={"number": "best_trial"})
     gain = plain_lora_gain(df).drop(columns=["best_lambda"])
     spent = compute_spent(df)
     out = gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right")
+    out = out.merge(recommendations(df), on=KEYS, how="left")
     out = out.merge(judged(df), on=KEYS, how="left")
     out["lora_plus_trials"] = out["lora_plus_trials"].fillna(0).astype("int64")
     out["notes"] = [notes(r) for r in out.to_dict("records")]

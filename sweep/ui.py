@@ -312,6 +312,14 @@ def _print_search_tables(tables: dict[str, pd.DataFrame]) -> None:
     for r in s:  # what a row cannot tell, where it cannot: a gain without LoRA+, a split too small
         if r.get("notes"):
             out.print(Text(f"{r['model']} / {task(r)}: {r['notes']}"), style="yellow")
+    for r in s:  # a region and its centre rather than the first trial to reach the top
+        if not _missing(r.get("recommended_trial")):
+            out.print(Text(
+                f"{r['model']} / {task(r)}: recommended trial {int(r['recommended_trial'])} (eta_A "
+                f"{r['recommended_eta_a']:.2g}, lambda {r['recommended_lambda']:.3g}), the centre of the "
+                f"{int(r['plateau_trials'])} trial(s) within noise of the best: eta_B "
+                f"{r['plateau_eta_b_low']:.2g} to {r['plateau_eta_b_high']:.2g}, "
+                f"lambda {r['plateau_lambdas']}"))
     t = Table("model", "task", "trials", "complete", "pruned", "failed", "tokens", "wall time",
               title="compute spent")
     for r in s:

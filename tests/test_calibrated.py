@@ -67,8 +67,8 @@ def study(values: dict[float, list[float]], se: float = 0.005) -> pd.DataFrame:
         for seed, value in enumerate(seeds):
             rows.append({"study": "s", "model": "m", "task": "t", "metric_name": "accuracy",
                          "state": "COMPLETE", "number": len(rows), "value": value, "metric_se": se,
-                         "eta_a": 1e-3, "lambda": lam, "rank": 8, "seed": seed, "tokens": 0,
-                         "wall_time_s": 0.0})
+                         "eta_a": 1e-3, "lambda": lam, "rank": 8, "init": "standard", "seed": seed,
+                         "tokens": 0, "wall_time_s": 0.0})
     return pd.DataFrame(rows)
 
 
@@ -79,7 +79,7 @@ def test_two_lambda_bins_apart_by_less_than_the_seed_spread_tie():
     curve = report.lambda_curve(df).set_index("lambda_bin")
     assert curve.loc[3, "within_noise"]  # 0.86 against 0.88: apart by 4 evaluation SEs, not by seeds
     assert curve.loc[3, "diff_se"] > 0.04
-    assert "seed noise (4 degrees of freedom" in curve.loc[3, "noise"]
+    assert "seed noise (replicates: 4 degree(s) of freedom)" in curve.loc[3, "noise"]
     d = report.default_lambda(df)["m"]
     assert d.lambda_bin == 2 and d.within_noise == (2, 3) and d.tied
     assert report.judged(df.assign(**{"lambda": df["lambda"].replace(8.0, 1.0)}))["gain_se"].iloc[0] > 0.04
@@ -89,3 +89,22 @@ def test_two_lambda_bins_apart_by_less_than_the_seed_spread_tie():
     assert not curve.loc[3, "within_noise"]
     assert "evaluation noise, unpaired only: no replicates" in curve.loc[3, "noise"]
     assert report.default_lambda(single)["m"].within_noise == (2,)
+
+
+def test_the_centre_of_a_plateau_is_recommended_not_its_edge_next_to_a_cliff():
+    from sweep import confirm, report
+
+    # lambda 2 reached the top first, at the plateau's edge: lambda 16 beside it falls off a cliff.
+    values = {2.0: 0.900, 4.0: 0.898, 8.0: 0.897, 16.0: 0.50, 1.0: 0.80}
+    df = study({lam: [v] for lam, v in values.items()}, se=0.01)
+    p = report.plateau(df)
+    assert p.best["lambda"] == 2.0 and p.trials == 3 and p.lambda_bins == (1, 2, 3)
+    assert (p.eta_b_low, p.eta_b_high) == pytest.approx((2e-3, 8e-3))
+    assert p.recommended["lambda"] == 4.0
+    row = report.summary(df).iloc[0]
+    assert row["best_trial"] == 0 and row["recommended_trial"] == 1
+    assert row["plateau_lambdas"] == "2, 4, 8"
+    # confirm's LoRA+ arm is the same point
+    spec = load_spec(None, {"model": "bert", "task": "sst2", "sampler": "random"})
+    arms, best = confirm.candidates(df, spec)
+    assert best == confirm.bin_arm_name(2) and arms[best].lam == 4.0
