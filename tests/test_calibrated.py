@@ -108,3 +108,22 @@ def test_the_centre_of_a_plateau_is_recommended_not_its_edge_next_to_a_cliff():
     spec = load_spec(None, {"model": "bert", "task": "sst2", "sampler": "random"})
     arms, best = confirm.candidates(df, spec)
     assert best == confirm.bin_arm_name(2) and arms[best].lam == 4.0
+
+
+def test_a_causal_lm_trial_stores_each_examples_loss_and_two_trials_pair_on_them(llama, tmp_path):
+    import json
+
+    from sweep import stats
+    from sweep.config import TrialConfig
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"w{i}:", "completion": "abc"[i % 3] * 3}) + "\n"
+                            for i in range(40)))
+    cfg = TrialConfig(model=llama, task=str(path), rank=4, eta_a=3e-3, lam=8.0, batch_size=8, max_steps=4,
+                      max_length=32, device="cpu", warmup_ratio=0.0, precision="fp32")
+    a, b = run_trial(cfg), run_trial(cfg.replace(lam=2.0))
+    nll, tokens = arrays(a.outcomes)["nll"], arrays(a.outcomes)["tokens"]
+    assert a.outcomes["n"] == len(nll) == len(tokens) > 0
+    assert nll.sum() / tokens.sum() == pytest.approx(a.metric, rel=1e-5)  # the loss per token
+    paired = stats.paired_se("loss", a.outcomes, b.outcomes)
+    assert paired is not None and 0 < paired < stats.unpaired_se(a.metric_se, b.metric_se)
