@@ -4,7 +4,7 @@ study and a sampled one (TPE, random, QMC) of the same trials: the same fixed tr
 and data (stored.settings_hash), whatever their search spaces.
 
 The grid's best region is every grid point whose value trails the grid's best by at most
-report.NOISE_SES standard errors of the difference (see report.standard_error): the
+report.NOISE_SES standard errors of the difference (see report.diff_se): the
 points the grid itself cannot order. The sweep found it when the grid point nearest its best trial
 (eta_A and lambda snapped to the grid's values on a log scale, its rank) lies in the region, and
 reached the grid's best when its best trial's value is within noise of the grid's best value.
@@ -51,10 +51,17 @@ def _compare(grid_all: pd.DataFrame, sweep_all: pd.DataFrame) -> dict:
     s = sign(metric)
     best = grid.loc[(grid["value"].astype(float) * s).idxmax()]
     se = _se(metric, best)
+    seed_var = report.seed_noise(pd.concat([grid, sweep]))[0]
 
     def within_noise(rows: pd.DataFrame) -> np.ndarray:
-        """Whether each row's value trails the grid's best by at most NOISE_SES SEs of the difference."""
-        return np.array([(best["value"] - r["value"]) * s <= report.NOISE_SES * math.hypot(se, _se(metric, r))
+        """Whether each row's value trails the grid's best by at most NOISE_SES SEs of the difference
+        (report.diff_se: paired over the examples both were scored on, with seed noise where the two
+        studies hold replicates; an unknown SE counts as 0, so with both unknown only equal values)."""
+        def noise(r: pd.Series) -> float:
+            d = report.diff_se(r, best, seed_var)
+            return d if math.isfinite(d) else math.hypot(se, _se(metric, r))
+
+        return np.array([(best["value"] - r["value"]) * s <= report.NOISE_SES * noise(r)
                          for _, r in rows.iterrows()], dtype=bool)
 
     region = grid[within_noise(grid)]

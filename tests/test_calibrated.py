@@ -127,3 +127,24 @@ def test_a_causal_lm_trial_stores_each_examples_loss_and_two_trials_pair_on_them
     assert nll.sum() / tokens.sum() == pytest.approx(a.metric, rel=1e-5)  # the loss per token
     paired = stats.paired_se("loss", a.outcomes, b.outcomes)
     assert paired is not None and 0 < paired < stats.unpaired_se(a.metric_se, b.metric_se)
+
+
+def test_the_grids_best_region_is_judged_paired_over_the_examples():
+    from test_gridcheck import grid, row
+
+    from sweep.gridcheck import sweep_vs_grid
+    from sweep.outcomes import classification
+
+    gold = np.zeros(414)
+    best, other = gold.copy(), gold.copy()
+    best[:21] = other[:25] = 1  # the second gets wrong the first's 21 misses and 4 more
+    rows = grid({(1e-3, 16.0): 393 / 414, (1e-3, 4.0): 389 / 414})
+    sweep = row(0, 389 / 414, 1e-3, 4.0, "tpe")  # the sweep found the second point
+    for r, pred in ((rows[5], best), (rows[4], other), (sweep, other)):
+        r["outcomes"] = classification("accuracy", pred, gold, False)
+    frame = pd.DataFrame([*rows, sweep])
+    (r,) = sweep_vs_grid(frame).to_dict("records")
+    # 4 examples of 414 apart: within one unpaired SE (0.016), two paired SEs (0.0048)
+    assert r["region_points"] == 1 and not r["sweep_within_noise"]
+    (r,) = sweep_vs_grid(frame.drop(columns="outcomes")).to_dict("records")
+    assert r["region_points"] == 2 and r["sweep_within_noise"]
