@@ -18,6 +18,7 @@ from sweep.batches import cache_dir, sampled
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
+from sweep.memory import check_fits
 from sweep.metrics import main_metric
 from sweep.schema import short
 from sweep.spec import StudySpec
@@ -34,7 +35,7 @@ class Checked:
     task: TaskData | LMTask  # the task, loaded (a trial need not load it again)
 
 
-def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = ()) -> Checked:
+def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = (), trials_at_once: int = 1) -> Checked:
     """Load the task and the model's tokenizer and config, and check that a trial can run; what is
     usable but worth knowing (a class the training set lacks) is a warning on stderr once every check
     has passed. `ranks`: every LoRA rank the trials may take (a study's), else cfg.rank."""
@@ -77,7 +78,10 @@ def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = ()) -> Checked:
     check_max_length(cfg, tokenizer, kind, isinstance(task, TaskData) and task.train.pair is not None)
     if cfg.target_modules is None and kind == "classification":  # (a causal LM's default fits any)
         default_target_modules(config.model_type)  # an architecture without defaults says so
-    _check_layers(cfg, config, kind, ranks or (cfg.rank,))
+    model = meta_model(cfg, config, kind)
+    _check_layers(cfg, model, kind, ranks or (cfg.rank,))
+    device = torch.device("cpu") if trials_at_once > 1 else _device(cfg.device)
+    check_fits(cfg, model, kind, device, max(ranks or (cfg.rank,)), trials_at_once)
     task.evaluated(cfg.eval_split)  # a trial scored on the test split needs one
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -179,23 +183,35 @@ def _positions(config, tokenizer) -> int | None:
     return min(limits) if limits else None
 
 
-def _check_layers(cfg: TrialConfig, config, kind: str, ranks: tuple[int, ...]) -> None:
-    """Every target module name matches a module of the model, as PEFT matches them (the name, or
-    its last dotted parts), and no rank is more than the narrower side of a layer LoRA adapts: its
-    factors' product holds that rank at most, so a larger one trains the same update under another
-    name (and another alpha / rank scaling). The model is built on the meta device: no weights, no
-    memory."""
+def meta_model(cfg: TrialConfig, config, kind: str) -> torch.nn.Module:
+    """The trial's model class for `kind` built from `config` on the meta device: its modules and
+    shapes, no weights, no memory."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from sweep.models import CAUSAL_LM_TARGETS, default_target_modules
 
     auto, what = ((AutoModelForCausalLM, "causal LM") if kind == "causal-lm"
                   else (AutoModelForSequenceClassification, "sequence classification"))
     try:
         with torch.device("meta"):
-            model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
+            return auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
     except ValueError as e:  # e.g. an architecture without a sequence-classification head
         raise SweepError(f"cannot build {short(cfg.model)} for {what}: {str(e).splitlines()[0]}") from e
+
+
+def _device(setting: str) -> torch.device:
+    """The device a trial of this setting runs on (auto: the first GPU where CUDA answers)."""
+    if setting == "auto":
+        return torch.device("cuda:0" if torch.cuda.device_count() > 0 else "cpu")
+    return torch.device("cuda:0" if setting == "cuda" else setting)
+
+
+def _check_layers(cfg: TrialConfig, model: torch.nn.Module, kind: str, ranks: tuple[int, ...]) -> None:
+    """Every target module name matches a module of the model, as PEFT matches them (the name, or
+    its last dotted parts), and no rank is more than the narrower side of a layer LoRA adapts: its
+    factors' product holds that rank at most, so a larger one trains the same update under another
+    name (and another alpha / rank scaling). `model`: built on the meta device (meta_model)."""
+    from sweep.models import CAUSAL_LM_TARGETS, adapted_layers, default_target_modules
+
+    config = model.config
     names = [n for n, _ in model.named_modules()]
     targets = cfg.target_modules
     missing = [t for t in targets or () if not any(n == t or n.endswith("." + t) for n in names)]
@@ -205,7 +221,7 @@ def _check_layers(cfg: TrialConfig, config, kind: str, ranks: tuple[int, ...]) -
                          f"(its module names include {short(', '.join(leaves), 200)})")
     if targets is None:
         targets = default_target_modules(config.model_type) if kind == "classification" else CAUSAL_LM_TARGETS
-    layers = _adapted(model, targets)
+    layers = adapted_layers(model, targets)
     if not layers:
         return
     name, shape = min(layers, key=lambda layer: min(layer[1]))
@@ -216,29 +232,14 @@ def _check_layers(cfg: TrialConfig, config, kind: str, ranks: tuple[int, ...]) -
                          f"learns rank {width} at most; use --rank {width} or less")
 
 
-def _adapted(model: torch.nn.Module, targets: str | tuple[str, ...]) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, weight shape) of each layer with a 2-D weight that LoRA on `targets` adapts, as PEFT
-    picks them: by name, or for "all-linear" every Linear and Conv1D layer but the output layer."""
-    if targets == "all-linear":
-        from transformers.pytorch_utils import Conv1D
-
-        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        chosen = [(n, m) for n, m in model.named_modules()
-                  if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not output]
-    else:
-        chosen = [(n, m) for n, m in model.named_modules()
-                  if any(n == t or n.endswith("." + t) for t in targets)]
-    weights = [(n, getattr(m, "weight", None)) for n, m in chosen]
-    return [(n, tuple(w.shape)) for n, w in weights if isinstance(w, torch.Tensor) and w.dim() == 2]
-
-
 def preflight(spec: StudySpec, eval_split: str = "validation") -> StudySpec:
     """Fail on anything that would fail every trial (task, classes, model, positions, target modules,
     device, jobs, a test split for runs scored on `eval_split` test) before the first one, not in the
     middle of a sweep. Returns the spec with the task's data fingerprint (of every split, the test
     split included), which is part of the study's identity; a spec that already holds one (a study
     joined from its stored definition) must find the same data here."""
-    checked = check_trial(spec.base, spec.ranks)
+    on_cpu = spec.devices == "cpu" or torch.cuda.device_count() == 0
+    checked = check_trial(spec.base, spec.ranks, trials_at_once=spec.jobs if on_cpu else 1)
     fingerprint = checked.fingerprint
     check_slots(spec.devices, spec.jobs)
     if spec.data_fingerprint is not None and spec.data_fingerprint != fingerprint:

@@ -214,6 +214,23 @@ def parameter_count(model: str, trust_remote_code: bool = False) -> int:
     return sum(p.numel() for p in body.parameters())
 
 
+def adapted_layers(model: torch.nn.Module,
+                   targets: str | tuple[str, ...]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, weight shape) of each layer with a 2-D weight that LoRA on `targets` adapts, as PEFT
+    picks them: by name, or for "all-linear" every Linear and Conv1D layer but the output layer."""
+    if targets == "all-linear":
+        from transformers.pytorch_utils import Conv1D
+
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        chosen = [(n, m) for n, m in model.named_modules()
+                  if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not output]
+    else:
+        chosen = [(n, m) for n, m in model.named_modules()
+                  if any(n == t or n.endswith("." + t) for t in targets)]
+    weights = [(n, getattr(m, "weight", None)) for n, m in chosen]
+    return [(n, tuple(w.shape)) for n, w in weights if isinstance(w, torch.Tensor) and w.dim() == 2]
+
+
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its EOS token (decoders such
     as GPT-2 and Llama have no pad token). Never a default like 0, which is a real token there

@@ -18,7 +18,7 @@ LAYERS = [
     {"config", "spec", "embedded", "tasks", "batches", "lm_tasks", "lm_batches", "result", "hooks"},
     # the engine: one trial, from config to result
     {"base", "models", "kinds", "optim", "precision", "train", "checks", "trial_process", "lm_eval",
-     "adapters"},
+     "adapters", "memory"},
     # reading results: frames to tables, plots, exported configs
     {"report", "plots", "outputs", "export", "importance", "gridcheck"},
     # the study wing: stored studies, search, the workers' trial loop, confirm

@@ -1,0 +1,142 @@
+"""The will-it-fit estimate (sweep.memory) against the measured peak of CPU trials.
+
+Each case runs one short trial in a fresh Python process, which imports what a trial imports, records
+its resident set size (VmRSS) and then the trial's peak (VmHWM, reset at the trial's start:
+sweep.train); the trial's own memory is the peak less the RSS before it. Printed per case: the
+estimate by part, the measured memory, and the estimate's error as a share of the measured.
+Cases: SmolLM2-135M (embedded) with an fp32, bf16 and 4-bit base, a random Llama of SmolLM2's vocabulary
+at 4 x 256 tokens with and without gradient checkpointing, and MiniLM-L6 classifying Rotten Tomatoes
+at batch 32, and on texts longer than max_length (the estimate's worst case).
+Usage: python benchmarks/memory_estimate.py [--cases a,b,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = "apple river stone cloud tiger maple ocean pearl amber lemon".split()
+
+
+def cases(scratch: Path) -> dict[str, dict]:
+    rows = scratch / "long.jsonl"  # completions longer than max_length: every position is trained
+    if not rows.exists():
+        rows.write_text("".join(json.dumps({"prompt": "say:", "completion": " ".join(
+            WORDS[(i + j) % len(WORDS)] for j in range(300))}) + "\n" for i in range(64)))
+    texts = scratch / "long.csv"  # texts longer than max_length: every batch is max_length wide
+    if not texts.exists():
+        texts.write_text("text,label\n" + "".join(
+            " ".join(WORDS[(i * j) % len(WORDS)] for j in range(200)) + f",{'ab'[i % 2]}\n"
+            for i in range(400)))
+    llama = str(scratch / "llama")
+    lm = dict(model="smollm2-135m", task="bbc-headlines", train_limit=24, eval_limit=16, max_steps=6,
+              eval_every=6, batch_size=1, max_length=128, eta_a=5e-4, lam=16.0, rank=8, device="cpu")
+    rnd = dict(model=llama, task=str(rows), train_limit=48, eval_limit=8, max_steps=4, eval_every=4,
+               batch_size=4, max_length=256, eta_a=5e-4, lam=16.0, rank=8, device="cpu")
+    enc = dict(model="minilm-l6", task="rotten-tomatoes", train_limit=256, eval_limit=64, max_steps=4,
+               eval_every=4, batch_size=32, max_length=128, eta_a=5e-4, lam=16.0, rank=8, device="cpu")
+    return {
+        "smollm2-fp32": {**lm, "base_dtype": "fp32"},
+        "smollm2-bf16": {**lm, "base_dtype": "bf16"},
+        "smollm2-4bit": {**lm, "quantize": "4bit"},
+        "llama-fp32": rnd,
+        "llama-checkpointing": {**rnd, "gradient_checkpointing": True},
+        "llama-4bit": {**rnd, "quantize": "4bit"},
+        "minilm-fp32": enc,
+        "minilm-long-fp32": {**enc, "task": str(texts)},
+    }
+
+
+def random_llama(path: Path) -> None:
+    """A random Llama with SmolLM2-135M's tokenizer and vocabulary, 4 blocks of width 512."""
+    import torch
+    import transformers as tf
+
+    from sweep.config import TrialConfig
+    from sweep.models import load_tokenizer
+
+    if path.exists():
+        return
+    tokenizer = load_tokenizer(TrialConfig(model="smollm2-135m"))
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536,
+                            num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                            max_position_embeddings=512, tie_word_embeddings=True,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def measure(settings: dict) -> dict:
+    """One trial in this process: its estimate and measured memory, as a dict."""
+    import torch
+
+    from sweep.checks import meta_model
+    from sweep.config import TrialConfig
+    from sweep.lm_tasks import task_kind
+    from sweep.memory import estimate
+    from sweep.models import load_config
+    from sweep.quiet import quiet_libraries
+    from sweep.train import run_trial
+
+    quiet_libraries()
+    import bitsandbytes  # noqa: F401  (every process holds the same libraries)
+
+    cfg = TrialConfig(**settings)
+    kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
+    e = estimate(cfg, meta_model(cfg, load_config(cfg), kind), kind, torch.device("cpu"))
+    before = _rss()
+    r = run_trial(cfg)
+    return {"before": before, "peak": r.peak_memory_mb * 2**20, "weights": e.weights, "trained": e.trained,
+            "activations": e.activations, "estimate": e.total}
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="")
+    p.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "loraplus-memory-estimate"))
+    p.add_argument("--one", help=argparse.SUPPRESS)  # a case's settings as JSON: measured in this process
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))))
+        return
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    random_llama(scratch / "llama")
+    chosen = cases(scratch)
+    names = args.cases.split(",") if args.cases else list(chosen)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    print(f"machine: {cpu}, python {platform.python_version()}")
+    print(f"{'case':22} {'weights':>8} {'training':>8} {'activ.':>8} {'estimate':>9} {'measured':>9} "
+          f"{'error':>6}   (MB; measured: peak less the RSS before the trial)")
+    mb = 2**20
+    for name in names:
+        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(chosen[name])],
+                             capture_output=True, text=True, cwd=ROOT)
+        if out.returncode != 0:
+            print(f"{name:22} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        measured = r["peak"] - r["before"]
+        print(f"{name:22} {r['weights'] / mb:8.0f} {r['trained'] / mb:8.0f} {r['activations'] / mb:8.0f} "
+              f"{r['estimate'] / mb:9.0f} {measured / mb:9.0f} {r['estimate'] / measured - 1:+6.0%}")
+
+
+if __name__ == "__main__":
+    main()
