@@ -6,7 +6,7 @@ gold labels, or a causal LM's trained tokens per example; two records pair only 
 agree) and `arrays`, each "dtype:base64" of its little-endian bytes, a boolean array packed 8 to the
 byte:
 - classification: `correct` (per example), and `pred` and `gold` where the metric is not a mean of
-  per-example terms (F1, macro-F1, MCC), to recompute it on resamples;
+  per-example terms (F1, macro-F1, MCC), to recompute it on resamples (as bits for two classes);
 - regression: `sq_error`, `pred` and `gold` (float16: Pearson and Spearman need the pairs);
 - causal LM: `nll` (summed over each example's trained tokens) and `tokens` for loss and perplexity;
   `correct` for accuracy by candidate likelihood.
@@ -71,7 +71,9 @@ def classification(metric: str, pred: np.ndarray, gold: np.ndarray, regression: 
                               "pred": pred.astype(np.float16), "gold": gold.astype(np.float16)})
     arrays = {"correct": pred == gold}
     if metric not in MEAN_OF_CORRECT:
-        arrays |= {"pred": _labels(pred), "gold": _labels(gold)}
+        binary = np.isin(pred, (0, 1)).all() and np.isin(gold, (0, 1)).all()  # then a bit each (QQP: 40k)
+        arrays |= {"pred": pred == 1, "gold": gold == 1} if binary else {"pred": _labels(pred),
+                                                                            "gold": _labels(gold)}
     return _record(gold, arrays)
 
 

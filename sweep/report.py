@@ -171,9 +171,18 @@ def plateau(g: pd.DataFrame) -> Plateau | None:
     rows = scored.sort_values(["_score", "number"], ascending=[False, True], kind="mergesort")
     records = rows.to_dict("records")
     best, seed_var = records[0], seed_noise(done)[0]
-    gap = [best["_score"] - r["_score"] for r in records]
-    within = [r for r, d in zip(records, gap, strict=True)
-              if d <= 0 or d <= NOISE_SES * diff_se(r, best, seed_var)]
+    seed = 2.0 * seed_var if math.isfinite(seed_var) else 0.0
+
+    def within_noise(r: dict[str, Any]) -> bool:
+        gap = best["_score"] - r["_score"]
+        if gap <= 0:
+            return True
+        # Pairing can at most give (se_a + se_b) (perfectly anti-correlated trials): past that bound a
+        # trial is out without its paired bootstrap, which costs seconds on a large split.
+        bound = math.sqrt((_trial_se(r) + _trial_se(best)) ** 2 + seed)
+        return not gap > NOISE_SES * bound and gap <= NOISE_SES * diff_se(r, best, seed_var)
+
+    within = [r for r in records if within_noise(r)]
     log_b = [math.log(float(r["eta_a"]) * float(r["lambda"])) for r in within]
     middle = (min(log_b) + max(log_b)) / 2
     # in `within`'s order on a tie: the better, then the lower number
