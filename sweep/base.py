@@ -28,6 +28,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANT_INSTALL = "pip install 'bitsandbytes>=0.50,<0.51' (or the quant extra: pip install -e '.[quant]')"
 
 
+def gpu_group(device: str) -> tuple[int, ...]:
+    """The GPUs a device setting spreads one trial over (cuda:0+1: 0 and 1), or () for one device."""
+    kind, _, ids = device.partition(":")
+    if kind != "cuda" or "+" not in ids:
+        return ()
+    return tuple(int(i) for i in ids.split("+"))
+
+
 def native_bf16(device: torch.device, cpu_bf16: bool | None = None) -> bool:
     """Whether `device` computes in bf16 natively (`cpu_bf16` stands for the CPU's flags when given)."""
     if device.type == "cuda":

@@ -8,17 +8,19 @@ trials, or of trials that "learn" a one-class training set to accuracy 1.0.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sweep.base import gpu_group
 from sweep.batches import cache_dir, sampled
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
-from sweep.memory import check_fits
+from sweep.memory import check_fits, free_bytes
 from sweep.metrics import main_metric
 from sweep.schema import short
 from sweep.spec import StudySpec
@@ -81,7 +83,11 @@ def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = (), trials_at_once: i
     model = meta_model(cfg, config, kind)
     _check_layers(cfg, model, kind, ranks or (cfg.rank,))
     device = torch.device("cpu") if trials_at_once > 1 else _device(cfg.device)
-    check_fits(cfg, model, kind, device, max(ranks or (cfg.rank,)), trials_at_once)
+    free = None
+    if gpu_group(cfg.device):  # a trial spread over GPUs has the free memory of them all
+        parts = [free_bytes(torch.device(f"cuda:{i}")) for i in gpu_group(cfg.device)]
+        free = None if None in parts else sum(parts)
+    check_fits(cfg, model, kind, device, max(ranks or (cfg.rank,)), trials_at_once, free)
     task.evaluated(cfg.eval_split)  # a trial scored on the test split needs one
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -155,7 +161,7 @@ def check_device(device: str) -> None:
     count = torch.cuda.device_count()  # asks NVML; CUDA stays uninitialised in this process
     if count == 0 or not torch.cuda.is_available():
         raise SweepError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
-    index = int(device.partition(":")[2] or 0)
+    index = max(int(i) for i in (device.partition(":")[2] or "0").split("+"))
     if index >= count:
         raise SweepError(f"--device {device}: this machine has {count} CUDA device(s), "
                          f"cuda:0 to cuda:{count - 1}")
@@ -165,7 +171,7 @@ def check_slots(devices: str, jobs: int) -> None:
     """GPU ids that exist, and no more CPU jobs than cores (each trial takes a share of them)."""
     if devices not in ("auto", "cpu"):
         count = torch.cuda.device_count()
-        missing = [d for d in devices.split(",") if int(d) >= count]
+        missing = [d for d in re.split(r"[,+]", devices) if int(d) >= count]
         if missing:
             raise SweepError(f"--devices {devices}: no GPU {', '.join(missing)} on this machine "
                              f"({count} visible); use auto or cpu")
@@ -201,7 +207,7 @@ def _device(setting: str) -> torch.device:
     """The device a trial of this setting runs on (auto: the first GPU where CUDA answers)."""
     if setting == "auto":
         return torch.device("cuda:0" if torch.cuda.device_count() > 0 else "cpu")
-    return torch.device("cuda:0" if setting == "cuda" else setting)
+    return torch.device("cuda:0" if setting == "cuda" else setting.split("+")[0])
 
 
 def _check_layers(cfg: TrialConfig, model: torch.nn.Module, kind: str, ranks: tuple[int, ...]) -> None:

@@ -122,7 +122,8 @@ class TrialConfig:
     quantize: str = setting("none", "Quantize the frozen base linear layers with bitsandbytes: 4bit (NF4, "
                                     "double quantization, bf16 compute: QLoRA) or 8bit (LLM.int8); none: "
                                     "as base_dtype says.", "run")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N.", "run")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N; cuda:0+1 spreads the model over GPUs 0 and 1 "
+                                  "(layers placed by transformers' device_map).", "run")
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: less memory "
                                                   "for about a third more compute.", "run")
     train_limit: int | None = setting(None, "Train on a fixed (seed 0), stratified sample of N examples, the "
@@ -303,8 +304,9 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
         problems.append(f"base_dtype {c.base_dtype} computes in {c.base_dtype} autocast, not precision "
                         f"{c.precision}: leave precision at auto"
                         + (" or set it to bf16" if c.base_dtype == "bf16" else ""))
-    if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", c.device):
-        problems.append(f"device must be auto, cpu, cuda or cuda:N; got {short(c.device)}")
+    if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+(\+\d+)*)?", c.device):
+        problems.append(f"device must be auto, cpu, cuda, cuda:N, or cuda:N+M to spread a trial over GPUs "
+                        f"N and M; got {short(c.device)}")
     if "target_modules" in names and c.target_modules is not None:
         if not all(m.strip() for m in c.target_modules):
             problems.append(f"target_modules must be module names, got {short(list(c.target_modules))}")

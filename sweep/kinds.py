@@ -27,7 +27,7 @@ from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm, pack
 from sweep.lm_eval import nll_per_example, score_choices, token_loss
 from sweep.lm_tasks import PACKING_NEEDS_LM, LMTask, load_lm_task, task_kind
 from sweep.metrics import MAIN_SPLIT, bootstrap_se, compute_splits, main_metric
-from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id
+from sweep.models import load_causal_lm, load_model, load_tokenizer, pad_token_id, place
 from sweep.tasks import Columns, TaskData, load_task
 
 Batch = dict[str, torch.Tensor]
@@ -79,7 +79,7 @@ def _classification(cfg: TrialConfig, device: torch.device, task: TaskData | Non
     train_enc = train_enc.sample(cfg.train_limit, stratified=not task.is_regression)
     val_enc = {s: e.sample(cfg.eval_limit, stratified=not task.is_regression) for s, e in val_enc.items()}
     pad_id = pad_token_id(tokenizer)
-    model = load_model(cfg, task.num_labels, task.label_names, pad_id, device).to(device)
+    model = place(load_model(cfg, task.num_labels, task.label_names, pad_id, device), device)
     golds = {name: enc.labels for name, enc in val_enc.items()}
 
     def batch(idx: np.ndarray) -> Batch:
@@ -134,7 +134,7 @@ def _causal_lm(cfg: TrialConfig, device: torch.device, task: LMTask | None) -> P
                          f"{cfg.max_length}; raise --max-length")
     val_enc = encode_lm(val_rows, tokenizer, cfg.max_length)
     choices = encode_choices(val_rows, tokenizer, cfg.max_length) if task.has_choices else None
-    model = load_causal_lm(cfg, pad_id, device).to(device)
+    model = place(load_causal_lm(cfg, pad_id, device), device)
     batch_size = cfg.batch_size * 2
 
     def batch(idx: np.ndarray) -> Batch:

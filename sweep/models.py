@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from sweep.base import DTYPES, base_dtype, quantization_config
+from sweep.base import DTYPES, base_dtype, gpu_group, quantization_config
 from sweep.batches import cache_dir
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
@@ -347,7 +347,24 @@ def _base_form(cfg: TrialConfig, device: torch.device | None, keep: tuple[str, .
     quantized = quantization_config(cfg, device, keep)
     if quantized is not None:
         form.update(quantization_config=quantized, device_map={"": str(device)})
+    group = gpu_group(cfg.device)
+    if group:  # one trial over several GPUs: transformers places whole blocks, balanced among them
+        form.update(device_map="balanced", max_memory={i: _free_on_gpu(i) for i in group})
     return form
+
+
+def _free_on_gpu(index: int) -> int:
+    """Bytes a spread model's weights may take on GPU `index`: its free memory, less a quarter left
+    for the activations and optimizer states of the blocks placed there."""
+    free, _ = torch.cuda.mem_get_info(index)
+    return int(free * 0.75)
+
+
+def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` on `device`, unless transformers spread it over several devices (left where it is)."""
+    if len(set(getattr(model, "hf_device_map", {}).values())) > 1:
+        return model
+    return model.to(device)
 
 
 def _base_model(auto_class, path: str, kwargs: dict) -> tuple[PreTrainedModel, dict]:

@@ -28,7 +28,7 @@ StorageOpt = Annotated[str, typer.Option(help="The results database: a database 
                                           "postgresql://...) or a journal file (journal:///path.log).")]
 TrialTimeoutOpt = Annotated[float | None, typer.Option(help="Fail a trial that runs longer than this many seconds.")]
 JobsOpt = Annotated[int | None, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")]
-DevicesOpt = Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")]
+DevicesOpt = Annotated[str | None, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1; 0+1 spreads each trial over GPUs 0 and 1.")]
 HeartbeatOpt = Annotated[int | None, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")]
 RemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help=REMOTE_CODE_HELP)]
 TrackOpt = Annotated[list[str] | None, typer.Option(metavar="TRACKER", help="Also log every trial to mlflow, wandb or tensorboard (repeatable): one run per trial, grouped by study.")]
@@ -65,7 +65,7 @@ def _study_options(
     trial_timeout: Annotated[float | None, typer.Option(help="Fail a trial that runs longer than this many seconds.",
                                                         show_default="none")] = None,
     jobs: Annotated[int, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")] = _SPEC["jobs"].default,
-    devices: Annotated[str, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1.")] = _SPEC["devices"].default,
+    devices: Annotated[str, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1; 0+1 spreads each trial over GPUs 0 and 1.")] = _SPEC["devices"].default,
     in_process: Annotated[bool, typer.Option("--in-process/--no-in-process", metavar="",
                                              help="Run trials in this process (debugging): no isolation, no timeout.")] = False,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")] = _SPEC["heartbeat"].default,

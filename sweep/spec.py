@@ -465,8 +465,9 @@ def _validate(s: StudySpec) -> None:
                         "(at most 100, the first a letter or digit)")
     if s.jobs < 1:
         problems.append(f"jobs must be an integer >= 1, got {s.jobs!r}")
-    if s.devices not in ("auto", "cpu") and not re.fullmatch(r"\d+(,\d+)*", s.devices):
-        problems.append(f"devices must be auto, cpu or GPU ids like 0,1; got {short(s.devices)}")
+    if s.devices not in ("auto", "cpu") and not re.fullmatch(r"\d+(\+\d+)*(,\d+(\+\d+)*)*", s.devices):
+        problems.append(f"devices must be auto, cpu, GPU ids like 0,1, or groups like 0+1,2+3 (a trial "
+                        f"over each group); got {short(s.devices)}")
     if s.baselines < 1 or 1 <= s.n_trials < s.baselines:  # against a bad n_trials, its own error alone
         problems.append(f"baselines must be an integer from 1 to n_trials, got {s.baselines!r}")
     if not 1 <= s.heartbeat <= MAX_HEARTBEAT:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sweep.base import gpu_group
 from sweep.batches import train_batches
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
@@ -38,11 +39,12 @@ LOSS_EMA = 0.9
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a trial's inputs go to: for a group of GPUs (cuda:0+1), the first."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SweepError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
-    return torch.device(name)
+    return torch.device(name.split("+")[0])
 
 
 def lr_factor(cfg: TrialConfig, total_steps: int) -> Callable[[int], float]:
@@ -62,10 +64,16 @@ def lr_factor(cfg: TrialConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _reset_peak_memory(device: torch.device) -> None:
+def _gpus(device: torch.device, setting: str) -> list[torch.device]:
+    """The GPUs a trial uses: every one of a group (cuda:0+1), else its device."""
+    return [torch.device(f"cuda:{i}") for i in gpu_group(setting)] or [device]
+
+
+def _reset_peak_memory(device: torch.device, setting: str = "") -> None:
     """Start the peak-memory count anew: a slot's process runs many trials, each reports its own."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        for gpu in _gpus(device, setting):
+            torch.cuda.reset_peak_memory_stats(gpu)
         return
     try:  # Linux: "5" resets the process's peak resident set size (VmHWM) to its current size
         Path("/proc/self/clear_refs").write_text("5")
@@ -73,9 +81,10 @@ def _reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+def _peak_memory_mb(device: torch.device, setting: str = "") -> float:
+    """The trial's peak: on GPUs, the sum of each one's peak (a spread trial's blocks each hold theirs)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return sum(torch.cuda.max_memory_allocated(gpu) for gpu in _gpus(device, setting)) / 2**20
     try:  # Linux: the peak since _reset_peak_memory, in kB
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -102,7 +111,7 @@ def run_trial(
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
-    _reset_peak_memory(device)
+    _reset_peak_memory(device, cfg.device)
     work = prepare(cfg, device, task)
     model = work.model
     # autocast's casts of the frozen weights made once, not at every step; the fp32 weights are kept
@@ -236,7 +245,7 @@ def run_trial(
         wall_time_s=time.perf_counter() - started,
         train_time_s=train_time,
         tokens_per_s=tokens / train_time if train_time > 0 else 0.0,
-        peak_memory_mb=_peak_memory_mb(device),
+        peak_memory_mb=_peak_memory_mb(device, cfg.device),
         stop=stop,
         stop_reason=stop_reason,
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),

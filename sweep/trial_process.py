@@ -67,19 +67,37 @@ class Slot:
     env: tuple[tuple[str, str], ...] = ()
     threads: int | None = None
     label: str = "cpu"
+    device: str | None = None  # what a trial's device auto or cuda means here: cuda:0+1 for a group
+
+
+def spread_device(cfg: TrialConfig, slot: Slot) -> TrialConfig:
+    """The trial as the slot runs it: spread over the slot's GPUs where it has several and the trial
+    names no device of its own."""
+    if slot.device and cfg.device in ("auto", "cuda"):
+        return cfg.replace(device=slot.device)
+    return cfg
 
 
 def make_slots(devices: str, jobs: int) -> list[Slot]:
-    """One slot per GPU for `devices` "auto" (every visible GPU) or "0,1,..."; else `jobs` CPU slots
-    that share the cores. No GPU found with "auto" means the CPU."""
+    """One slot per GPU for `devices` "auto" (every visible GPU) or "0,1,..."; one per group of GPUs
+    for "0+1,2+3" (its trials spread over the group: sweep.models); else `jobs` CPU slots that share
+    the cores. No GPU found with "auto" means the CPU."""
     if devices != "cpu":
         ids = _gpu_ids() if devices == "auto" else [d.strip() for d in devices.split(",") if d.strip()]
         if ids:
-            return [Slot((("CUDA_VISIBLE_DEVICES", i),), None, f"cuda:{i}") for i in ids]
+            return [_gpu_slot(i.split("+")) for i in ids]
         if devices != "auto":
             raise SweepError(f"--devices {devices!r} names no GPU")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     return [Slot((), threads, f"cpu#{n}") for n in range(jobs)]
+
+
+def _gpu_slot(ids: list[str]) -> Slot:
+    """A slot that sees GPUs `ids` alone (renumbered from 0 by CUDA_VISIBLE_DEVICES)."""
+    if len(ids) == 1:
+        return Slot((("CUDA_VISIBLE_DEVICES", ids[0]),), None, f"cuda:{ids[0]}")
+    spread = "cuda:" + "+".join(str(n) for n in range(len(ids)))
+    return Slot((("CUDA_VISIBLE_DEVICES", ",".join(ids)),), None, "cuda:" + "+".join(ids), spread)
 
 
 def _gpu_ids() -> list[str]:
@@ -241,7 +259,7 @@ class SlotProcess:
         ok = False
         try:
             conn = self._ready(deadline, timeout, cancel)
-            self._send(conn, ("trial", cfg), cancel)
+            self._send(conn, ("trial", spread_device(cfg, self.slot)), cancel)
             result = self._follow(conn, on_eval, on_step, deadline, timeout, cancel)
             ok = True
             return result
