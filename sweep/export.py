@@ -112,6 +112,9 @@ def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
         raise SweepError(f"the stored config of trial #{number} of {short(study)}: {e}") from e
     metric = row["metric_name"]
     ran = trials.loc[trials["number"] == number, "precision"].iloc[0] if "precision" in trials else None
+    base = trials.loc[trials["number"] == number, "base"].iloc[0] if "base" in trials else None
+    if cfg.base_dtype == "auto" and cfg.quantize == "none" and base in ("fp32", "bf16", "fp16"):
+        cfg = cfg.replace(base_dtype=base)  # what auto resolved to where the trial ran
     steps = trials.loc[trials["number"] == number, "steps"].iloc[0] if "steps" in trials else None
     return BestTrial(study, number, float(row["value"]), None if pd.isna(metric) else str(metric), cfg,
                      ran if isinstance(ran, str) else None,

@@ -55,6 +55,7 @@ class TrialResult:
     update_norms: dict[str, float] = dataclasses.field(default_factory=dict)
     kind: str = "classification"  # or causal-lm (sweep.kinds)
     precision: str = "fp32"  # what the forward passes ran in: fp32, or bf16 autocast
+    base: str = "fp32"  # the frozen base's form, auto resolved: fp32, bf16, fp16, 4bit or 8bit
     setup_time_s: float = 0.0  # loading the task and the model, before the first step
     eval_time_s: float = 0.0  # the evaluations
     # The standard error of `metric` over the examples it was scored on (a bootstrap, see

@@ -34,7 +34,7 @@ MAX_RETRIES = 2  # a trial whose workers keep dying is probably killing them (ho
 QUEUED_ATTRS = ("arm", "seed", "eval_split")
 # Trial user attributes a report reads; the rest is kept for provenance.
 ROW_ATTRS = ("model", "task", "metric_name", "metric_se", "init", "tokens", "wall_time_s", "stop_reason",
-             "steps", "precision", "device", "outcomes")
+             "steps", "precision", "base", "device", "outcomes")
 # And what a confirm or an export reads: the arm and seed of a run, its curve, its whole config.
 RUN_ATTRS = ("arm", "seed", "history", "config")
 LOST = "its worker stopped sending heartbeats (machine or process lost)"
@@ -68,6 +68,7 @@ class RunningTrial:
             "task": cfg.task,
             "task_kind": result.kind,
             "precision": result.precision,
+            "base": result.base,
             "metric_name": result.metric_name,
             "metric": result.metric,
             "metric_se": result.metric_se,

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweep.base import gpu_group
+from sweep.base import base_dtype, gpu_group
 from sweep.batches import train_batches
 from sweep.config import TrialConfig
 from sweep.errors import SweepError
 from sweep.kinds import prepare
 from sweep.lm_tasks import LMTask
 from sweep.metrics import sign
+from sweep.models import parameter_count
 from sweep.optim import build_optimizer
 from sweep.precision import autocast, cast_frozen_linears, precision, uncast
 from sweep.result import EvalPoint, StopReason, TrialResult, library_versions
@@ -252,6 +253,8 @@ def run_trial(
         versions=library_versions(),
         update_norms=_update_norms(optimizer, start),
         precision=precision(cfg, device),
+        base=cfg.quantize if cfg.quantize != "none" else base_dtype(cfg, device, lambda: parameter_count(
+            cfg.model, cfg.trust_remote_code)),
         setup_time_s=setup_time,
         eval_time_s=eval_time,
     )

@@ -377,3 +377,16 @@ def test_a_bf16_base_loads_without_holding_its_fp32_checkpoint_in_memory(llama, 
     mapped, read = added("mapped"), added("read")
     assert read < mapped - checkpoint / 2, (read, mapped, checkpoint)
     assert read < checkpoint  # the bf16 model is half the checkpoint
+
+
+def test_a_trial_records_the_form_its_base_took(llama, rows_file, monkeypatch):
+    """What `auto` resolved to is part of the result (stored with the trial, read by export)."""
+    short = dict(max_steps=2, eval_every=2)
+    assert run_trial(_lm(llama, rows_file, **short)).base == "fp32"  # auto: a tiny model stays fp32
+    assert run_trial(_lm(llama, rows_file, base_dtype="bf16", **short)).base == "bf16"
+    monkeypatch.setattr(base, "BF16_FROM_PARAMS", 1)  # as if the model were large, on a native-bf16 CPU
+    monkeypatch.setattr("sweep.base.native_bf16", lambda device, cpu_bf16=None: True)
+    assert run_trial(_lm(llama, rows_file, **short)).base == "bf16"
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        monkeypatch.undo()
+        assert run_trial(_lm(llama, rows_file, quantize="4bit", **short)).base == "4bit"
