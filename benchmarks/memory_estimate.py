@@ -7,7 +7,10 @@ estimate by part, the measured memory, and the estimate's error as a share of th
 Cases: SmolLM2-135M (embedded) with an fp32, bf16 and 4-bit base, a random Llama of SmolLM2's vocabulary
 at 4 x 256 tokens with and without gradient checkpointing, and MiniLM-L6 classifying Rotten Tomatoes
 at batch 32, and on texts longer than max_length (the estimate's worst case).
-Usage: python benchmarks/memory_estimate.py [--cases a,b,...]
+--shape 8b prints, without measuring, the estimate for a Llama-3.1-8B-shaped model on a GPU at
+8 x 1,024 tokens per step, rank 16, in each base form, whole batches, micro-batches of one row, and
+micro-batches with gradient checkpointing.
+Usage: python benchmarks/memory_estimate.py [--cases a,b,...] [--shape 8b]
 """
 
 from __future__ import annotations
@@ -106,12 +109,44 @@ def _rss() -> int:
     return 0
 
 
+LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192)
+
+
+def estimate_8b() -> None:
+    import torch
+    import transformers as tf
+
+    from sweep.config import TrialConfig
+    from sweep.memory import estimate
+
+    with torch.device("meta"):
+        model = tf.AutoModelForCausalLM.from_config(tf.LlamaConfig(**LLAMA_8B))
+    base = TrialConfig(model="llama-3.1-8b-shape", task="rows.jsonl", batch_size=8, max_length=1024, rank=16,
+                       device="cuda")
+    forms = {"fp32": dict(base_dtype="fp32", precision="fp32"), "bf16": dict(base_dtype="bf16"),
+             "4-bit NF4": dict(base_dtype="bf16", quantize="4bit")}
+    ways = {"batch 8": {}, "micro-batch 1": dict(micro_batch_size=1),
+            "micro-batch 1, checkpointing": dict(micro_batch_size=1, gradient_checkpointing=True)}
+    print("Llama-3.1-8B shape on a GPU, 8 x 1,024 tokens a step, rank 16: estimated peak, GB "
+          "(weights + training state + activations)")
+    for form, f in forms.items():
+        for way, w in ways.items():
+            e = estimate(base.replace(**f, **w), model, "causal-lm", torch.device("cuda:0"))
+            print(f"  {form:10} {way:30} {e.total / 2**30:6.1f}  = {e.weights / 2**30:.1f} + "
+                  f"{e.trained / 2**30:.1f} + {e.activations / 2**30:.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="")
+    p.add_argument("--shape", choices=["8b"], help="print the estimate for this shape only")
     p.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "loraplus-memory-estimate"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # a case's settings as JSON: measured in this process
     args = p.parse_args()
+    if args.shape:
+        estimate_8b()
+        return
     if args.one:
         print(json.dumps(measure(json.loads(args.one))))
         return
