@@ -100,6 +100,8 @@ def confirm(
     rank: Annotated[int | None, typer.Option(min=1, help="Compare at this rank: its best plain-LoRA trial and its best LoRA+ trial (default: the best plain trial's rank).")] = None,
     split: Annotated[str, typer.Option(help="The split the runs are scored on: test (held out from the search) or validation (what the search selected on).")] = "test",
     per_bin: Annotated[bool, typer.Option("--per-bin", help="Confirm the best trial of every lambda bin (lambda >= 1.41) against plain LoRA, one row per bin.")] = False,
+    matched: Annotated[bool, typer.Option("--matched", help="Also train plain LoRA at the best LoRA+ arm's eta_B (its eta_A = that eta_B), on the same seeds: a second row whose arms differ in lambda alone.")] = False,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Score each run on a fixed sample of N examples of the split.", show_default="the whole split")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     out: Annotated[Path | None, typer.Option(help="Also write the table (csv, markdown, json) and the convergence plot here.")] = None,
     **machine: Any,
@@ -108,24 +110,20 @@ def confirm(
     paired by seed: means, the gain with its 95% interval and the smallest gain the pairs could detect,
     diverged and failed runs, and the steps each needs to converge."""
     from sweep import confirm as confirm_mod
-    from sweep import outputs
-    from sweep.outfiles import prepare_dir, safe_name
+    from sweep.commandline import confirm_table
+    from sweep.outfiles import prepare_dir
 
     if out is not None:
         prepare_dir(out)  # before minutes of training, not after
     study = StoredStudy.load(storage, name)
     run, trust_remote_code = opt.machine_run(machine)
     try:
-        planned = confirm_mod.prepare(study, run, trust_remote_code, seeds, rank, per_bin, split)
+        planned = confirm_mod.prepare(study, run, trust_remote_code, seeds, rank, per_bin, split, matched,
+                                      eval_limit)
         summaries = ui.confirm_live(study, *planned)
     except KeyboardInterrupt as e:
         raise interrupted(e, "finished runs are stored") from None
-    frame = confirm_mod.table(summaries)
-    if out is not None:
-        table_name = (f"confirm-{safe_name(name)}" + ("" if split == "test" else f"-{split}")
-                      + ("" if rank is None else f"-r{rank}"))
-        written = outputs.write(None, {table_name: frame}, out, summaries)
-        err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
+    frame = confirm_table(summaries, name, split, rank, out)
     ui.print_confirm(frame)
     if all(s.comparison is None for s in summaries):
         raise SweepError("fewer than 2 seeds have a result on both sides; nothing to compare")

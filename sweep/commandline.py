@@ -146,3 +146,18 @@ def export_adapter(best: Any, dest: Path, trust_remote_code: bool) -> None:
                          "adapter was written")
     err.print(f"wrote the adapter to {dest}: validation {result.metric_name} {result.metric:.4g} "
               f"(stored: {best.value:.4g})", highlight=False, markup=False, soft_wrap=True)
+
+
+def confirm_table(summaries: list, name: str, split: str, rank: int | None, out: Path | None) -> Any:
+    """confirm's table of `summaries`, also written with its convergence plots to `out` where given."""
+    from sweep import outputs
+    from sweep.confirm import table
+    from sweep.outfiles import safe_name
+
+    frame = table(summaries)
+    if out is not None:
+        table_name = (f"confirm-{safe_name(name)}" + ("" if split == "test" else f"-{split}")
+                      + ("" if rank is None else f"-r{rank}"))
+        written = outputs.write(None, {table_name: frame}, out, summaries)
+        err.print(f"wrote {len(written)} files to {out}", highlight=False, markup=False)
+    return frame

@@ -8,6 +8,12 @@ share a rank and the head's learning rate (the study's head_lr: see sweep.spec.S
 differ only in eta_A and lambda. The search selected them on the validation split, so the confirm runs
 are scored on the test split, which no search trial saw (`--split validation` scores validation).
 
+With `--matched`, plain LoRA also runs at the best LoRA+ arm's eta_B (its eta_A = that arm's eta_B):
+against the tuned plain arm, LoRA+ differs in eta_A and lambda; against this one, in lambda alone (the
+same eta_B, with A's rate lambda times smaller). Every run scores the whole split unless `--eval-limit`
+asks for a sample (the search's eval_limit, which made its trials cheaper, is not carried over: a
+sample of the test split adds noise to the one comparison that decides).
+
 The runs are stored as their own study, NAME.confirm (NAME.confirm-validation for the validation split,
 then -rR for `--rank R`; user attribute kind = "confirm"), one trial per (arm, seed), so a re-run
 continues where it stopped and `report` finds them.
@@ -32,6 +38,9 @@ from sweep.stored import StoredStudy
 from sweep.workers import Workers, slots_starting
 
 PLAIN = "lora"  # the plain-LoRA arm (lambda = 1); each LoRA+ arm is named after its lambda bin
+MATCHED = "lora at eta_B"  # plain LoRA at the best LoRA+ arm's eta_B (--matched)
+# What a comparison's plain side is: the plain arm at its own tuned eta_A, or at LoRA+'s eta_B.
+TUNED_CONTRAST, MATCHED_CONTRAST = "plain at its tuned eta_A", "plain at LoRA+'s eta_B"
 ARMS = ("lora+", "lora")  # a comparison's two sides, as Confirmation.curves and .arms name them
 SUFFIX = ".confirm"
 # The confirm seeds start this far past the search's seed: every search trial ran at that seed, so no
@@ -74,10 +83,12 @@ class Plan:
     rank: int | None  # as asked with --rank; None: the plain arm's
     candidates: dict[str, Arm]
     split: str = "test"  # the split every run is scored on
+    eval_limit: int | None = None  # a sample of that many examples; None: the whole split
+    matched: Arm | None = None  # plain LoRA at the best LoRA+ arm's eta_B (--matched)
 
     @property
     def arms(self) -> tuple[Arm, ...]:
-        return (self.plain, *self.challengers)
+        return (self.plain, *self.challengers, *((self.matched,) if self.matched else ()))
 
     @property
     def runs(self) -> int:
@@ -141,30 +152,45 @@ def choose_arms(trials: pd.DataFrame, spec: StudySpec, rank: int | None = None) 
     return arms[best], arms[PLAIN]
 
 
+def matched_arm(plus: Arm) -> Arm:
+    """Plain LoRA (lambda = 1) at the LoRA+ arm's eta_B: both of its matrices at the rate LoRA+ gives
+    B, so that the two differ in lambda alone (A's rate)."""
+    return Arm(MATCHED, plus.eta_a * plus.lam, 1.0, plus.rank, f"eta_B of {plus.name}, {plus.source}")
+
+
 def plan(trials: pd.DataFrame, spec: StudySpec, seeds: int, rank: int | None = None,
-         per_bin: bool = False, split: str = "test") -> Plan:
+         per_bin: bool = False, split: str = "test", matched: bool = False,
+         eval_limit: int | None = None) -> Plan:
     """The arms of one confirm: plain LoRA against its best LoRA+ trial, or (per_bin) against the best
-    trial of each lambda bin, scored on `split`."""
+    trial of each lambda bin, with (matched) plain LoRA at the best LoRA+ arm's eta_B, scored on
+    `split`, whole or (eval_limit) a sample."""
     if split not in EVAL_SPLITS:
         raise SweepError(f"--split must be one of {', '.join(EVAL_SPLITS)}; got {short(split)}")
+    if eval_limit is not None and (isinstance(eval_limit, bool) or not isinstance(eval_limit, int)
+                                   or eval_limit < 1):
+        raise SweepError(f"--eval-limit must be an integer >= 1; got {short(eval_limit)}")
     arms, best = candidates(trials, spec, rank)
+    # Always a candidate, so that a confirm run without --matched still accepts one stored with it.
+    arms[MATCHED] = matched_arm(arms[best])
     study = trials["study"].iloc[0] if len(trials) else spec.study_name
-    challengers = tuple(a for n, a in arms.items() if n != PLAIN and (per_bin or n == best))
+    challengers = tuple(a for n, a in arms.items() if n not in (PLAIN, MATCHED) and (per_bin or n == best))
     return Plan(confirm_name(str(study), rank, split), arms[PLAIN], challengers, best, seeds_of(spec, seeds),
-                rank, arms, split)
+                rank, arms, split, eval_limit, arms[MATCHED] if matched else None)
 
 
-def runs_spec(spec: StudySpec, arms: tuple[Arm, ...], budget: int) -> StudySpec:
+def runs_spec(spec: StudySpec, arms: tuple[Arm, ...], budget: int,
+              eval_limit: int | None = None) -> StudySpec:
     """The study's spec narrowed to the arms' points, run as queued trials (a grid, never pruned)
     until the confirm study holds `budget` finished trials. The parameter ranges take the search's
     in: a confirm study's trials keep one rank distribution (Optuna refuses to change its choices).
     The arms' points are queued as (eta_A, lambda, rank) whatever space the search drew in, and every
     arm trains its head at the study's one head_lr (fixed here for a study stored before it had one,
-    whose search trials trained the head at their eta_A)."""
+    whose search trials trained the head at their eta_A). Runs score the whole split, or `eval_limit`
+    examples of it, whatever the search's eval_limit."""
     etas, lams = [a.eta_a for a in arms], [a.lam for a in arms]
     spec = spec.fixed_head()  # from the search's own eta_A range, before it is widened below
     return spec.replace(
-        space="eta_a", eta_b=None,
+        base=spec.base.replace(eval_limit=eval_limit), space="eta_a", eta_b=None,
         name=None, sampler="grid", pruner="none", grid=tuple((a.eta_a, a.lam, a.rank) for a in arms),
         eta_a=(min(*etas, spec.eta_a[0]), max(*etas, spec.eta_a[1])),
         lam=(min(*lams, spec.lam[0]), max(*lams, spec.lam[1])),
@@ -175,7 +201,8 @@ def runs_spec(spec: StudySpec, arms: tuple[Arm, ...], budget: int) -> StudySpec:
 def open_confirm_study(study: StoredStudy, spec: StudySpec, plan: Plan) -> StoredStudy:
     """The plan's confirm study, created or continued; refused when an arm it stored earlier is no
     longer what the search offers (the study has improved since) or its runs shared the search's seed."""
-    confirm = StoredStudy.create_or_load_named(spec.storage, plan.name, runs_spec(spec, plan.arms, 0))
+    confirm = StoredStudy.create_or_load_named(spec.storage, plan.name,
+                                               runs_spec(spec, plan.arms, 0, plan.eval_limit))
     stored = confirm.attrs.get("arms")
     delete = f"loraplus-sweep studies delete {confirm.name}"
     if stored is not None and confirm.attrs.get("search_seed") is None:
@@ -184,6 +211,12 @@ def open_confirm_study(study: StoredStudy, spec: StudySpec, plan: Plan) -> Store
     if stored is not None and confirm.attrs.get("eval_split") is None:
         raise SweepError(f"{confirm.name} scored its runs on the validation split the search selected on, "
                          f"with the head at each arm's eta_A (an older loraplus-sweep); delete it: {delete}")
+    # A confirm stored before it scored the whole split ran at the search's eval_limit.
+    limit = confirm.attrs.get("eval_limit", spec.base.eval_limit) if stored is not None else plan.eval_limit
+    if limit != plan.eval_limit:
+        runs = "the whole split" if limit is None else f"a sample of {limit} examples"
+        raise SweepError(f"{confirm.name} scored its runs on {runs} (--eval-limit); pass the same, or delete "
+                         f"it: {delete}")
     stored = stored or {}
     for name, described in stored.items():
         now = plan.candidates.get(name)
@@ -193,13 +226,14 @@ def open_confirm_study(study: StoredStudy, spec: StudySpec, plan: Plan) -> Store
     head_lr = runs_spec(spec, plan.arms, 0).base.head_lr
     confirm.set_attrs(kind="confirm", confirm_of=study.name, model=spec.base.model, task=spec.base.task,
                       search_seed=spec.base.seed, rank=plan.rank, best_arm=plan.best,
-                      eval_split=plan.split, head_lr=head_lr,
+                      eval_split=plan.split, head_lr=head_lr, eval_limit=plan.eval_limit,
                       arms={**stored, **{a.name: a.described() for a in plan.arms}})
     return confirm
 
 
 def prepare(study: StoredStudy, run: dict, trust_remote_code: bool, seeds: int, rank: int | None = None,
-            per_bin: bool = False, split: str = "test") -> tuple[StudySpec, Plan]:
+            per_bin: bool = False, split: str = "test", matched: bool = False,
+            eval_limit: int | None = None) -> tuple[StudySpec, Plan]:
     """The study's spec, checked (its task has a `split` split), run here with `run` settings, and the
     plan of the confirm."""
     from sweep.checks import preflight
@@ -213,7 +247,7 @@ def prepare(study: StoredStudy, run: dict, trust_remote_code: bool, seeds: int, 
     with slots_starting(spec):
         quiet_libraries()
         spec = preflight(spec, split)
-        return spec, plan(study.frame(), spec, seeds, rank, per_bin, split)
+        return spec, plan(study.frame(), spec, seeds, rank, per_bin, split, matched, eval_limit)
 
 
 def run_confirm(study: StoredStudy, spec: StudySpec, plan: Plan, hooks: Hooks | None = None) -> StoredStudy:
@@ -230,7 +264,8 @@ def run_confirm(study: StoredStudy, spec: StudySpec, plan: Plan, hooks: Hooks | 
         counts = confirm.counts()
         # Everything stored or queued: the workers stop once the queue is empty (a grid draws nothing).
         budget = sum(counts[s] for s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING"))
-    Workers(confirm, runs_spec(spec, plan.arms, budget), hooks or Hooks(), queue_grid=False).run()
+    Workers(confirm, runs_spec(spec, plan.arms, budget, plan.eval_limit), hooks or Hooks(),
+            queue_grid=False).run()
     return confirm
 
 
@@ -310,18 +345,20 @@ class Confirmation:
     failed: dict[str, int] | None = None  # per side: seeds whose runs failed, so without a result
     split: str | None = None  # the split the runs were scored on
     head_lr: float | None = None  # the head's learning rate, the same in both arms
+    contrast: str = TUNED_CONTRAST  # the plain side: at its own tuned eta_A, or at LoRA+'s eta_B
 
     @property
     def label(self) -> str:
-        """The study, with a split other than test, the rank asked for and the lambda bin of a LoRA+
-        arm other than the best."""
+        """The study, with a split other than test, the rank asked for, the lambda bin of a LoRA+
+        arm other than the best and "-matched" against plain LoRA at LoRA+'s eta_B."""
         return (self.study + ("" if self.split in ("test", None) else f"-{self.split}")
                 + ("" if self.rank is None else f"-r{self.rank}")
-                + ("" if self.best else f"-bin{self.lambda_bin}"))
+                + ("" if self.best else f"-bin{self.lambda_bin}")
+                + ("-matched" if self.contrast == MATCHED_CONTRAST else ""))
 
 
 def _compare(confirm: StoredStudy, trials: pd.DataFrame, metric_name: str, name: str, plain: ArmRuns,
-             plus: ArmRuns) -> Confirmation:
+             plus: ArmRuns, plain_name: str = PLAIN) -> Confirmation:
     attrs = confirm.attrs
     arms = attrs.get("arms", {})
     described = arms.get(name, {})
@@ -343,7 +380,7 @@ def _compare(confirm: StoredStudy, trials: pd.DataFrame, metric_name: str, name:
         model=attrs.get("model", ""),
         task=attrs.get("task", ""),
         metric_name=metric_name,
-        arms={"lora+": described, "lora": arms.get(PLAIN, {})},
+        arms={"lora+": described, "lora": arms.get(plain_name, {})},
         comparison=comparison,
         curves=curves,
         steps_plain=steps_plain,
@@ -360,28 +397,36 @@ def _compare(confirm: StoredStudy, trials: pd.DataFrame, metric_name: str, name:
         failed={"lora+": len(plus.failed), "lora": len(plain.failed)},
         split=attrs.get("eval_split"),
         head_lr=attrs.get("head_lr"),
+        contrast=TUNED_CONTRAST if plain_name == PLAIN else MATCHED_CONTRAST,
     )
 
 
 def summaries(confirm: StoredStudy, names: tuple[str, ...] | None = None) -> list[Confirmation]:
     """One Confirmation per LoRA+ arm of the confirm study (or of `names`), in lambda order: the
-    paired statistics over the seeds where both arms have a result, and the mean curves."""
+    paired statistics over the seeds where both arms have a result, and the mean curves; after the
+    best arm's, where plain LoRA also ran at its eta_B (--matched), the best arm against that."""
     trials = confirm.frame()
     metric = trials["metric_name"].dropna()
     metric_name = str(metric.iloc[0]) if len(metric) else "metric"
     arms = confirm.attrs.get("arms", {})
-    plus = [n for n in arms if n != PLAIN and (names is None or n in names)]
+    plus = [n for n in arms if n not in (PLAIN, MATCHED) and (names is None or n in names)]
     plus.sort(key=lambda n: float(arms[n].get("lambda", 0)))
     plain = arm_runs(trials, PLAIN)
-    return [_compare(confirm, trials, metric_name, n, plain, arm_runs(trials, n)) for n in plus]
+    out = []
+    for n in plus:
+        runs = arm_runs(trials, n)
+        out.append(_compare(confirm, trials, metric_name, n, plain, runs))
+        if MATCHED in arms and n == confirm.attrs.get("best_arm"):
+            out.append(_compare(confirm, trials, metric_name, n, arm_runs(trials, MATCHED), runs, MATCHED))
+    return out
 
 
 def summarise(confirm: StoredStudy) -> Confirmation:
-    """The comparison of the best LoRA+ arm with plain LoRA."""
+    """The comparison of the best LoRA+ arm with plain LoRA at its tuned eta_A."""
     found = summaries(confirm)
     if not found:
         raise SweepError(f"{confirm.name} holds no LoRA+ arm")
-    return next((c for c in found if c.best), found[0])
+    return next((c for c in found if c.best and c.contrast == TUNED_CONTRAST), found[0])
 
 
 def verdict(c: Confirmation) -> str:
@@ -397,7 +442,8 @@ def verdict(c: Confirmation) -> str:
 
 
 def table(confirmations: list[Confirmation]) -> pd.DataFrame:
-    """One row per confirmed LoRA+ arm, for `report` and `confirm`."""
+    """One row per comparison (a confirmed LoRA+ arm against plain LoRA at its tuned eta_A, and the
+    best one against plain LoRA at its eta_B where that ran: `contrast`), for `report` and `confirm`."""
     nan = float("nan")
     rows = []
     for c in confirmations:
@@ -406,7 +452,8 @@ def table(confirmations: list[Confirmation]) -> pd.DataFrame:
         diverged, failed = c.diverged or {}, c.failed or {}
         rows.append({
             "model": c.model, "task": c.task, "study": c.study, "metric_name": c.metric_name,
-            "arm": c.arm, "lambda bin": c.lambda_bin, "best": c.best, "split": c.split, "head_lr": c.head_lr,
+            "arm": c.arm, "contrast": c.contrast, "lambda bin": c.lambda_bin, "best": c.best,
+            "split": c.split, "head_lr": c.head_lr,
             "seeds": c.seeds, "lora+ eta_a": plus.get("eta_a"), "lora+ lambda": plus.get("lambda"),
             "lora+ rank": plus.get("rank"),
             "lora eta_a": plain.get("eta_a"), "lora rank": plain.get("rank"),
