@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from sweep import embedded, stats
 from sweep.config import PLAIN_RTOL
@@ -40,9 +41,36 @@ STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials with state COMPLETE and a finite value (Optuna completes a trial that returned +-inf)."""
+    """Trials with state COMPLETE and a finite value (Optuna completes a trial that returned +-inf),
+    each replicated one at its mean over seeds (over_seeds)."""
     values = pd.to_numeric(df["value"], errors="coerce")
-    return df[df["state"].eq("COMPLETE") & np.isfinite(values)]
+    return over_seeds(df[df["state"].eq("COMPLETE") & np.isfinite(values)])
+
+
+def over_seeds(done: pd.DataFrame) -> pd.DataFrame:
+    """Completed trials with each replicate (a trial whose replicate_of names another of its study,
+    re-trained at the same point on another seed) folded into the trial it replicates: that trial's
+    value becomes the mean over its seeds (each seed once), `seeds` their count and `seed_values` the
+    values, for seed_noise; a replicate whose trial did not complete is left out. A frame without
+    replicates is returned as it is, so this can be applied twice."""
+    of = pd.to_numeric(done["replicate_of"], errors="coerce") if "replicate_of" in done else None
+    if of is None or of.isna().all():
+        return done
+    base = done[of.isna()]
+    reps = done[of.notna()].assign(_of=of[of.notna()].astype(int), _seed=_seeds(done[of.notna()]))
+    reps = reps.drop_duplicates(["study", "_of", "_seed"])
+    by: dict[tuple, list[tuple[Any, float]]] = {}
+    for study, number, value, seed in zip(reps["study"], reps["_of"], reps["value"], reps["_seed"],
+                                          strict=True):
+        by.setdefault((study, int(number)), []).append((seed, float(value)))
+    values = []
+    for study, number, value, seed in zip(base["study"], base["number"], base["value"], _seeds(base),
+                                          strict=True):
+        more = [v for s, v in by.get((study, int(number)), []) if s != seed]
+        values.append([float(value), *more] if more else None)
+    means = [float(np.mean(v)) if v else float(x) for v, x in zip(values, base["value"], strict=True)]
+    counts = [len(v) if v else 1 for v in values]
+    return base.assign(value=means, seeds=counts, seed_values=values)
 
 
 def _signs(df: pd.DataFrame) -> pd.Series:
@@ -171,7 +199,6 @@ def plateau(g: pd.DataFrame) -> Plateau | None:
     rows = scored.sort_values(["_score", "number"], ascending=[False, True], kind="mergesort")
     records = rows.to_dict("records")
     best, seed_var = records[0], seed_noise(done)[0]
-    seed = 2.0 * seed_var if math.isfinite(seed_var) else 0.0
 
     def within_noise(r: dict[str, Any]) -> bool:
         gap = best["_score"] - r["_score"]
@@ -179,6 +206,7 @@ def plateau(g: pd.DataFrame) -> Plateau | None:
             return True
         # Pairing can at most give (se_a + se_b) (perfectly anti-correlated trials): past that bound a
         # trial is out without its paired bootstrap, which costs seconds on a large split.
+        seed = seed_var * (1.0 / _n_seeds(r) + 1.0 / _n_seeds(best)) if math.isfinite(seed_var) else 0.0
         bound = math.sqrt((_trial_se(r) + _trial_se(best)) ** 2 + seed)
         return not gap > NOISE_SES * bound and gap <= NOISE_SES * diff_se(r, best, seed_var)
 
@@ -345,6 +373,13 @@ def seed_noise(g: pd.DataFrame) -> tuple[float, int]:
     once. Pooled over configurations (sweep.stats.seed_variance): it assumes they all spread alike."""
     if g.empty:
         return NAN_F, 0
+    folded = g["seed_values"].map(lambda v: isinstance(v, list)) if "seed_values" in g else None
+    if folded is not None and folded.any():  # replicated trials, folded by over_seeds
+        rest = seed_noise(g[~folded].drop(columns="seed_values"))
+        own = stats.seed_variance(g.loc[folded, "seed_values"].tolist())
+        if not rest[1]:
+            return own
+        return (own[0] * own[1] + rest[0] * rest[1]) / (own[1] + rest[1]), own[1] + rest[1]
     seeds = _seeds(g)
     point = [(round(math.log(float(e)), 6), round(math.log(float(lam)), 6), r)
              for e, lam, r in zip(g["eta_a"], g["lambda"], g["rank"], strict=True)]
@@ -363,14 +398,22 @@ def diff_se(a: Any, b: Any, seed_var: float = math.nan) -> float:
     outcomes (sweep.stats.paired_se); else their own standard errors (standard_error) combined as if
     independent, which overstates it where the two agree on most examples. Seed noise: twice the
     study's seed-to-seed variance (seed_noise; each trial's seed independent), where it has
-    replicates; without them the SE is of evaluation noise only. The two are taken as independent."""
+    replicates (seed_var / n for a value that is a mean over n seeds, see over_seeds); without them the
+    SE is of evaluation noise only. The two are taken as independent; the evaluation part is the one
+    of the trials' first runs, whose outcomes are stored, which overstates a mean over seeds'."""
     same = a.get("number") is not None and a.get("number") == b.get("number")
     if same and a.get("study") == b.get("study"):
         return 0.0
     paired = stats.paired_se(str(a["metric_name"]), a.get("outcomes"), b.get("outcomes"))
     se = paired if paired is not None else stats.unpaired_se(_trial_se(a), _trial_se(b))
-    seed = 2.0 * seed_var if math.isfinite(seed_var) else 0.0
+    seed = seed_var * (1.0 / _n_seeds(a) + 1.0 / _n_seeds(b)) if math.isfinite(seed_var) else 0.0
     return float(math.sqrt(se * se + seed))
+
+
+def _n_seeds(row: Any) -> int:
+    """The seeds a trial's value is the mean of (over_seeds); 1 for a trial not replicated."""
+    n = row.get("seeds")
+    return int(n) if isinstance(n, (int, float, np.integer)) and not _missing(n) and n >= 1 else 1
 
 
 def noise_basis(g: pd.DataFrame) -> str:
@@ -822,3 +865,102 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "budget": grid_equivalent(df),
         "importance": importance_table(df),
     }
+
+
+# A race drops a bin whose Holm-corrected one-sided p-value of trailing the leader is below this.
+RACE_LEVEL = 0.05
+PLAIN_BIN = 0  # in a race, bin 0 stands for plain LoRA's best (lambda = 1), not bin 0's other lambdas
+
+
+@dataclass(frozen=True)
+class Race:
+    """Where the replication of a study's contenders stands: the best search trial of each lambda bin
+    (`trials`, by bin; PLAIN_BIN is the best plain-LoRA trial), the rounds of replicates the bins
+    still in it have run, those bins (`alive`, the leader first), the leader, each alive bin's mean
+    over its replicates, and the bins this round's test drops with their Holm-adjusted p-values."""
+
+    trials: dict[int, int]  # bin -> the number of the search trial it re-trains
+    rounds: int
+    alive: tuple[int, ...]
+    leader: int | None
+    means: dict[int, float]
+    dropped: dict[int, float]
+
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        return tuple(b for b in self.alive if b not in self.dropped)
+
+
+def race(trials: pd.DataFrame, level: float = RACE_LEVEL) -> Race | None:
+    """One round of racing on the trials of one study (search trials and replicates: trials whose
+    replicate_of is the number of the search trial they re-train on a fresh seed); None without a
+    contender. The contenders are the best completed search trial of each lambda bin >= 1 and the best
+    plain-LoRA trial; a bin is still in the race while its replicates number the most any bin has
+    (a bin dropped stops being replicated), and all are in before the first round.
+
+    The leader is the alive bin with the best mean over its replicates alone: the search trial, chosen
+    as its bin's best, carries the luck that chose it. Every other alive bin is tested against it:
+    d = mean(leader) - mean(bin), in the metric's direction, with the standard error
+    sqrt(eval^2 + s^2 (1/n_leader + 1/n_bin)), where eval is the two search trials' difference's
+    evaluation noise (diff_se without seed noise: paired over the examples both were scored on; the
+    replicates are scored on the same examples, so it does not shrink with seeds) and s^2 the
+    seed-to-seed variance pooled over every configuration with several seeds (seed_noise: it assumes
+    they all spread alike). The one-sided p-value of d > 0 is from Student's t with the pooled seed
+    variance's degrees of freedom (the evaluation part taken as known), and the p-values of the bins
+    tested are Holm-corrected together: a bin is dropped when its adjusted p-value is below `level`,
+    so the chance of dropping any bin that is in truth as good as the leader is at most `level` per
+    round (the rounds are not corrected against each other). Without seed noise to test against (no
+    replicates yet) nothing is dropped."""
+    done = completed(trials)  # replicated search trials folded to their mean over seeds
+    if done.empty:
+        return None
+    scored = done.assign(_score=scores(done), _bin=lambda_bin(done["lambda"].astype(float)))
+    plain = scored[is_plain(scored["lambda"])]
+    plus = scored[scored["_bin"] >= 1]
+    heads = {PLAIN_BIN: _best_rows(plain, ["study"]).iloc[0]} if len(plain) else {}
+    for b, rows in plus.groupby("_bin", sort=True):
+        heads[int(b)] = _best_rows(rows, ["study"]).iloc[0]
+    if not heads:
+        return None
+    of = pd.to_numeric(trials["replicate_of"], errors="coerce") if "replicate_of" in trials else None
+    finished = trials[trials["state"].eq("COMPLETE") & np.isfinite(pd.to_numeric(trials["value"],
+                                                                                  errors="coerce"))]
+    replicated: dict[int, list[float]] = {}
+    for b, head in heads.items():
+        reps = (finished[(of.loc[finished.index] == int(head["number"]))
+                         & (finished["study"] == head["study"])] if of is not None else finished.iloc[:0])
+        reps = reps.assign(_seed=_seeds(reps)).drop_duplicates("_seed")
+        replicated[b] = (scores(reps)).tolist()
+    rounds = max(len(v) for v in replicated.values())
+    alive = [b for b in heads if len(replicated[b]) == rounds]
+    numbers = {b: int(h["number"]) for b, h in heads.items()}
+    if rounds == 0:
+        return Race(numbers, 0, tuple(alive), None, {}, {})
+    means = {b: float(np.mean(replicated[b])) for b in alive}
+    leader = max(alive, key=lambda b: (means[b], -b))  # of equal means, the smaller lambda
+    alive = [leader, *(b for b in alive if b != leader)]
+    seed_var, df = seed_noise(done)
+    if not df or not math.isfinite(seed_var):
+        return Race(numbers, rounds, tuple(alive), leader, means, {})
+    p_values = {}
+    for b in alive[1:]:
+        evaluation = diff_se(heads[leader], heads[b])  # no seed noise: added below, per mean
+        se = math.sqrt(evaluation**2 + seed_var * (1 / len(replicated[leader]) + 1 / len(replicated[b])))
+        gap = means[leader] - means[b]
+        p_values[b] = (float(student_t.sf(gap / se, df)) if se > 0 else (0.0 if gap > 0 else 1.0))
+    return Race(numbers, rounds, tuple(alive), leader, {b: means[b] * _sign_of(heads[b]) for b in alive},
+                holm(p_values, level))
+
+
+def holm(p_values: dict[int, float], level: float) -> dict[int, float]:
+    """The hypotheses Holm's step-down procedure rejects at family-wise error `level`, with their
+    adjusted p-values (the running maximum of (m - i) p_(i)); it assumes nothing of how the tests
+    depend on each other (here they share the leader)."""
+    ordered = sorted(p_values.items(), key=lambda kv: kv[1])
+    m, adjusted, running = len(ordered), {}, 0.0
+    for i, (key, p) in enumerate(ordered):
+        running = max(running, min(1.0, (m - i) * p))
+        if running >= level:
+            break
+        adjusted[key] = running
+    return adjusted

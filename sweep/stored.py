@@ -31,12 +31,12 @@ from sweep.storage import mask_url, open_storage, storage_lock
 FINISHED = ("COMPLETE", "PRUNED")
 MAX_RETRIES = 2  # a trial whose workers keep dying is probably killing them (host OOM)
 # User attributes that a queued trial carries into its run, and into its retry.
-QUEUED_ATTRS = ("arm", "seed", "eval_split")
+QUEUED_ATTRS = ("arm", "seed", "eval_split", "replicate_of")
 # Trial user attributes a report reads; the rest is kept for provenance.
 ROW_ATTRS = ("model", "task", "metric_name", "metric_se", "init", "tokens", "wall_time_s", "stop_reason",
              "steps", "precision", "base", "device", "outcomes")
 # And what a confirm or an export reads: the arm and seed of a run, its curve, its whole config.
-RUN_ATTRS = ("arm", "seed", "history", "config")
+RUN_ATTRS = ("arm", "seed", "history", "config", "replicate_of")
 LOST = "its worker stopped sending heartbeats (machine or process lost)"
 
 
