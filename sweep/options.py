@@ -69,6 +69,7 @@ def _study_options(
     in_process: Annotated[bool, typer.Option("--in-process/--no-in-process", metavar="",
                                              help="Run trials in this process (debugging): no isolation, no timeout.")] = False,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")] = _SPEC["heartbeat"].default,
+    replicate: Annotated[int, typer.Option(metavar="K", help="After the search, race the best of each lambda bin and of plain LoRA on fresh seeds, one per round, dropping the bins a Holm-corrected test puts below the best, for at most K rounds (0: off).")] = _SPEC["replicate"].default,
     track: Annotated[list[str] | None, typer.Option(metavar="TRACKER", show_default="none", help="Also log every trial to mlflow, wandb or tensorboard (repeatable): one run per trial, grouped by study.")] = None,
     track_dir: Annotated[str | None, typer.Option(metavar="DIR", show_default="results", help="Where trackers write locally: tensorboard/, mlflow.db unless MLFLOW_TRACKING_URI is set, wandb/ unless WANDB_DIR is.")] = None,
     space: Annotated[str, typer.Option(help="What is drawn: eta_a (eta_A and lambda) or eta_b (eta_B and lambda; eta_A = eta_B / lambda).", rich_help_panel="optimizer")] = _SPEC["space"].default,

@@ -472,6 +472,8 @@ def notes(r: dict[str, Any]) -> str:
     if not _missing(gain) and not _missing(gain_se) and 0 < gain <= NOISE_SES * gain_se:
         said.append(f"gain {gain:+.4f} within noise (its standard error ±{gain_se:.4f}): the validation "
                     "split cannot tell LoRA+ from plain LoRA")
+    if r.get("race"):
+        said.append(str(r["race"]))
     return "; ".join(said)
 
 
@@ -850,6 +852,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     out = gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right")
     out = out.merge(recommendations(df), on=KEYS, how="left")
     out = out.merge(judged(df), on=KEYS, how="left")
+    raced = [(*key, race_text(g)) for key, g in _defined(df).groupby(KEYS, sort=True)]
+    out = out.merge(pd.DataFrame(raced, columns=[*KEYS, "race"]), on=KEYS, how="left")
+    out["race"] = out["race"].fillna("")
     out["lora_plus_trials"] = out["lora_plus_trials"].fillna(0).astype("int64")
     out["notes"] = [notes(r) for r in out.to_dict("records")]
     return _with_setup(out, df)
@@ -905,7 +910,8 @@ def race(trials: pd.DataFrame, level: float = RACE_LEVEL) -> Race | None:
     evaluation noise (diff_se without seed noise: paired over the examples both were scored on; the
     replicates are scored on the same examples, so it does not shrink with seeds) and s^2 the
     seed-to-seed variance pooled over every configuration with several seeds (seed_noise: it assumes
-    they all spread alike). The one-sided p-value of d > 0 is from Student's t with the pooled seed
+    they all spread alike; the search trials' lucky values are among them, which can only widen it,
+    so the test errs towards keeping a bin). The one-sided p-value of d > 0 is from Student's t with the pooled seed
     variance's degrees of freedom (the evaluation part taken as known), and the p-values of the bins
     tested are Holm-corrected together: a bin is dropped when its adjusted p-value is below `level`,
     so the chance of dropping any bin that is in truth as good as the leader is at most `level` per
@@ -917,9 +923,9 @@ def race(trials: pd.DataFrame, level: float = RACE_LEVEL) -> Race | None:
     scored = done.assign(_score=scores(done), _bin=lambda_bin(done["lambda"].astype(float)))
     plain = scored[is_plain(scored["lambda"])]
     plus = scored[scored["_bin"] >= 1]
-    heads = {PLAIN_BIN: _best_rows(plain, ["study"]).iloc[0]} if len(plain) else {}
+    heads = {PLAIN_BIN: _top(plain)} if len(plain) else {}
     for b, rows in plus.groupby("_bin", sort=True):
-        heads[int(b)] = _best_rows(rows, ["study"]).iloc[0]
+        heads[int(b)] = _top(rows)
     if not heads:
         return None
     of = pd.to_numeric(trials["replicate_of"], errors="coerce") if "replicate_of" in trials else None
@@ -950,6 +956,27 @@ def race(trials: pd.DataFrame, level: float = RACE_LEVEL) -> Race | None:
         p_values[b] = (float(student_t.sf(gap / se, df)) if se > 0 else (0.0 if gap > 0 else 1.0))
     return Race(numbers, rounds, tuple(alive), leader, {b: means[b] * _sign_of(heads[b]) for b in alive},
                 holm(p_values, level))
+
+
+def _top(rows: pd.DataFrame) -> pd.Series:
+    """The best of `rows` (of equal values, the lower number, then the study)."""
+    return _best_rows(rows.assign(_all=0), ["_all"]).drop(columns="_all").iloc[0]
+
+
+def race_text(g: pd.DataFrame) -> str:
+    """Where the race of one definition's trials `g` ended, in words; "" where it has no replicates."""
+    state = race(g)
+    if state is None or not state.rounds:
+        return ""
+    left = state.survivors
+
+    def name(b: int) -> str:
+        return "plain LoRA" if b == PLAIN_BIN else f"lambda {2.0**b:g}"
+
+    said = f"race over {state.rounds} fresh seed(s)"
+    if len(left) == 1:
+        return f"{said}: {name(left[0])} left, every other bin below it (Holm-corrected)"
+    return f"{said}: a tie among {', '.join(name(b) for b in sorted(left))}, which those seeds cannot order"
 
 
 def holm(p_values: dict[int, float], level: float) -> dict[int, float]:

@@ -3,7 +3,7 @@
 A study file has up to four tables (every key optional; unknown keys are errors):
 
     [study]   name, model, task, n_trials, timeout, sampler, pruner, seed, storage,
-              trial_timeout, jobs, devices, in_process, track, track_dir
+              trial_timeout, jobs, devices, in_process, track, track_dir, replicate
     [search]  eta_a = [low, high] (log-uniform) or a number; lambda = [low, high] or a number
               (log-uniform; the range must include 1, so plain LoRA is always a candidate);
               rank = [4, 8, 16] (categorical) or a number; space = "eta_a" (draw eta_A and lambda)
@@ -44,7 +44,7 @@ ASHA_MIN_TRIALS = 12
 DEFAULT_STORAGE = "sqlite:///results/loraplus.db"
 STUDY_KEYS = ("name", "model", "task", "n_trials", "timeout", "sampler", "pruner", "seed", "storage",
               "baselines", "trial_timeout", "jobs", "devices", "in_process", "heartbeat", "track",
-              "track_dir")
+              "track_dir", "replicate")
 # How trials run, not what they measure: left out of the definition hash like the budget (and out
 # of the definition stored for workers: each machine tracks its own trials as its command line says).
 RUN_KEYS = ("trial_timeout", "jobs", "devices", "in_process", "heartbeat", "track", "track_dir")
@@ -89,6 +89,9 @@ class StudySpec:
     track: tuple[str, ...] = ()  # experiment trackers (TRACKERS) that get a run per trial
     track_dir: str | None = None  # where local trackers write; None: results/
     baselines: int = 1  # plain-LoRA trials queued first, spread over the eta_A range
+    # Rounds of racing after the search: the best of each lambda bin and of plain LoRA re-trained on
+    # a fresh seed per round until one is left (sweep.workers.race_study); 0: none.
+    replicate: int = 0
     # Hash of the task's content (sweep.tasks.TaskData.fingerprint), set by sweep.checks.preflight: a
     # task file changed between two runs makes another study instead of mixing two data sets.
     data_fingerprint: str | None = None
@@ -378,7 +381,8 @@ def _build(data: dict[str, Any], flags: dict[str, Any], where: str) -> StudySpec
             raise SweepError(f'{where}: search.eta_b is the range of space "eta_b"; set space = "eta_b" '
                              "(--space eta_b) to draw eta_B")
         spec_kwargs["eta_b"] = _range(search["eta_b"], "search.eta_b", where)
-    for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage", "baselines", *RUN_KEYS):
+    for key in ("name", "n_trials", "timeout", "sampler", "pruner", "storage", "baselines", "replicate",
+                *RUN_KEYS):
         if key in study:
             spec_kwargs[key] = study[key]
     if grid or study.get("sampler") == "grid":
@@ -446,6 +450,8 @@ def _validate(s: StudySpec) -> None:
         problems.append(f"ranks must be integers >= 1, got {short(list(s.ranks))}")
     if s.n_trials < 1:
         problems.append(f"n_trials must be an integer >= 1, got {s.n_trials!r}")
+    if s.replicate < 0:
+        problems.append(f"replicate must be an integer >= 0 (rounds of racing), got {s.replicate!r}")
     for key in ("timeout", "trial_timeout"):
         value = getattr(s, key)
         if value is not None and not (math.isfinite(value) and value > 0):

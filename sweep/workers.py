@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sweep import search
+from sweep import report, search
 from sweep.config import TrialConfig, is_plain
 from sweep.errors import SweepStopped
 from sweep.hooks import Finished, Hooks
@@ -48,6 +48,9 @@ POLL_S = 2.0  # how often a worker with nothing to do looks again (others' trial
 # of 100,000 queued up front took 13 to 40 minutes before its first trial, and then each count of
 # the study's trials read every queued one.
 GRID_BATCH = 32
+# A replicate of round r trains at the study's seed + this + r: past the seeds confirm uses (+ 1, + 2,
+# ...), so that a confirm run never repeats a replicate, which the race chose its arms by.
+REPLICATE_SEED_OFFSET = 1000
 
 
 def run_trial(cfg: TrialConfig, **hooks) -> TrialResult:
@@ -69,7 +72,8 @@ def execute(trial: RunningTrial, cfg: TrialConfig, spec: StudySpec, hooks: Hooks
     # Plain LoRA is what every LoRA+ trial is judged against, and pruning judges by values before
     # the end, which favour whatever converges faster: the very claim under test. A plain-LoRA trial
     # runs to the end; the pruner still hears its values (successive halving ranks a rung by them).
-    anchor = is_plain(cfg.lam)
+    # So does a replicate (a trial at a seed of its own): its final value is what the race compares.
+    anchor = is_plain(cfg.lam) or cfg.seed != spec.base.seed
 
     def on_eval(point: EvalPoint) -> bool:
         if hooks.eval:
@@ -135,11 +139,15 @@ _DONE, _WAIT = "done", "wait"
 class Workers:
     """The workers of one process on one study; `run` returns when the budget is met."""
 
-    def __init__(self, store: StoredStudy, spec: StudySpec, hooks: Hooks, queue_grid: bool = True) -> None:
+    def __init__(self, store: StoredStudy, spec: StudySpec, hooks: Hooks, queue_grid: bool = True,
+                 queued_only: bool = False) -> None:
         """`queue_grid` False: a grid's points are all queued already (a confirm's (arm, seed) runs,
-        each with its seed), so none is queued as the queue empties."""
+        each with its seed), so none is queued as the queue empties. `queued_only`: run the queued
+        trials alone, as for a grid, whatever the sampler (a race's replicates): a failed one is not
+        replaced by a point the sampler draws."""
         self.store, self.spec, self.hooks = store, spec, hooks
-        self.queue_grid = queue_grid
+        self.queue_grid = queue_grid and not queued_only
+        self.queued_only = queued_only
         self.deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
         self.stop = Stop()
         self.failures = 0  # in a row, across this process's workers
@@ -206,7 +214,7 @@ class Workers:
             running, waiting = counts["RUNNING"], counts["WAITING"]
             if finished >= self.spec.n_trials:
                 return _DONE
-            if self.spec.sampler == "grid" and not waiting:  # a grid runs its points, nothing else
+            if (self.spec.sampler == "grid" or self.queued_only) and not waiting:  # its points, nothing else
                 if self.queue_grid:  # the next batch
                     waiting = self.store.enqueue_missing(self._grid(), GRID_BATCH, failed=False)
                 if not waiting:  # (a point that failed in this run waits for the next run)
@@ -268,7 +276,39 @@ def run_study(spec: StudySpec, hooks: Hooks | None = None, store: StoredStudy | 
         spec = preflight(spec)
         store = open_study(spec)
     Workers(store, spec, hooks or Hooks()).run()
+    if spec.replicate:
+        race_study(store, spec, hooks or Hooks())
     return store
+
+
+def race_study(store: StoredStudy, spec: StudySpec, hooks: Hooks) -> report.Race | None:
+    """After the search: re-train the best trial of each lambda bin and the best plain-LoRA trial on a
+    fresh seed per round (queued trials with the original's parameters, user attributes seed and
+    replicate_of), dropping after each round the bins that report.race puts below the leader, until
+    one is left or spec.replicate rounds are done; the race where it stopped. Resumable: the rounds
+    and the bins still in are read back from the stored trials."""
+    rounds_before = -1
+    while True:
+        state = report.race(store.frame())
+        if state is None or state.rounds >= spec.replicate or state.rounds == rounds_before:
+            return state  # done, or a round whose replicates all failed: the next run retries it
+        alive = state.survivors if state.rounds else state.alive
+        if state.rounds and len(alive) <= 1:
+            return state
+        rounds_before = state.rounds
+        seed = spec.base.seed + REPLICATE_SEED_OFFSET + state.rounds + 1
+        trials = store.frame().set_index("number")
+        with store.lock():
+            held = {(a["replicate_of"], a["seed"]) for a in store.queued_attrs()}
+            for b in alive:
+                n = state.trials[b]
+                if (n, seed) not in held:
+                    point = {"eta_a": float(trials.at[n, "eta_a"]), "lambda": float(trials.at[n, "lambda"]),
+                             "rank": int(trials.at[n, "rank"])}
+                    store.enqueue(search.params_of(spec, point), {"replicate_of": n, "seed": seed})
+            counts = store.counts()
+            budget = sum(counts[s] for s in (*FINISHED, "RUNNING", "WAITING"))
+        Workers(store, spec.replace(n_trials=budget), hooks, queued_only=True).run()
 
 
 def prepare(spec: StudySpec) -> tuple[StudySpec, StoredStudy]:

@@ -24,7 +24,8 @@ def frame(replicates: dict[int, list[float]], se: float = 0.004) -> pd.DataFrame
             number += 1
     df = pd.DataFrame(rows)
     return df.assign(study="s", model="m", task="t", definition="d", metric_name="accuracy", state="COMPLETE",
-                     eta_a=1e-3, rank=8, metric_se=se, init="standard")
+                     eta_a=1e-3, rank=8, metric_se=se, init="standard", tokens=100,
+                     wall_time_s=1.0)
 
 
 def test_before_any_replicate_every_bins_best_is_in_and_nothing_is_dropped():
@@ -81,3 +82,14 @@ def test_the_report_reads_a_replicated_trial_at_its_mean_over_seeds():
     a["number"], b["number"] = 1, 3
     assert report.diff_se(a, b, var) ** 2 == pytest.approx(2 * 0.004**2 + var * (1 / 4 + 1))
     assert report.default_lambda(df)["m"].lambda_bin == 4
+
+
+def test_the_summary_says_where_the_race_ended():
+    spread = [0.004, -0.003, 0.001]
+    tied = {0: [0.80 + d for d in spread], 1: [0.85 + d for d in spread], 2: [0.70 + d for d in spread],
+            3: [0.848 - d for d in spread]}
+    notes = report.summary(frame(tied))["notes"].item()
+    assert "race over 3 fresh seed(s): a tie among lambda 4, lambda 16" in notes
+    alone = {k: v for k, v in tied.items() if k != 3}  # bin 16 dropped in the first round
+    assert "lambda 4 left" in report.summary(frame(alone))["notes"].item()
+    assert "race" not in report.summary(frame({}))["notes"].item()
