@@ -275,7 +275,9 @@ def run_study(spec: StudySpec, hooks: Hooks | None = None, store: StoredStudy | 
 
         spec = preflight(spec)
         store = open_study(spec)
-    Workers(store, spec, hooks or Hooks()).run()
+    # A race's replicates are trials of the study but no part of its search's budget.
+    replicates = sum(a["replicate_of"] is not None for a in store.queued_attrs())
+    Workers(store, spec.replace(n_trials=spec.n_trials + replicates), hooks or Hooks()).run()
     if spec.replicate:
         race_study(store, spec, hooks or Hooks())
     return store
@@ -293,7 +295,7 @@ def race_study(store: StoredStudy, spec: StudySpec, hooks: Hooks) -> report.Race
         if state is None or state.rounds >= spec.replicate or state.rounds == rounds_before:
             return state  # done, or a round whose replicates all failed: the next run retries it
         alive = state.survivors if state.rounds else state.alive
-        if state.rounds and len(alive) <= 1:
+        if len(alive) <= 1:  # the winner, or a study with one contender: nothing to race
             return state
         rounds_before = state.rounds
         seed = spec.base.seed + REPLICATE_SEED_OFFSET + state.rounds + 1

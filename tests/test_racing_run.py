@@ -48,6 +48,27 @@ def test_run_replicate_queues_the_contenders_again_on_fresh_seeds(tiny_model, to
     assert len(study.trials()) == 4  # all rounds done: nothing trained again
 
 
+def test_a_race_needs_two_contenders_and_its_replicates_are_not_the_searchs_budget(tiny_model, toy_csv,
+                                                                                   tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+
+    def tpe(n_trials: int):
+        res = CliRunner().invoke(app, [
+            "run", "--model", tiny_model, "--task", toy_csv, "--epochs", "1", "--batch-size", "32",
+            "--max-length", "32", "--train-limit", "64", "--eval-limit", "32", "--device", "cpu",
+            "--in-process", "--storage", storage, "--study-name", "tpe", "--n-trials", str(n_trials),
+            "--replicate", "1"])
+        assert res.exit_code == 0, res.output
+        trials = StoredStudy.load(storage, "tpe").trials()
+        return [t for t in trials if "replicate_of" not in t.user_attrs], [
+            t for t in trials if "replicate_of" in t.user_attrs]
+
+    assert [len(ts) for ts in tpe(1)] == [1, 0]  # plain LoRA alone: nothing to race it against
+    assert [len(ts) for ts in tpe(2)] == [2, 2]  # a LoRA+ trial: both raced one round
+    # the replicates are no part of the search's budget: one more search trial, and the race is done
+    assert [len(ts) for ts in tpe(3)] == [3, 2]
+
+
 def test_a_negative_replicate_is_one_line():
     res = CliRunner().invoke(app, ["run", "--replicate", "-1"])
     assert res.exit_code == 2 and "replicate must be an integer >= 0" in res.stderr
