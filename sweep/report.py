@@ -912,11 +912,11 @@ def race(trials: pd.DataFrame, level: float = RACE_LEVEL) -> Race | None:
     seed-to-seed variance pooled over every configuration with several seeds (seed_noise: it assumes
     they all spread alike; the search trials' values, chosen as their bins' best, are among them and
     tend to widen it, so the test errs towards keeping a bin). The one-sided p-value of d > 0 is from
-    Student's t with the pooled seed variance's degrees of freedom (the evaluation part taken as known), and the p-values of the bins
-    tested are Holm-corrected together: a bin is dropped when its adjusted p-value is below `level`,
-    so the chance of dropping any bin that is in truth as good as the leader is at most `level` per
-    round (the rounds are not corrected against each other). Without seed noise to test against (no
-    replicates yet) nothing is dropped."""
+    Student's t with the pooled seed variance's degrees of freedom (the evaluation part taken as
+    known), and the p-values of the bins tested are Holm-corrected together: a bin is dropped when its
+    adjusted p-value is below `level`, so the chance of dropping any bin that is in truth as good as
+    the leader is at most `level` per round (the rounds are not corrected against each other).
+    Without seed noise to test against (no replicates yet) nothing is dropped."""
     done = completed(trials)  # replicated search trials folded to their mean over seeds
     if done.empty:
         return None
