@@ -305,8 +305,8 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
                         f"{c.precision}: leave precision at auto"
                         + (" or set it to bf16" if c.base_dtype == "bf16" else ""))
     if "device" in names and not re.fullmatch(r"auto|cpu|cuda(:\d+(\+\d+)*)?", c.device):
-        problems.append(f"device must be auto, cpu, cuda, cuda:N, or cuda:N+M to spread a trial over GPUs "
-                        f"N and M; got {short(c.device)}")
+        problems.append(f"device must be auto, cpu, cuda or cuda:N (cuda:N+M: a trial spread over GPUs N "
+                        f"and M); got {short(c.device)}")
     if "target_modules" in names and c.target_modules is not None:
         if not all(m.strip() for m in c.target_modules):
             problems.append(f"target_modules must be module names, got {short(list(c.target_modules))}")

@@ -48,7 +48,7 @@ def test_devices_take_groups(devices, ok):
 def test_a_trials_device_may_be_a_group():
     assert gpu_group("cuda:0+1") == (0, 1) and gpu_group("cuda:1") == () and gpu_group("cpu") == ()
     assert TrialConfig(model="m", task="t", device="cuda:0+1+2").device == "cuda:0+1+2"
-    with pytest.raises(SweepError, match="cuda:N\\+M"):
+    with pytest.raises(SweepError, match="cuda:N\\+M: a trial spread"):
         TrialConfig(model="m", task="t", device="cuda:0+")
     assert train.resolve_device.__doc__ and "first" in train.resolve_device.__doc__
 
