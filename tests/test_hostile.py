@@ -491,12 +491,12 @@ def test_a_jsonl_with_list_labels_is_one_line(sandbox):
 
 
 def test_an_unexpected_error_is_one_line_and_its_traceback_needs_debug(sandbox, monkeypatch):
-    import sweep.spec
+    import sweep.options
 
     def broken(*_):
         raise RuntimeError("internal failure with postgresql://u:s3cr3tpw@h/db")
 
-    monkeypatch.setattr(sweep.spec, "load_spec", broken)
+    monkeypatch.setattr(sweep.options, "load_spec", broken)  # where run reads its study
     r = invoke(sandbox, ("run",))
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "unexpected RuntimeError" in r.stderr and "--debug" in r.stderr and "s3cr3tpw" not in r.output
