@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from decoders import byte_tokenizer
 from typer.testing import CliRunner
 
 from cli import app
@@ -359,7 +360,6 @@ def test_a_bf16_base_loads_without_holding_its_fp32_checkpoint_in_memory(llama, 
 
     import transformers as tf
 
-    from tests.decoders import byte_tokenizer
 
     torch.manual_seed(0)
     config = tf.LlamaConfig(vocab_size=257, hidden_size=512, num_hidden_layers=4, num_attention_heads=4,
