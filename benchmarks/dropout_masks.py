@@ -1,8 +1,8 @@
-"""What dropout masks cost a CPU trial, and what drawing them from numpy (sweep.dropout) saves.
+"""What dropout masks cost a CPU trial, and what drawing them from numpy (sweep.core.dropout) saves.
 
 Prints, on this machine:
   1. the time to draw one mask the size of a MiniLM-L6 layer's activations at batch 32 (32 x 27 x
-     384), torch's way (F.dropout, bernoulli_) and the engine's (sweep.dropout: PCG64 floats);
+     384), torch's way (F.dropout, bernoulli_) and the engine's (sweep.core.dropout: PCG64 floats);
   2. a profile of one trial with torch's masks: the share of bernoulli_ and of the matmuls, and the
      matmuls' rate against this CPU's measured fp32 matmul peak;
   3. the same trial alternating three ways, ROUNDS times each, in one process: torch's masks, numpy's
@@ -24,11 +24,11 @@ from precision import MATMULS, matmul_peak
 from torch.profiler import ProfilerActivity, profile
 from transformers import logging as hf_logging
 
-import sweep.dropout
-import sweep.kinds
-from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
-from sweep.tasks import load_task
-from sweep.train import run_trial
+import sweep.core.dropout
+import sweep.engine.kinds
+from sweep.data.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.data.tasks import load_task
+from sweep.engine.train import run_trial
 
 
 def per_call_ms(f, k: int = 50) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
     x = torch.randn(32, 27, 384)
     rng = np.random.default_rng(0)
     torch_ms = per_call_ms(lambda: torch.nn.functional.dropout(x, 0.1, True))
-    numpy_ms = per_call_ms(lambda: sweep.dropout._drop(x, 0.1, rng))  # what a CPU trial runs
+    numpy_ms = per_call_ms(lambda: sweep.core.dropout._drop(x, 0.1, rng))  # what a CPU trial runs
     print(f"\n1. one mask of {x.numel():,} activations: torch {torch_ms:.2f} ms, numpy {numpy_ms:.2f} ms "
           f"({torch_ms / numpy_ms:.1f}x)")
 
@@ -61,18 +61,18 @@ def main() -> None:
                       max_length=args.max_length, epochs=1, warmup_ratio=0.06, train_limit=args.train,
                       eval_limit=64, device="cpu", precision="fp32")
     task = load_task(cfg.task)
-    real = sweep.kinds.numpy_dropout
+    real = sweep.engine.kinds.numpy_dropout
     torch_masks = lambda model, seed: 0  # noqa: E731  (leaves the model's nn.Dropout as it is)
 
     def modules_only(model, seed: int) -> int:
         changed = real(model, seed)
         for module in model.modules():
             config = getattr(module, "config", None)
-            if getattr(config, "_attn_implementation", None) == sweep.dropout.ATTENTION:
+            if getattr(config, "_attn_implementation", None) == sweep.core.dropout.ATTENTION:
                 config._attn_implementation = "sdpa"
         return changed
 
-    sweep.kinds.numpy_dropout = torch_masks
+    sweep.engine.kinds.numpy_dropout = torch_masks
     run_trial(cfg, task=task)  # warm: caches, allocator
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         r = run_trial(cfg, task=task)
@@ -98,7 +98,7 @@ def main() -> None:
     runs: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.rounds):
         for name, way in ways.items():
-            sweep.kinds.numpy_dropout = way
+            sweep.engine.kinds.numpy_dropout = way
             r = run_trial(cfg, task=task)
             runs[name].append(r.tokens_per_s)
             print(f"   {name:<14} {r.tokens_per_s:8,.0f}   {r.metric_name} {r.metric:.4f}", flush=True)

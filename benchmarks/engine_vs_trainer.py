@@ -50,15 +50,15 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers import logging as hf_logging
 
-import sweep.kinds
-import sweep.train
-from sweep.batches import encode_task
-from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
-from sweep.hardware import native_cpu_bf16
-from sweep.metrics import compute
-from sweep.models import load_model, load_tokenizer
-from sweep.tasks import load_task
-from sweep.train import run_trial
+import sweep.engine.kinds
+import sweep.engine.train
+from sweep.core.hardware import native_cpu_bf16
+from sweep.core.metrics import compute
+from sweep.data.batches import encode_task
+from sweep.data.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.data.tasks import load_task
+from sweep.engine.models import load_model, load_tokenizer
+from sweep.engine.train import run_trial
 
 # transformers 5 replaced `group_by_length=True` with `train_sampling_strategy="group_by_length"`.
 _ARG_NAMES = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -161,7 +161,7 @@ def loraplus_optimizer(model, cfg: TrialConfig) -> torch.optim.Optimizer:
     return create_loraplus_optimizer(
         model.to("cuda" if cuda else "cpu"), torch.optim.AdamW, lr=cfg.eta_a, loraplus_lr_ratio=cfg.lam,
         loraplus_weight_decay=cfg.weight_decay, betas=cfg.betas, eps=1e-8,
-        fused=True if cuda else None,  # as the engine (sweep.optim.build_optimizer)
+        fused=True if cuda else None,  # as the engine (sweep.engine.optim.build_optimizer)
     )
 
 
@@ -327,20 +327,20 @@ def run_engine(cfg: TrialConfig, task, compiled: bool = False, torch_dropout: bo
 def run_compiled(cfg: TrialConfig, task, torch_dropout: bool):
     """run_trial with the prepared model compiled in place before its first step; with
     `torch_dropout`, its dropout left as torch's (no numpy-drawn masks)."""
-    prepare, masks = sweep.train.prepare, sweep.kinds.numpy_dropout
+    prepare, masks = sweep.engine.train.prepare, sweep.engine.kinds.numpy_dropout
 
     def compiled(*args, **kwargs):
         work = prepare(*args, **kwargs)
         work.model.compile(dynamic=True)
         return work
 
-    sweep.train.prepare = compiled
+    sweep.engine.train.prepare = compiled
     if torch_dropout:
-        sweep.kinds.numpy_dropout = lambda model, seed: 0
+        sweep.engine.kinds.numpy_dropout = lambda model, seed: 0
     try:
         return run_trial(cfg, task=task)
     finally:
-        sweep.train.prepare, sweep.kinds.numpy_dropout = prepare, masks
+        sweep.engine.train.prepare, sweep.engine.kinds.numpy_dropout = prepare, masks
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from engine_vs_trainer import machine, quiet, rounds
 
-from sweep.batches import train_batches
-from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
-from sweep.kinds import prepare
-from sweep.optim import build_optimizer
-from sweep.precision import autocast, cast_frozen_linears
+from sweep.data.batches import train_batches
+from sweep.data.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.engine.kinds import prepare
+from sweep.engine.optim import build_optimizer
+from sweep.engine.precision import autocast, cast_frozen_linears
 
 SIDES = ("autocast casts the frozen weights every step", "cast to bf16 once (the engine)",
          "cast once, again (the control)")
@@ -79,7 +79,7 @@ def main() -> None:
         with autocast(cfg.replace(precision=precision), device):
             loss = work.loss_sum(b) / work.count(b)
         loss.backward()
-        if cfg.max_grad_norm is not None:  # as the engine's step (sweep.train.run_trial)
+        if cfg.max_grad_norm is not None:  # as the engine's step (sweep.engine.train.run_trial)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -3,10 +3,11 @@ a 4-bit NF4 base), tokens/s, model FLOPs utilisation and peak memory.
 
 GPU (the default where CUDA answers): random-weight models of Llama-3.2-1B and Llama-3.1-8B shapes, built
 from a config on the GPU (no download, no checkpoint written), LoRA rank 16 on every linear layer of
-the blocks, the trial's LoRA+ AdamW groups (sweep.optim) and its loss (sweep.lm_eval: every position
-trained), 1,024 random tokens a row, batch 8 in micro-batches (--micro; halved after an out-of-memory
-error until one row), bf16 autocast for the bf16 and 4-bit bases as a trial runs them. Timed steps
-follow untimed warm-up steps; the peak is torch's allocated peak over the timed steps plus the weights.
+the blocks, the trial's LoRA+ AdamW groups (sweep.engine.optim) and its loss (sweep.engine.lm_eval:
+every position trained), 1,024 random tokens a row, batch 8 in micro-batches (--micro; halved after an
+out-of-memory error until one row), bf16 autocast for the bf16 and 4-bit bases as a trial runs them.
+Timed steps follow untimed warm-up steps; the peak is torch's allocated peak over the timed steps plus
+the weights.
 MFU: the step's model FLOPs (4 x the base's parameters a token: forward and the inputs' gradients,
 frozen weights having none; plus 12 x layers x hidden x sequence for attention) per second, against
 the card's dense bf16 peak (a table of cards, or --peak-tflops).
@@ -52,8 +53,8 @@ def build(shape: str, form: str, device, rank: int, checkpointing: bool):
     import torch
     import transformers as tf
 
-    from sweep.config import TrialConfig
-    from sweep.models import CAUSAL_LM_TARGETS, _with_lora
+    from sweep.data.config import TrialConfig
+    from sweep.engine.models import CAUSAL_LM_TARGETS, _with_lora
 
     config = tf.LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
     dtype = torch.float32 if form in ("fp32", "tf32") else torch.bfloat16
@@ -79,7 +80,7 @@ def build(shape: str, form: str, device, rank: int, checkpointing: bool):
 
 def _quantize_blocks(model, device) -> None:
     """Each linear layer of the blocks as bitsandbytes NF4 with double quantization and bf16 compute
-    (QLoRA's recipe, sweep.base), quantized one at a time onto `device`."""
+    (QLoRA's recipe, sweep.engine.base), quantized one at a time onto `device`."""
     import bitsandbytes as bnb
     import torch
 
@@ -101,8 +102,8 @@ def _quantize_blocks(model, device) -> None:
 def measure(shape: str, form: str, args) -> dict:
     import torch
 
-    from sweep.lm_eval import nll_per_example
-    from sweep.optim import build_optimizer
+    from sweep.engine.lm_eval import nll_per_example
+    from sweep.engine.optim import build_optimizer
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -1,21 +1,21 @@
 """Side-by-side throughput and validation loss on a causal LM: this engine vs HF Trainer + PEFT's LoRA+.
 
 The embedded SmolLM2-135M-Instruct learns bbc-headlines (an article's opening -> its headline). Both
-sides train on the same rows, encoded once by sweep.lm_batches.encode_lm, so the loss masks are the
+sides train on the same rows, encoded once by sweep.data.lm_batches.encode_lm, so the loss masks are the
 same (the headline and its EOS are trained, the prompt is not), with the same LoRA (every linear layer
 of the blocks, rank, alpha), init seed, eta_A, lambda, batch, steps, learning-rate schedule, gradient
 clipping and precision, one after the other in one process, on the GPU when there is one:
   (a) loraplus-sweep's engine: run_trial with kind causal-lm (length-grouped batches, dynamic
       padding, logits only at the positions that predict a trained token),
   (b) HF Trainer + peft.optimizers.create_loraplus_optimizer with dynamic padding (ids padded with
-      the pad id, labels with -100, as sweep.lm_batches.collate_lm pads) and length-grouped
+      the pad id, labels with -100, as sweep.data.lm_batches.collate_lm pads) and length-grouped
       sampling: its best documented settings. It is handed the engine's schedule
-      (sweep.train.lr_factor), so both sides step through the same learning rates (the Trainer's
+      (sweep.engine.train.lr_factor), so both sides step through the same learning rates (the Trainer's
       own warmup would take its first step at learning rate 0).
 Tokens/s counts real (non-padding) training tokens, as each side makes its batches, over the
 training time alone (the engine's TrialResult.train_time_s; the Trainer's loop from its
 on_train_begin to its on_train_end). The validation loss per completion token of each trained model
-is sweep.lm_eval.token_loss on the same held-out rows, in the run's precision. Prints the machine,
+is sweep.engine.lm_eval.token_loss on the same held-out rows, in the run's precision. Prints the machine,
 the settings and a table. The default sizes are those of the study smollm2-bbc-headlines (320 rows,
 one pass at batch 8: 40 steps; 100 validation rows). `--precision bf16` needs a CPU with bf16
 instructions (AVX-512 BF16, AMX) or a GPU: without them (the machine line says) autocast emulates
@@ -38,16 +38,16 @@ import numpy as np
 import torch
 from engine_vs_trainer import loraplus_optimizer, machine, quiet, train, training_arguments
 
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.kinds import sample_rows  # the fixed sample of train_limit / eval_limit rows
-from sweep.lm_batches import LMEncoded, collate_lm, encode_lm
-from sweep.lm_eval import TokenLoss, token_loss
-from sweep.lm_tasks import load_lm_task
-from sweep.models import load_causal_lm, load_tokenizer, pad_token_id
-from sweep.precision import autocast
-from sweep.result import TrialResult
-from sweep.train import lr_factor, resolve_device, run_trial
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
+from sweep.data.lm_batches import LMEncoded, collate_lm, encode_lm
+from sweep.data.lm_tasks import load_lm_task
+from sweep.data.result import TrialResult
+from sweep.engine.kinds import sample_rows  # the fixed sample of train_limit / eval_limit rows
+from sweep.engine.lm_eval import TokenLoss, token_loss
+from sweep.engine.models import load_causal_lm, load_tokenizer, pad_token_id
+from sweep.engine.precision import autocast
+from sweep.engine.train import lr_factor, resolve_device, run_trial
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def run_engine(cfg: TrialConfig, data: LMData) -> tuple[Side, TrialResult]:
 
 
 class PadAndCount:
-    """The Trainer's collator: dynamic padding by sweep.lm_batches.collate_lm, counting real tokens."""
+    """The Trainer's collator: dynamic padding by sweep.data.lm_batches.collate_lm, counting real tokens."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id

@@ -1,8 +1,8 @@
-"""The will-it-fit estimate (sweep.memory) against the measured peak of CPU trials.
+"""The will-it-fit estimate (sweep.engine.memory) against the measured peak of CPU trials.
 
 Each case runs one short trial in a fresh Python process, which imports what a trial imports, records
 its resident set size (VmRSS) and then the trial's peak (VmHWM, reset at the trial's start:
-sweep.train); the trial's own memory is the peak less the RSS before it. Printed per case: the
+sweep.engine.train); the trial's own memory is the peak less the RSS before it. Printed per case: the
 estimate by part, the measured memory, and the estimate's error as a share of the measured.
 Cases: SmolLM2-135M (embedded) with an fp32, bf16 and 4-bit base, a random Llama of SmolLM2's vocabulary
 at 4 x 256 tokens with and without gradient checkpointing, and MiniLM-L6 classifying Rotten Tomatoes
@@ -63,8 +63,8 @@ def random_llama(path: Path) -> None:
     import torch
     import transformers as tf
 
-    from sweep.config import TrialConfig
-    from sweep.models import load_tokenizer
+    from sweep.data.config import TrialConfig
+    from sweep.engine.models import load_tokenizer
 
     if path.exists():
         return
@@ -82,13 +82,13 @@ def measure(settings: dict) -> dict:
     """One trial in this process: its estimate and measured memory, as a dict."""
     import torch
 
-    from sweep.checks import meta_model
-    from sweep.config import TrialConfig
-    from sweep.lm_tasks import task_kind
-    from sweep.memory import estimate
-    from sweep.models import load_config
-    from sweep.quiet import quiet_libraries
-    from sweep.train import run_trial
+    from sweep.core.quiet import quiet_libraries
+    from sweep.data.config import TrialConfig
+    from sweep.data.lm_tasks import task_kind
+    from sweep.engine.checks import meta_model
+    from sweep.engine.memory import estimate
+    from sweep.engine.models import load_config
+    from sweep.engine.train import run_trial
 
     quiet_libraries()
     import bitsandbytes  # noqa: F401  (every process holds the same libraries)
@@ -117,8 +117,8 @@ def estimate_8b() -> None:
     import torch
     import transformers as tf
 
-    from sweep.config import TrialConfig
-    from sweep.memory import estimate
+    from sweep.data.config import TrialConfig
+    from sweep.engine.memory import estimate
 
     with torch.device("meta"):
         model = tf.AutoModelForCausalLM.from_config(tf.LlamaConfig(**LLAMA_8B))

@@ -29,11 +29,11 @@ import torch
 from engine_vs_trainer import machine, quiet, rounds
 from torch.profiler import ProfilerActivity, profile
 
-from sweep.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
-from sweep.hardware import native_cpu_bf16
-from sweep.lm_tasks import task_kind
-from sweep.result import TrialResult
-from sweep.train import resolve_device, run_trial
+from sweep.core.hardware import native_cpu_bf16
+from sweep.data.config import DEFAULT_MODEL, DEFAULT_TASK, TrialConfig
+from sweep.data.lm_tasks import task_kind
+from sweep.data.result import TrialResult
+from sweep.engine.train import resolve_device, run_trial
 
 PRECISIONS = ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

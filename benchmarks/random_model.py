@@ -18,7 +18,7 @@ import sys
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from sweep.models import resolve_model_path
+from sweep.engine.models import resolve_model_path
 
 SHAPES = {
     "bert-base": (BertModel, BertConfig, dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,

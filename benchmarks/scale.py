@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import transformers
 
-from sweep import embedded
-from sweep.batches import encode_task
-from sweep.config import TrialConfig
-from sweep.models import load_tokenizer
-from sweep.tasks import load_task
-from sweep.train import run_trial
+from sweep.data import embedded
+from sweep.data.batches import encode_task
+from sweep.data.config import TrialConfig
+from sweep.data.tasks import load_task
+from sweep.engine.models import load_tokenizer
+from sweep.engine.train import run_trial
 
 
 def reset_peak() -> None:

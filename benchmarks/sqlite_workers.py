@@ -22,7 +22,7 @@ import optuna
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from sweep.models import resolve_model_path
+from sweep.engine.models import resolve_model_path
 
 
 def tiny_model(path: Path) -> Path:

@@ -10,8 +10,8 @@ import torch
 from decoders import save_decoder
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from sweep.config import TrialConfig
-from sweep.models import resolve_model_path
+from sweep.data.config import TrialConfig
+from sweep.engine.models import resolve_model_path
 
 POSITIVE = ["good", "great", "excellent", "happy", "love", "wonderful", "best", "fine"]
 NEGATIVE = ["bad", "awful", "terrible", "sad", "hate", "horrible", "worst", "poor"]

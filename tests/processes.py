@@ -13,8 +13,8 @@ from pathlib import Path
 
 import optuna
 
-from sweep.storage import journal_path, open_storage
-from sweep.stored import stop_reason
+from sweep.study.storage import journal_path, open_storage
+from sweep.study.stored import stop_reason
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 

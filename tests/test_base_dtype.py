@@ -1,4 +1,4 @@
-"""The base model's form (sweep.base): frozen weights loaded in bf16 or fp16 with nothing of them kept
+"""The base model's form (sweep.engine.base): frozen weights loaded in bf16 or fp16 with nothing of them kept
 in fp32, or quantized by bitsandbytes to 4 or 8 bits (QLoRA), while LoRA, DoRA and the head train in
 fp32; the rule `base_dtype = "auto"` follows; lambda = 1 is plain LoRA on a quantized base too."""
 
@@ -15,15 +15,15 @@ from decoders import byte_tokenizer
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import base, models
-from sweep.base import BF16_FROM_PARAMS, base_dtype, check_quantization
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.kinds import prepare
-from sweep.models import load_causal_lm, parameter_count
-from sweep.optim import build_optimizer
-from sweep.precision import precision
-from sweep.train import run_trial
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
+from sweep.engine import base, models
+from sweep.engine.base import BF16_FROM_PARAMS, base_dtype, check_quantization
+from sweep.engine.kinds import prepare
+from sweep.engine.models import load_causal_lm, parameter_count
+from sweep.engine.optim import build_optimizer
+from sweep.engine.precision import precision
+from sweep.engine.train import run_trial
 
 CPU = torch.device("cpu")
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "pearl", "amber", "lemon"]
@@ -155,8 +155,8 @@ def test_the_parameters_auto_counts_are_the_models_own(llama):
 def test_new_settings_at_their_defaults_keep_the_default_studys_name():
     """A study stored before these settings existed keeps its name: the embedded default's results in
     results/default are those of minilm-l6-rotten-tomatoes-ae0f77bf."""
-    from sweep.checks import preflight
-    from sweep.spec import load_spec
+    from sweep.data.spec import load_spec
+    from sweep.engine.checks import preflight
 
     identity = TrialConfig().identity()
     assert "base_dtype" not in identity and "quantize" not in identity
@@ -251,7 +251,7 @@ def test_quantizing_without_bitsandbytes_says_what_to_install(monkeypatch, tiny_
                                          r"'bitsandbytes>=0.50,<0.51'") as e:
         models.load_model(tiny_cfg.replace(quantize="4bit"), 2, ("neg", "pos"))
     assert "\n" not in str(e.value)
-    from sweep.checks import check_trial
+    from sweep.engine.checks import check_trial
 
     with pytest.raises(SweepError, match="quantize 8bit needs the package bitsandbytes"):
         check_trial(tiny_cfg.replace(quantize="8bit"))  # before any trial of a study runs
@@ -284,7 +284,7 @@ def test_a_device_bitsandbytes_cannot_run_on_is_one_line(monkeypatch):
 def test_export_carries_a_quantized_base_to_each_tool(llama, rows_file):
     import yaml
 
-    from sweep.export import BestTrial, axolotl_yaml, llama_factory_yaml, peft_snippet
+    from sweep.analysis.export import BestTrial, axolotl_yaml, llama_factory_yaml, peft_snippet
 
     def best(**changes):
         return BestTrial("s", 0, 1.0, "loss", _lm(llama, rows_file, **changes), "fp32")
@@ -330,9 +330,9 @@ import contextlib
 import sys
 from pathlib import Path
 import torch
-from sweep import models
-from sweep.config import TrialConfig
-from sweep.models import load_causal_lm
+from sweep.engine import models
+from sweep.data.config import TrialConfig
+from sweep.engine.models import load_causal_lm
 
 def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -353,7 +353,7 @@ print(status("VmHWM") - before)
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads Linux's peak RSS")
 def test_a_bf16_base_loads_without_holding_its_fp32_checkpoint_in_memory(llama, tmp_path):
     """Loading a bf16 base from an fp32 checkpoint does not hold the checkpoint's pages in memory beside
-    the model it becomes (sweep.models._read_not_mapped): each way measured in a fresh process on a
+    the model it becomes (sweep.engine.models._read_not_mapped): each way measured in a fresh process on a
     Llama of 67 MB of fp32 weights, after a first load that pays the libraries' lazy imports."""
     import subprocess
     import sys
@@ -385,7 +385,7 @@ def test_a_trial_records_the_form_its_base_took(llama, rows_file, monkeypatch):
     assert run_trial(_lm(llama, rows_file, **short)).base == "fp32"  # auto: a tiny model stays fp32
     assert run_trial(_lm(llama, rows_file, base_dtype="bf16", **short)).base == "bf16"
     monkeypatch.setattr(base, "BF16_FROM_PARAMS", 1)  # as if the model were large, on a native-bf16 CPU
-    monkeypatch.setattr("sweep.base.native_bf16", lambda device, cpu_bf16=None: True)
+    monkeypatch.setattr("sweep.engine.base.native_bf16", lambda device, cpu_bf16=None: True)
     assert run_trial(_lm(llama, rows_file, **short)).base == "bf16"
     if importlib.util.find_spec("bitsandbytes") is not None:
         monkeypatch.undo()

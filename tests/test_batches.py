@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import toy_rows
 
-from sweep.batches import collate, encode_task, sample_indices
-from sweep.models import load_tokenizer
-from sweep.tasks import load_task
-from sweep.train import run_trial
+from sweep.data.batches import collate, encode_task, sample_indices
+from sweep.data.tasks import load_task
+from sweep.engine.models import load_tokenizer
+from sweep.engine.train import run_trial
 
 
 def test_stratified_sample_gives_each_class_its_share_in_the_original_order():
@@ -140,7 +140,7 @@ def test_a_truncated_cache_file_is_rebuilt(cached):
 
 
 def test_a_split_tokenized_in_chunks_equals_one_tokenized_at_once(tiny_cfg, tmp_path, monkeypatch):
-    from sweep import batches
+    from sweep.data import batches
 
     monkeypatch.setenv("LORAPLUS_SWEEP_CACHE", str(tmp_path / "cache"))
     task, tok = load_task(tiny_cfg.task), load_tokenizer(tiny_cfg)

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.outcomes import arrays
-from sweep.spec import load_spec
-from sweep.stored import StoredStudy, trials_frame
-from sweep.tasks import load_task
-from sweep.train import run_trial
+from sweep.core.outcomes import arrays
+from sweep.data.spec import load_spec
+from sweep.data.tasks import load_task
+from sweep.engine.train import run_trial
+from sweep.study.stored import StoredStudy, trials_frame
 
 
 def test_a_real_trial_stores_its_per_example_outcomes(tiny_cfg, tmp_path):
@@ -33,9 +33,9 @@ def test_a_real_trial_stores_its_per_example_outcomes(tiny_cfg, tmp_path):
 
 
 def test_the_paired_standard_error_is_smaller_where_two_trials_agree_on_most_examples():
-    from sweep import stats
-    from sweep.metrics import bootstrap_se
-    from sweep.outcomes import classification
+    from sweep.core import stats
+    from sweep.core.metrics import bootstrap_se
+    from sweep.core.outcomes import classification
 
     rng = np.random.default_rng(0)
     gold = rng.integers(0, 2, 400)
@@ -73,7 +73,7 @@ def study(values: dict[float, list[float]], se: float = 0.005) -> pd.DataFrame:
 
 
 def test_two_lambda_bins_apart_by_less_than_the_seed_spread_tie():
-    from sweep import report
+    from sweep.analysis import report
 
     df = study({4.0: [0.80, 0.84, 0.88], 8.0: [0.79, 0.83, 0.86]})  # equal in truth, seeds spread 0.04
     curve = report.lambda_curve(df).set_index("lambda_bin")
@@ -92,7 +92,8 @@ def test_two_lambda_bins_apart_by_less_than_the_seed_spread_tie():
 
 
 def test_the_centre_of_a_plateau_is_recommended_not_its_edge_next_to_a_cliff():
-    from sweep import confirm, report
+    from sweep.analysis import report
+    from sweep.study import confirm
 
     # lambda 2 reached the top first, at the plateau's edge: lambda 16 beside it falls off a cliff.
     values = {2.0: 0.900, 4.0: 0.898, 8.0: 0.897, 16.0: 0.50, 1.0: 0.80}
@@ -113,8 +114,8 @@ def test_the_centre_of_a_plateau_is_recommended_not_its_edge_next_to_a_cliff():
 def test_a_causal_lm_trial_stores_each_examples_loss_and_two_trials_pair_on_them(llama, tmp_path):
     import json
 
-    from sweep import stats
-    from sweep.config import TrialConfig
+    from sweep.core import stats
+    from sweep.data.config import TrialConfig
 
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"w{i}:", "completion": "abc"[i % 3] * 3}) + "\n"
@@ -132,8 +133,8 @@ def test_a_causal_lm_trial_stores_each_examples_loss_and_two_trials_pair_on_them
 def test_the_grids_best_region_is_judged_paired_over_the_examples():
     from test_gridcheck import grid, row
 
-    from sweep.gridcheck import sweep_vs_grid
-    from sweep.outcomes import classification
+    from sweep.analysis.gridcheck import sweep_vs_grid
+    from sweep.core.outcomes import classification
 
     gold = np.zeros(414)
     best, other = gold.copy(), gold.copy()

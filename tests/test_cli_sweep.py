@@ -121,8 +121,8 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, one_trial_db, args, mes
 
 
 def test_the_sweeps_progress_shows_the_best_trial_in_the_metrics_direction(capsys):
-    from sweep.hooks import Finished
-    from sweep.ui import SweepProgress
+    from sweep.console.ui import SweepProgress
+    from sweep.data.hooks import Finished
 
     params = {"eta_a": 1e-3, "lambda": 4.0, "rank": 8}
     for sign, best in ((1.0, "best 2.5000"), (-1.0, "best 1.5000")):  # accuracy, then a loss
@@ -136,9 +136,9 @@ def test_the_sweeps_progress_shows_the_best_trial_in_the_metrics_direction(capsy
 
 
 def test_a_logged_sweep_says_how_each_trial_ended(capsys):
-    from sweep.config import TrialConfig
-    from sweep.hooks import Finished
-    from sweep.ui import SweepProgress
+    from sweep.console.ui import SweepProgress
+    from sweep.data.config import TrialConfig
+    from sweep.data.hooks import Finished
 
     params = {"eta_a": 1e-3, "lambda": 4.0, "rank": 8}
     ends = [("PRUNED", 0.61, "pruned at step 160"), ("PRUNED", None, "diverged: loss exploded"),

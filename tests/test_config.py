@@ -2,8 +2,8 @@
 
 import pytest
 
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
 
 
 def test_round_trips_through_dict_and_json_exactly():

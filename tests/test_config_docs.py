@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.config import GROUPS, TrialConfig, flag, settings_markdown
-from sweep.errors import SweepError
+from sweep.core.errors import SweepError
+from sweep.data.config import GROUPS, TrialConfig, flag, settings_markdown
 
 COMMANDS_DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
 FIELDS = dataclasses.fields(TrialConfig)
@@ -62,7 +62,7 @@ def test_docs_table_is_the_generated_one():
     assert found, "docs/commands.md lost the markers around its table of trial settings"
     assert found.group(1).strip() == settings_markdown().strip(), (
         "docs/commands.md's trial settings differ from the fields' help: "
-        "paste sweep.config.settings_markdown()")
+        "paste sweep.data.config.settings_markdown()")
 
 
 def test_generated_table_has_a_row_per_field_in_its_group():

@@ -14,12 +14,12 @@ from conftest import toy_rows
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import confirm, workers
-from sweep.config import TrialConfig
-from sweep.confirm import Arm
-from sweep.spec import load_spec
-from sweep.stored import StoredStudy
-from sweep.workers import open_study, run_study
+from sweep.data.config import TrialConfig
+from sweep.data.spec import load_spec
+from sweep.study import confirm, workers
+from sweep.study.confirm import Arm
+from sweep.study.stored import StoredStudy
+from sweep.study.workers import open_study, run_study
 
 # Every point at eta_A 2e-3: plain LoRA, lambda 2 (bin 1) and lambda 8 (bin 3), at ranks 2 and 4.
 GRID = '[study]\nsampler = "grid"\n[grid]\neta_a = [2e-3]\nlambda = [1, 2, 8]\nrank = [2, 4]\n'

@@ -3,9 +3,9 @@ contrast that differs in lambda alone; and confirm runs score the whole split un
 
 import pytest
 
-from sweep import confirm
-from sweep.spec import load_spec
-from sweep.workers import run_study
+from sweep.data.spec import load_spec
+from sweep.study import confirm
+from sweep.study.workers import run_study
 
 GRID = '[study]\nsampler = "grid"\n[grid]\neta_a = [2e-3]\nlambda = [1, 8]\nrank = [2]\n'
 

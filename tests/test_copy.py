@@ -7,8 +7,8 @@ from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.spec import load_spec
-from sweep.stored import StoredStudy, study_names
+from sweep.data.spec import load_spec
+from sweep.study.stored import StoredStudy, study_names
 
 runner = CliRunner()
 

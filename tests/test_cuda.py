@@ -14,11 +14,11 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
-from sweep.models import load_model
-from sweep.optim import build_optimizer
-from sweep.precision import autocast, cast_frozen_linears, uncast
-from sweep.train import run_trial
-from sweep.trial_process import make_slots, run_isolated
+from sweep.engine.models import load_model
+from sweep.engine.optim import build_optimizer
+from sweep.engine.precision import autocast, cast_frozen_linears, uncast
+from sweep.engine.train import run_trial
+from sweep.engine.trial_process import make_slots, run_isolated
 
 pytestmark = pytest.mark.cuda
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.spec import load_spec
-from sweep.stored import StoredStudy
+from sweep.data.spec import load_spec
+from sweep.study.stored import StoredStudy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 120  # the server starts in seconds; a loaded CI machine can take many times that

@@ -12,9 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.spec import load_spec
-from sweep.stored import StoredStudy
-from sweep.workers import prepare
+from sweep.data.spec import load_spec
+from sweep.study.stored import StoredStudy
+from sweep.study.workers import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "deploy" / "slurm" / "sweep-array.sbatch"

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweep import models, train
-from sweep.base import gpu_group
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.spec import StudySpec
-from sweep.trial_process import Slot, make_slots, spread_device
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
+from sweep.data.spec import StudySpec
+from sweep.engine import models, train
+from sweep.engine.base import gpu_group
+from sweep.engine.trial_process import Slot, make_slots, spread_device
 
 
 def test_a_group_of_gpus_is_one_slot_that_sees_the_group_alone():
@@ -55,7 +55,7 @@ def test_a_trials_device_may_be_a_group():
 
 def test_a_spread_base_is_placed_by_device_map_over_the_group(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((10 + i) * 2**30, 80 * 2**30))
-    monkeypatch.setattr("sweep.base.native_bf16", lambda device, cpu_bf16=None: True)
+    monkeypatch.setattr("sweep.engine.base.native_bf16", lambda device, cpu_bf16=None: True)
     cfg = TrialConfig(model="m", task="t", device="cuda:0+1", base_dtype="bf16")
     form = models._base_form(cfg, torch.device("cuda:0"))
     assert form["device_map"] == "balanced"

@@ -7,11 +7,11 @@ import optuna
 import pytest
 from rich.console import Console
 
-from sweep import ui
-from sweep.config import TrialConfig
-from sweep.hooks import Finished
-from sweep.result import EvalPoint
-from sweep.spec import StudySpec
+from sweep.console import ui
+from sweep.data.config import TrialConfig
+from sweep.data.hooks import Finished
+from sweep.data.result import EvalPoint
+from sweep.data.spec import StudySpec
 
 CLOCK = r"\d+:\d\d:\d\d"
 

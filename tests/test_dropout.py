@@ -1,13 +1,13 @@
-"""Dropout masks drawn by numpy on the CPU (sweep.dropout): the same dropout, other draws."""
+"""Dropout masks drawn by numpy on the CPU (sweep.core.dropout): the same dropout, other draws."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import sweep.dropout
-from sweep.dropout import NumpyDropout, math_attention, numpy_dropout
-from sweep.kinds import prepare
+import sweep.core.dropout
+from sweep.core.dropout import NumpyDropout, math_attention, numpy_dropout
+from sweep.engine.kinds import prepare
 
 
 def _dropout(p: float, seed: int) -> nn.Module:
@@ -101,12 +101,12 @@ def test_attention_in_training_draws_its_mask_from_the_modules_generator_and_rep
     module = nn.Module().train()
     module.num_key_value_groups, module.is_causal = 2, False
     module.numpy_rng = np.random.default_rng(5)
-    out, _ = sweep.dropout._attention(module, q, k, v, None, dropout=0.2, scaling=0.5)
+    out, _ = sweep.core.dropout._attention(module, q, k, v, None, dropout=0.2, scaling=0.5)
     rng = np.random.default_rng(5)
     kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
-    want = math_attention(q, kk, vv, None, 0.5, False, lambda p: sweep.dropout._drop(p, 0.2, rng))
+    want = math_attention(q, kk, vv, None, 0.5, False, lambda p: sweep.core.dropout._drop(p, 0.2, rng))
     assert torch.equal(out, want.transpose(1, 2))
     module.eval()  # evaluation: SDPA itself, no dropout
-    out, _ = sweep.dropout._attention(module, q, k, v, None, dropout=0.0, scaling=0.5)
+    out, _ = sweep.core.dropout._attention(module, q, k, v, None, dropout=0.0, scaling=0.5)
     want = torch.nn.functional.scaled_dot_product_attention(q, kk, vv, scale=0.5)
     assert torch.allclose(out, want.transpose(1, 2), atol=1e-6)

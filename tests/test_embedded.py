@@ -6,12 +6,12 @@ import time
 import numpy as np
 import pytest
 
-from sweep import embedded
-from sweep.batches import sample_indices
-from sweep.config import TrialConfig
-from sweep.embedded import near_duplicate_pairs, near_duplicates, shingle_matrix
-from sweep.tasks import load_task
-from sweep.train import run_trial
+from sweep.data import embedded
+from sweep.data.batches import sample_indices
+from sweep.data.config import TrialConfig
+from sweep.data.embedded import near_duplicate_pairs, near_duplicates, shingle_matrix
+from sweep.data.tasks import load_task
+from sweep.engine.train import run_trial
 
 
 def disjoint(task) -> bool:

@@ -15,19 +15,26 @@ from transformers import AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.adapters import save_adapter
-from sweep.batches import collate, encode_task
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.export import BestTrial, axolotl_yaml, best_trial, llama_factory_yaml, peft_snippet, render
-from sweep.lm_batches import encode_lm
-from sweep.lm_eval import token_loss
-from sweep.lm_tasks import load_lm_task
-from sweep.metrics import compute
-from sweep.models import pad_token_id, resolve_model_path
-from sweep.precision import autocast
-from sweep.tasks import load_task
-from sweep.train import run_trial
+from sweep.analysis.export import (
+    BestTrial,
+    axolotl_yaml,
+    best_trial,
+    llama_factory_yaml,
+    peft_snippet,
+    render,
+)
+from sweep.core.errors import SweepError
+from sweep.core.metrics import compute
+from sweep.data.batches import collate, encode_task
+from sweep.data.config import TrialConfig
+from sweep.data.lm_batches import encode_lm
+from sweep.data.lm_tasks import load_lm_task
+from sweep.data.tasks import load_task
+from sweep.engine.adapters import save_adapter
+from sweep.engine.lm_eval import token_loss
+from sweep.engine.models import pad_token_id, resolve_model_path
+from sweep.engine.precision import autocast
+from sweep.engine.train import run_trial
 
 runner = CliRunner()
 
@@ -37,7 +44,8 @@ def invoke(*args):
 
 
 def trials(*rows: tuple) -> pd.DataFrame:
-    """A trials frame (the columns sweep.report and export read) from (number, state, value, config)."""
+    """A trials frame (the columns sweep.analysis.report and export read) from (number, state, value,
+    config)."""
     return pd.DataFrame([
         {"study": "s", "model": "m", "task": "t", "metric_name": "accuracy", "number": n, "state": state,
          "value": value, "eta_a": 1e-3, "lambda": 4.0, "rank": 8, "init": "standard",

@@ -9,11 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.config import TrialConfig
-from sweep.export import BestTrial, render
-from sweep.models import load_causal_lm, load_model
-from sweep.optim import loraplus_param_groups
-from sweep.train import lr_factor
+from sweep.analysis.export import BestTrial, render
+from sweep.data.config import TrialConfig
+from sweep.engine.models import load_causal_lm, load_model
+from sweep.engine.optim import loraplus_param_groups
+from sweep.engine.train import lr_factor
 
 runner = CliRunner()
 

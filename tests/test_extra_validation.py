@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from sweep.metrics import compute_splits
-from sweep.tasks import Split, load_task
-from sweep.train import run_trial
+from sweep.core.metrics import compute_splits
+from sweep.data.tasks import Split, load_task
+from sweep.engine.train import run_trial
 
 
 def test_main_split_metrics_come_first_under_their_own_names():

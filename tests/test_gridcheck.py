@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from sweep import report
-from sweep.gridcheck import sweep_vs_grid
+from sweep.analysis import report
+from sweep.analysis.gridcheck import sweep_vs_grid
 
 ETAS, LAMBDAS = (1e-4, 1e-3, 1e-2), (1.0, 4.0, 16.0)
 
@@ -78,7 +78,7 @@ def test_without_a_grid_study_of_the_same_trials_there_is_no_comparison():
 
 
 def test_the_rich_report_prints_the_comparison(capsys):
-    from sweep.ui import print_report
+    from sweep.console.ui import print_report
 
     g = grid({(1e-3, 16.0): 0.95})
     df = pd.DataFrame(g + [row(0, 0.951, 1e-3, 14.0, "tpe", wall=90)])
@@ -89,8 +89,8 @@ def test_the_rich_report_prints_the_comparison(capsys):
 
 
 def test_a_grid_and_a_sweep_of_the_same_trials_share_their_settings_hash_and_nothing_else_does():
-    from sweep.spec import find_study_file, load_spec
-    from sweep.stored import settings_hash
+    from sweep.data.spec import find_study_file, load_spec
+    from sweep.study.stored import settings_hash
 
     def stored(name, **flags):
         spec = load_spec(find_study_file(name), flags).fixed_head().replace(data_fingerprint="f00d")

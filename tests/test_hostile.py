@@ -29,13 +29,13 @@ from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.checks import preflight
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.spec import joined, load_spec
-from sweep.storage import mask_secrets, mask_url
-from sweep.stored import StoredStudy
-from sweep.tasks import load_task
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
+from sweep.data.spec import joined, load_spec
+from sweep.data.tasks import load_task
+from sweep.engine.checks import preflight
+from sweep.study.storage import mask_secrets, mask_url
+from sweep.study.stored import StoredStudy
 
 runner = CliRunner()
 SECRETS = ("Secret123", "s3cr3tpw", "hunter2x")
@@ -430,7 +430,7 @@ def test_report_csv_neutralises_formulas(sandbox):
 def test_spreadsheet_safe_cells_leave_numbers_numeric():
     import pandas as pd
 
-    from sweep.report import to_format
+    from sweep.analysis.report import to_format
 
     frame = pd.DataFrame({"gain": [-0.25], "name": ["-cmd"], "formula": ["=1+1"], "at": ["@SUM(A1)"], "ok": ["a-b"]})
     assert to_format(frame, "csv") == "gain,name,formula,at,ok\n-0.25,'-cmd,'=1+1,'@SUM(A1),a-b\n"
@@ -491,12 +491,12 @@ def test_a_jsonl_with_list_labels_is_one_line(sandbox):
 
 
 def test_an_unexpected_error_is_one_line_and_its_traceback_needs_debug(sandbox, monkeypatch):
-    import sweep.options
+    import sweep.console.options
 
     def broken(*_):
         raise RuntimeError("internal failure with postgresql://u:s3cr3tpw@h/db")
 
-    monkeypatch.setattr(sweep.options, "load_spec", broken)  # where run reads its study
+    monkeypatch.setattr(sweep.console.options, "load_spec", broken)  # where run reads its study
     r = invoke(sandbox, ("run",))
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "unexpected RuntimeError" in r.stderr and "--debug" in r.stderr and "s3cr3tpw" not in r.output
@@ -507,7 +507,7 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_needs_debug(sandbox, 
 def test_a_bare_postgresql_url_picks_the_installed_driver_or_says_what_to_install(monkeypatch):
     import importlib.util
 
-    from sweep import storage
+    from sweep.study import storage
 
     installed: set[str] = set()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in installed else None)

@@ -21,9 +21,9 @@ from test_hostile import DISTRIBUTIONS, add_trial, open_study, snapshot
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.signals import Interrupted, Stop, stop_on_signals
-from sweep.spec import load_spec
-from sweep.stored import trials_frame
+from sweep.core.signals import Interrupted, Stop, stop_on_signals
+from sweep.data.spec import load_spec
+from sweep.study.stored import trials_frame
 
 runner = CliRunner()
 
@@ -202,7 +202,7 @@ def test_export_of_a_loss_study_names_its_lowest_trial(box):
 def test_a_trial_without_a_metric_name_follows_its_study_direction():
     import pandas as pd
 
-    from sweep.report import best_configs
+    from sweep.analysis.report import best_configs
 
     frame = pd.DataFrame({"study": "s", "model": "m", "task": "t", "metric_name": None,
                           "direction": "minimize", "number": [0, 1], "state": "COMPLETE",
@@ -306,7 +306,7 @@ def test_a_sweep_hung_up_fails_its_trial_with_the_reason_and_exits_129(tiny_mode
 def test_dashboard_on_port_0_prints_the_port_it_listens_on(stored):
     import socket
 
-    from sweep.dashboard import serve
+    from sweep.study.dashboard import serve
 
     addresses = []
 
@@ -355,8 +355,8 @@ def test_studies_copy_from_a_live_database_copies_running_trials_as_failed(box, 
 def test_each_exported_yaml_trains_into_a_folder_of_its_own(fmt):
     import yaml
 
-    from sweep.config import TrialConfig
-    from sweep.export import BestTrial, render
+    from sweep.analysis.export import BestTrial, render
+    from sweep.data.config import TrialConfig
 
     cfg = TrialConfig(model="/nonexistent/model", task="t.csv", kind="causal-lm", max_steps=2)
     one = yaml.safe_load(render(BestTrial("a/b", 3, 1.0, "loss", cfg), fmt))
@@ -371,8 +371,8 @@ def test_each_exported_yaml_trains_into_a_folder_of_its_own(fmt):
 def test_the_exported_precision_is_the_one_the_trial_ran_in(fmt, ran, key, value):
     import yaml
 
-    from sweep.config import TrialConfig
-    from sweep.export import BestTrial, render
+    from sweep.analysis.export import BestTrial, render
+    from sweep.data.config import TrialConfig
 
     cfg = TrialConfig(model="/nonexistent/model", task="t.csv", kind="causal-lm", precision="auto")
     text = render(BestTrial("s", 1, 1.0, "loss", cfg, precision=ran), fmt)
@@ -393,8 +393,8 @@ def test_export_reads_the_precision_the_trial_stored(box):
     ("axolotl", "axolotl 0.19 (what pip installs on Python 3.11) drops weight_decay from its LoRA+"),
     ("llama-factory", "checked with LLaMA-Factory 0.9.5")])
 def test_the_exported_yaml_names_the_tool_versions_it_was_checked_with(fmt, said):
-    from sweep.config import TrialConfig
-    from sweep.export import BestTrial, render
+    from sweep.analysis.export import BestTrial, render
+    from sweep.data.config import TrialConfig
 
     text = render(BestTrial("s", 1, 1.0, "loss", TrialConfig(model="/nonexistent/m", kind="causal-lm")), fmt)
     header = " ".join(line.lstrip("# ") for line in text.split("\n\n")[0].splitlines())
@@ -412,7 +412,7 @@ def grid_spec(tmp_path, etas: int, lambdas: int):
 
 
 def test_a_grid_of_100000_points_queues_one_batch_before_its_first_trial(tmp_path):
-    from sweep.workers import GRID_BATCH, open_study
+    from sweep.study.workers import GRID_BATCH, open_study
 
     spec = grid_spec(tmp_path, 10_000, 10)
     assert len(spec.grid) == 100_000 and spec.n_trials == 100_000
@@ -421,9 +421,9 @@ def test_a_grid_of_100000_points_queues_one_batch_before_its_first_trial(tmp_pat
 
 
 def test_a_grid_runs_every_point_once_in_batches_and_a_failed_point_waits_for_the_next_run(tmp_path):
-    from sweep.hooks import Hooks
-    from sweep.search import key
-    from sweep.workers import GRID_BATCH, Workers, open_study
+    from sweep.data.hooks import Hooks
+    from sweep.study.search import key
+    from sweep.study.workers import GRID_BATCH, Workers, open_study
 
     spec = grid_spec(tmp_path, 15, 5)  # 75 points: three batches
     store = open_study(spec)
@@ -502,7 +502,7 @@ def test_the_heatmap_draws_a_loss_studys_lowest_value_last_on_top(monkeypatch, t
     import matplotlib.axes
     import pandas as pd
 
-    from sweep import plots
+    from sweep.analysis import plots
 
     drawn = []
     scatter = matplotlib.axes.Axes.scatter
@@ -527,8 +527,8 @@ def test_the_heatmap_draws_a_loss_studys_lowest_value_last_on_top(monkeypatch, t
     ("toy.confirm", "study 'toy.confirm' is a confirm study"),
 ])
 def test_run_into_a_study_it_did_not_create_is_refused_and_leaves_it_alone(box, name, message):
-    from sweep.errors import SweepError
-    from sweep.stored import StoredStudy
+    from sweep.core.errors import SweepError
+    from sweep.study.stored import StoredStudy
 
     spec = load_spec(None, {"storage": "sqlite:///results/loraplus.db", "model": "m", "task": "t.csv",
                             "name": name})
@@ -540,7 +540,7 @@ def test_run_into_a_study_it_did_not_create_is_refused_and_leaves_it_alone(box, 
 
 
 def test_run_under_a_new_name_creates_its_study_and_continues_it(box):
-    from sweep.stored import StoredStudy
+    from sweep.study.stored import StoredStudy
 
     spec = load_spec(None, {"storage": "sqlite:///results/loraplus.db", "model": "m", "task": "t.csv",
                             "name": "fresh"})
@@ -549,9 +549,9 @@ def test_run_under_a_new_name_creates_its_study_and_continues_it(box):
 
 
 def test_a_confirm_queues_its_runs_itself_and_its_workers_queue_no_grid_point(tmp_path):
-    from sweep.hooks import Hooks
-    from sweep.stored import StoredStudy
-    from sweep.workers import Workers
+    from sweep.data.hooks import Hooks
+    from sweep.study.stored import StoredStudy
+    from sweep.study.workers import Workers
 
     spec = grid_spec(tmp_path, 3, 2)
     store = StoredStudy.create_or_load(spec)  # nothing queued: a confirm's runs are queued with their seeds

@@ -14,11 +14,11 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.checks import check_classes, check_trial
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.lm_tasks import task_kind
-from sweep.tasks import load_task
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
+from sweep.data.lm_tasks import task_kind
+from sweep.data.tasks import load_task
+from sweep.engine.checks import check_classes, check_trial
 
 runner = CliRunner()
 DB = Path("results/loraplus.db")

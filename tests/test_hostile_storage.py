@@ -16,7 +16,7 @@ from readonly import read_only, writable
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import storage as st
+from sweep.study import storage as st
 
 runner = CliRunner()
 
@@ -355,7 +355,7 @@ def test_two_deletes_of_one_study_delete_it_once(tmp_path):
     storage = st.open_storage(url)
     for name in ("a", "b"):
         optuna.create_study(study_name=name, storage=storage)
-    from sweep.stored import StoredStudy
+    from sweep.study.stored import StoredStudy
 
     first, second = StoredStudy.load(url, "b"), StoredStudy.load(url, "b")
     first.delete()

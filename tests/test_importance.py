@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import importance, outputs, plots, report
-from sweep.errors import SweepError
+from sweep.analysis import importance, outputs, plots, report
+from sweep.core.errors import SweepError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -154,8 +154,8 @@ def test_a_report_folder_holds_the_importance_table_and_a_plot_per_study_with_en
 
 
 def test_report_out_writes_the_importance_of_a_stored_study(tmp_path):
-    from sweep.spec import load_spec
-    from sweep.stored import StoredStudy
+    from sweep.data.spec import load_spec
+    from sweep.study.stored import StoredStudy
 
     url = f"sqlite:///{tmp_path}/sweep.db"
     spec = load_spec(None, {"model": "bert", "task": "sst2", "sampler": "random", "storage": url,

@@ -21,10 +21,10 @@ from processes import (
     wait_for,
 )
 
-from sweep.hooks import Hooks
-from sweep.signals import Interrupted, Stop, stop_on_signals
-from sweep.spec import load_spec
-from sweep.workers import run_study
+from sweep.core.signals import Interrupted, Stop, stop_on_signals
+from sweep.data.hooks import Hooks
+from sweep.data.spec import load_spec
+from sweep.study.workers import run_study
 
 # Ten seconds and more of training after the first evaluation (two trials sharing two cores take
 # longer): a signal sent once the test sees the trials running lands mid-trial, however slowly the

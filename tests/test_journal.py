@@ -13,8 +13,8 @@ from readonly import read_only, writable
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import storage as st
-from sweep.errors import SweepError
+from sweep.core.errors import SweepError
+from sweep.study import storage as st
 
 runner = CliRunner()
 
@@ -69,7 +69,7 @@ def test_the_budget_lock_is_a_file_beside_the_journal_held_across_processes(tmp_
     st.open_storage(url)
     lock_file = tmp_path / "study.log.sweep.lock"  # not Optuna's study.log.lock, which writes take
     done = tmp_path / "done"  # written by the holder as the last thing under the lock
-    code = ("import sys, time, pathlib; from sweep.storage import storage_lock\n"
+    code = ("import sys, time, pathlib; from sweep.study.storage import storage_lock\n"
             "with storage_lock(sys.argv[1], 's'):\n    print('held', flush=True); time.sleep(1.5)\n"
             "    pathlib.Path(sys.argv[2]).write_text('x')\n")
     holder = subprocess.Popen([sys.executable, "-c", code, url, str(done)], stdout=subprocess.PIPE, text=True,

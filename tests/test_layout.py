@@ -1,5 +1,6 @@
-"""The package's layers, read from its imports (those inside functions included): each module imports
-only from its own layer or below, no two modules import each other (directly or around a circle), and
+"""The package's layers, read from its folders: sweep/ holds one subpackage per layer, listed here from the
+bottom up, each with a docstring saying what it owns. Each module imports only from its own layer or below
+(imports inside functions included), no two modules import each other (directly or around a circle), and
 only the command line imports from the top. Optuna is called from the study wing alone (the dashboard
 hands a storage to optuna-dashboard), and from importance on a study it builds in memory from a frame."""
 
@@ -10,44 +11,49 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = [
-    # foundation: no knowledge of trials
-    {"errors", "schema", "quiet", "hub", "signals", "stats", "liveness", "metrics", "outfiles", "hardware",
-     "texts", "dropout", "streams", "outcomes"},
-    # what a trial and a study are
-    {"config", "spec", "embedded", "tasks", "batches", "lm_tasks", "lm_batches", "result", "hooks"},
-    # the engine: one trial, from config to result
-    {"base", "models", "kinds", "optim", "precision", "train", "checks", "trial_process", "lm_eval",
-     "adapters", "memory"},
-    # reading results: frames to tables, plots, exported configs
-    {"report", "plots", "outputs", "export", "importance", "gridcheck"},
-    # the study wing: stored studies, search, the workers' trial loop, confirm
-    {"storage", "search", "stored", "workers", "confirm", "reporting", "dashboard"},
-    # presentation
-    {"ui", "commandline", "options", "tracking"},
-]
-LEVEL = {m: i for i, layer in enumerate(LAYERS) for m in layer}
-MODULES = sorted(p.stem for p in (ROOT / "sweep").glob("*.py") if p.stem != "__init__")
+PACKAGE = ROOT / "sweep"
+# bottom to top: foundation, what a trial and a study are, one trial, reading results, the study wing,
+# what the user sees
+ORDER = ["core", "data", "engine", "analysis", "study", "console"]
+FOLDERS = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+PATHS = {p.stem: p for p in PACKAGE.glob("*/*.py") if p.stem != "__init__"}
+MODULES = sorted(PATHS)
+LEVEL = {m: ORDER.index(p.parent.name) for m, p in PATHS.items() if p.parent.name in ORDER}
 
 
 def imports(path: Path) -> set[str]:
     """The sweep modules a file imports, anywhere in it."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "sweep":
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sweep."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sweep"):
+            parts = node.module.split(".")
+            if len(parts) == 2:  # from sweep.core import errors
+                found |= {a.name for a in node.names}
+            elif len(parts) > 2:  # from sweep.core.errors import SweepError
+                found.add(parts[2])
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("sweep.")}
+            found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("sweep.")
+                      and a.name.count(".") >= 2}
     return found - {path.stem}
 
 
-GRAPH = {m: imports(ROOT / "sweep" / f"{m}.py") for m in MODULES}
+GRAPH = {m: imports(PATHS[m]) for m in MODULES}
+
+
+def test_the_package_is_its_layers():
+    assert sorted(ORDER) == FOLDERS
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]  # nothing outside a layer
+    assert len(MODULES) == len(list(PACKAGE.glob("*/*.py"))) - len(FOLDERS)  # no name in two layers
+
+
+@pytest.mark.parametrize("layer", ORDER)
+def test_each_layer_says_what_it_owns(layer):
+    doc = ast.get_docstring(ast.parse((PACKAGE / layer / "__init__.py").read_text()))
+    assert doc and len(doc.splitlines()) == 1
 
 
 def test_every_module_has_a_layer():
-    assert sorted(set(MODULES) - set(LEVEL)) == []
+    assert sorted(set(MODULES) - set(LEVEL)) == [] and MODULES
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -71,7 +77,7 @@ def test_no_circle_of_imports():
 
 
 def source(module: str) -> str:
-    return (ROOT / "sweep" / f"{module}.py").read_text()
+    return PATHS[module].read_text()
 
 
 def test_only_the_command_line_is_on_top():
@@ -81,5 +87,5 @@ def test_only_the_command_line_is_on_top():
 def test_optuna_is_called_from_the_study_wing_only():
     callers = {m for m in MODULES if re.search(r"^\s*(import optuna|from optuna)", source(m), re.M)}
     assert callers <= {"stored", "search", "storage", "importance", "dashboard"}
-    text = "\n".join(p.read_text() for p in [ROOT / "cli.py", *sorted((ROOT / "sweep").glob("*.py"))])
+    text = "\n".join(p.read_text() for p in [ROOT / "cli.py", *sorted(PACKAGE.rglob("*.py"))])
     assert re.findall(r"\._storage\b|_trial_id|_get_stale", text) == []  # Optuna's private API

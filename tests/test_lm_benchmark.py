@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.config import TrialConfig
+from sweep.data.config import TrialConfig
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "pearl", "amber", "lemon"]

@@ -22,14 +22,14 @@ from peft.tuners.lora import LoraLayer
 from tokenizers import processors
 from transformers.pytorch_utils import Conv1D
 
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm
-from sweep.lm_eval import score_choices, token_loss
-from sweep.lm_tasks import embedded_rows, load_lm_task, parse_row
-from sweep.models import GgufModel, build_once, converted_gguf, load_causal_lm, pad_token_id
-from sweep.optim import build_optimizer
-from sweep.tasks import load_task
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
+from sweep.data.lm_batches import IGNORE, collate_lm, encode_choices, encode_lm
+from sweep.data.lm_tasks import embedded_rows, load_lm_task, parse_row
+from sweep.data.tasks import load_task
+from sweep.engine.lm_eval import score_choices, token_loss
+from sweep.engine.models import GgufModel, build_once, converted_gguf, load_causal_lm, pad_token_id
+from sweep.engine.optim import build_optimizer
 
 CPU = torch.device("cpu")
 

@@ -15,20 +15,20 @@ import torch
 import transformers
 from decoders import save_decoder
 
-from sweep import report
-from sweep.checks import check_trial
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.export import best_trial
-from sweep.hardware import native_cpu_bf16
-from sweep.kinds import prepare
-from sweep.lm_batches import IGNORE, collate_lm, encode_lm, pack_lm
-from sweep.lm_tasks import load_lm_task, task_kind
-from sweep.optim import build_optimizer
-from sweep.spec import load_spec
-from sweep.stored import StoredStudy
-from sweep.train import run_trial
-from sweep.workers import run_study
+from sweep.analysis import report
+from sweep.analysis.export import best_trial
+from sweep.core.errors import SweepError
+from sweep.core.hardware import native_cpu_bf16
+from sweep.data.config import TrialConfig
+from sweep.data.lm_batches import IGNORE, collate_lm, encode_lm, pack_lm
+from sweep.data.lm_tasks import load_lm_task, task_kind
+from sweep.data.spec import load_spec
+from sweep.engine.checks import check_trial
+from sweep.engine.kinds import prepare
+from sweep.engine.optim import build_optimizer
+from sweep.engine.train import run_trial
+from sweep.study.stored import StoredStudy
+from sweep.study.workers import run_study
 
 CPU = torch.device("cpu")
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "pearl", "amber", "lemon"]

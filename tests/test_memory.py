@@ -1,4 +1,4 @@
-"""Will a trial fit (sweep.memory): the estimate follows a trial's settings, holds within 25 % of the
+"""Will a trial fit (sweep.engine.memory): the estimate follows a trial's settings, holds within 25 % of the
 peak a CPU trial measures, and a trial that cannot fit is refused in one line, before any training,
 naming what would make it fit."""
 
@@ -15,11 +15,11 @@ import transformers as tf
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import memory
-from sweep.checks import meta_model
-from sweep.config import TrialConfig
-from sweep.errors import SweepError
-from sweep.memory import GB, check_fits, estimate
+from sweep.core.errors import SweepError
+from sweep.data.config import TrialConfig
+from sweep.engine import memory
+from sweep.engine.checks import meta_model
+from sweep.engine.memory import GB, check_fits, estimate
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def _gpu(cfg: TrialConfig, model) -> memory.Estimate:
 
 
 def test_an_8b_base_takes_its_dtypes_bytes_and_a_quarter_of_them_in_4bit(monkeypatch):
-    monkeypatch.setattr("sweep.base.native_bf16", lambda device, cpu_bf16=None: True)
+    monkeypatch.setattr("sweep.engine.base.native_bf16", lambda device, cpu_bf16=None: True)
     cfg, model = _llama_8b()
     params = sum(p.numel() for p in model.parameters())
     bf16 = _gpu(cfg.replace(base_dtype="bf16"), model)
@@ -55,7 +55,7 @@ def test_an_8b_base_takes_its_dtypes_bytes_and_a_quarter_of_them_in_4bit(monkeyp
 
 
 def test_activations_follow_the_micro_batch_checkpointing_and_the_vocabulary(monkeypatch):
-    monkeypatch.setattr("sweep.base.native_bf16", lambda device, cpu_bf16=None: True)
+    monkeypatch.setattr("sweep.engine.base.native_bf16", lambda device, cpu_bf16=None: True)
     cfg, model = _llama_8b(base_dtype="bf16")
     whole = _gpu(cfg, model).activations
     assert _gpu(cfg.replace(micro_batch_size=1), model).activations == pytest.approx(whole / 8, rel=0.01)
@@ -67,7 +67,7 @@ def test_activations_follow_the_micro_batch_checkpointing_and_the_vocabulary(mon
 
 
 def test_a_trial_that_cannot_fit_is_one_line_naming_what_would_make_it_fit(monkeypatch):
-    monkeypatch.setattr("sweep.base.native_bf16", lambda device, cpu_bf16=None: True)
+    monkeypatch.setattr("sweep.engine.base.native_bf16", lambda device, cpu_bf16=None: True)
     cfg, model = _llama_8b(base_dtype="bf16")
     with pytest.raises(SweepError) as e:
         check_fits(cfg, model, "causal-lm", torch.device("cuda:0"), free=24 * GB)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sweep import metrics
+from sweep.core import metrics
 
 
 def test_accuracy_and_binary_f1():

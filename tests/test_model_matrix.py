@@ -15,13 +15,13 @@ import torch
 import transformers as tf
 from peft.tuners.lora import LoraLayer
 
-from sweep.config import TrialConfig
-from sweep.models import default_target_modules, load_model, load_tokenizer, pad_token_id
-from sweep.optim import build_optimizer
-from sweep.train import run_trial
+from sweep.data.config import TrialConfig
+from sweep.engine.models import default_target_modules, load_model, load_tokenizer, pad_token_id
+from sweep.engine.optim import build_optimizer
+from sweep.engine.train import run_trial
 
 VOCAB = 100
-EOS = 99  # decoders have no pad token: they pad with EOS (sweep.models.pad_token_id)
+EOS = 99  # decoders have no pad token: they pad with EOS (sweep.engine.models.pad_token_id)
 LABELS = ("a", "b", "c")
 _ENC = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=64)
@@ -189,7 +189,7 @@ def test_trial_command_on_a_roberta_directory_moves_the_head(tmp_path):
     from typer.testing import CliRunner
 
     from cli import app
-    from sweep.models import resolve_model_path
+    from sweep.engine.models import resolve_model_path
 
     tokenizer = tf.AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
     config = tf.RobertaConfig(**{**_ENC, "vocab_size": len(tokenizer), "max_position_embeddings": 160},
@@ -207,7 +207,7 @@ def test_trial_command_on_a_roberta_directory_moves_the_head(tmp_path):
 def test_a_model_copied_from_the_cache_equals_one_read_from_its_checkpoint(checkpoint):
     """A slot's process keeps the base model it loaded and copies it for its next trials: the fresh
     weights (head, pooler) come from the trial's seed either way, the loaded ones from the checkpoint."""
-    from sweep import models
+    from sweep.engine import models
 
     arch, path, pad = checkpoint
     models._base_cache.clear()
@@ -228,9 +228,9 @@ def test_a_model_copied_from_the_cache_equals_one_read_from_its_checkpoint(check
 
 
 def test_numpy_dropout_replaces_every_dropout_and_a_seed_fixes_the_step(checkpoint):
-    """The CPU's numpy-drawn masks (sweep.dropout) reach every family's dropouts, and a trial's seed
+    """The CPU's numpy-drawn masks (sweep.core.dropout) reach every family's dropouts, and a trial's seed
     still fixes its training step."""
-    from sweep.dropout import NumpyDropout, numpy_dropout
+    from sweep.core.dropout import NumpyDropout, numpy_dropout
 
     _, path, pad = checkpoint
     cfg = _cfg(path)
@@ -255,10 +255,10 @@ def test_numpy_dropout_replaces_every_dropout_and_a_seed_fixes_the_step(checkpoi
 
 @pytest.mark.parametrize("dora", [False, True])
 def test_frozen_linears_cast_to_bf16_ahead_train_bit_for_bit_as_autocast_alone(checkpoint, dora):
-    """A bf16 trial casts its frozen linear weights once (sweep.precision.cast_frozen_linears) instead
+    """A bf16 trial casts its frozen linear weights once (sweep.engine.precision.cast_frozen_linears) instead
     of letting autocast cast them at every step: the losses and the trained weights stay the same,
     with DoRA too (it norms its base weights outside autocast: those are not cast)."""
-    from sweep.precision import cast_frozen_linears, uncast
+    from sweep.engine.precision import cast_frozen_linears, uncast
 
     arch, path, pad = checkpoint
     cfg = _cfg(path, use_dora=dora)

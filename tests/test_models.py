@@ -4,9 +4,9 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from sweep import models
-from sweep.errors import SweepError
-from sweep.models import load_model
+from sweep.core.errors import SweepError
+from sweep.engine import models
+from sweep.engine.models import load_model
 
 LABELS = ("neg", "pos")
 

@@ -7,9 +7,9 @@ import torch
 from peft.optimizers import create_loraplus_optimizer
 from peft.tuners.lora import LoraLayer
 
-from sweep.errors import SweepError
-from sweep.models import load_model
-from sweep.optim import build_optimizer, loraplus_param_groups
+from sweep.core.errors import SweepError
+from sweep.engine.models import load_model
+from sweep.engine.optim import build_optimizer, loraplus_param_groups
 
 LABELS = ("neg", "pos")
 

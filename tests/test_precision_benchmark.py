@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.config import TrialConfig
+from sweep.data.config import TrialConfig
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

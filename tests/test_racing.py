@@ -1,10 +1,10 @@
-"""Racing a study's contenders on fresh seeds (sweep.report.race, a pure function of the trials), and
+"""Racing a study's contenders on fresh seeds (sweep.analysis.report.race, a pure function of the trials), and
 the report reading replicates as means over seeds."""
 
 import pandas as pd
 import pytest
 
-from sweep import report
+from sweep.analysis import report
 
 # (number, lambda, value) of the search trials: plain LoRA, and the best of bins 2, 3 and 4
 SEARCH = [(0, 1.0, 0.80), (1, 4.0, 0.85), (2, 8.0, 0.70), (3, 16.0, 0.845), (4, 4.0, 0.60)]

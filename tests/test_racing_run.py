@@ -4,9 +4,9 @@ are re-trained as trials of the study, at the same point on fresh seeds, marked 
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import report
-from sweep.stored import StoredStudy
-from sweep.workers import REPLICATE_SEED_OFFSET
+from sweep.analysis import report
+from sweep.study.stored import StoredStudy
+from sweep.study.workers import REPLICATE_SEED_OFFSET
 
 GRID = '[study]\nsampler = "grid"\n[grid]\neta_a = [2e-3]\nlambda = [1, 8]\nrank = [2]\n'
 

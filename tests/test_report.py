@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep import plots, report
-from sweep.errors import SweepError
+from sweep.analysis import plots, report
+from sweep.core.errors import SweepError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRIC = {"sst2": "accuracy", "mrpc": "f1", "mnli": "accuracy", "cola": "matthews"}
@@ -339,7 +339,7 @@ def test_plot_lambda_curves_writes_a_png(trials, tmp_path):
 
 
 def test_a_study_name_never_leads_a_report_file_out_of_its_directory():
-    from sweep.outfiles import safe_name
+    from sweep.core.outfiles import safe_name
 
     for name in ("../../etc/passwd", "/abs/path", "..", "a/../../b", "ok-name_1.2", "x" * 5000):
         safe = safe_name(name)
@@ -526,7 +526,7 @@ def test_a_loss_has_no_standard_error_and_its_best_bin_is_the_lowest():
 
 
 def test_the_rich_report_shows_setups_standard_errors_and_ties(two_epochs, capsys):
-    from sweep.ui import print_report
+    from sweep.console.ui import print_report
 
     tied = pd.DataFrame(defined([complete("mnli", 0, 0.85, 4.0), complete("mnli", 1, 0.86, 16.0)],
                                 "dddd4444", eval_limit=500))
@@ -545,9 +545,9 @@ def test_plot_lambda_curves_draws_each_definition_with_error_bars(two_epochs, tm
 
 
 def test_the_stored_report_keeps_two_studies_of_one_task_with_other_epochs_apart(tmp_path):
-    from sweep.reporting import gather
-    from sweep.spec import load_spec
-    from sweep.stored import StoredStudy, settings_hash
+    from sweep.data.spec import load_spec
+    from sweep.study.reporting import gather
+    from sweep.study.stored import StoredStudy, settings_hash
 
     url = f"sqlite:///{tmp_path}/sweep.db"
     hashes, names = {}, set()

@@ -19,7 +19,7 @@ from test_hostile import snapshot
 from typer.testing import CliRunner
 
 from cli import app
-from sweep import importance, plots, report
+from sweep.analysis import importance, plots, report
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = {"eta_a": FloatDistribution(1e-5, 1e-1, log=True),
@@ -108,7 +108,7 @@ def test_a_named_foreign_study_is_one_line(box):
 
 
 def test_a_named_study_brings_its_confirm_studies_along(box):
-    from sweep.reporting import selected
+    from sweep.study.reporting import selected
 
     url = f"sqlite:///{db(box)}"
     for name, of in (("demo.confirm", "demo"), ("other.confirm", "other")):
@@ -140,7 +140,7 @@ def test_the_demo_study_name_is_the_one_run_default_creates():
 
 
 def trials(points, task="rotten-tomatoes", metric="accuracy", **config) -> pd.DataFrame:
-    """A trials frame as sweep.stored makes it: (lambda, value, metric_se) per completed trial."""
+    """A trials frame as sweep.study.stored makes it: (lambda, value, metric_se) per completed trial."""
     return pd.DataFrame([{
         "study": "s", "model": "minilm-l6", "task": task, "metric_name": metric, "number": i,
         "state": "COMPLETE", "value": value, "metric_se": se, "eta_a": 1e-4 * (i + 1), "lambda": lam,
@@ -150,7 +150,7 @@ def trials(points, task="rotten-tomatoes", metric="accuracy", **config) -> pd.Da
 
 
 def test_a_study_of_plain_lora_alone_reports_no_gain_and_says_why(capsys):
-    from sweep.ui import print_report, print_study_summary
+    from sweep.console.ui import print_report, print_study_summary
 
     one = trials([(1.0, 0.79, 0.018)], eval_limit=500)  # run --n-trials 1: the lambda = 1 anchor alone
     row = report.summary(one).iloc[0]

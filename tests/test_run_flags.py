@@ -12,9 +12,9 @@ from conftest import toy_rows
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.config import TrialConfig, flag
-from sweep.models import EMBEDDED_GGUF, EMBEDDED_MODELS
-from sweep.spec import ASHA_MIN_TRIALS, StudySpec, default_pruner, load_spec
+from sweep.data.config import TrialConfig, flag
+from sweep.data.spec import ASHA_MIN_TRIALS, StudySpec, default_pruner, load_spec
+from sweep.engine.models import EMBEDDED_GGUF, EMBEDDED_MODELS
 
 runner = CliRunner()
 # What a study cannot set: it selects on the validation split (confirm scores the test split).
@@ -97,7 +97,7 @@ def test_options_given_override_the_study_file_and_the_others_leave_it(tmp_path,
         seen["spec"] = spec
         raise SystemExit(0)
 
-    monkeypatch.setattr("sweep.workers.prepare", spy)
+    monkeypatch.setattr("sweep.study.workers.prepare", spy)
     r = invoke("run", study, "--batch-size", 4, "--no-use-dora", "--text-column", "body", "--lambda", "1:8")
     assert r.exit_code == 0, r.output
     spec = seen["spec"]

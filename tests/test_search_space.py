@@ -3,13 +3,13 @@
 
 import pytest
 
-from sweep import report
-from sweep.config import TrialConfig
-from sweep.export import best_trial
-from sweep.models import load_model
-from sweep.optim import loraplus_param_groups
-from sweep.spec import load_spec
-from sweep.workers import run_study
+from sweep.analysis import report
+from sweep.analysis.export import best_trial
+from sweep.data.config import TrialConfig
+from sweep.data.spec import load_spec
+from sweep.engine.models import load_model
+from sweep.engine.optim import loraplus_param_groups
+from sweep.study.workers import run_study
 
 LABELS = ("neg", "pos")
 

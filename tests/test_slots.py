@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from sweep import trial_process
-from sweep.train import run_trial
-from sweep.trial_process import SlotProcess, TrialFailed
+from sweep.engine import trial_process
+from sweep.engine.train import run_trial
+from sweep.engine.trial_process import SlotProcess, TrialFailed
 
 FAILING = '''
-from sweep.train import run_trial
+from sweep.engine.train import run_trial
 
 def fail_at_lambda_two(cfg, on_eval=None, on_step=None):
     if cfg.lam == 2.0:
@@ -69,8 +69,9 @@ def test_a_failed_trial_leaves_the_next_one_a_fresh_process(tiny_cfg, tmp_path, 
 
 def test_a_sweep_starts_its_slot_processes_before_its_checks_and_its_trials_run_in_them(
         tiny_model, toy_csv, tmp_path, monkeypatch):
-    from sweep import checks, workers
-    from sweep.spec import load_spec
+    from sweep.data.spec import load_spec
+    from sweep.engine import checks
+    from sweep.study import workers
 
     spawned, alive_at_checks = [], []
     spawn = SlotProcess.spawn
@@ -95,8 +96,9 @@ def test_a_sweeps_slot_process_starts_before_the_parent_imports_torch(tiny_model
     # transformers (seconds each); the child's start must not wait for the parent's.
     code = f"""
 import sys
-from sweep import trial_process, workers
-from sweep.spec import load_spec
+from sweep.engine import trial_process
+from sweep.study import workers
+from sweep.data.spec import load_spec
 trial_process.SlotProcess.spawn = lambda self: print("torch loaded at spawn:", "torch" in sys.modules)
 spec = load_spec(None, {{"model": {tiny_model!r}, "task": {toy_csv!r}, "n_trials": 1, "device": "cpu",
                         "storage": "sqlite:///{tmp_path}/s.db"}})
@@ -117,9 +119,9 @@ def test_processes_no_worker_takes_are_ended_at_once_even_while_they_start():
 
 
 def test_no_process_starts_for_slots_the_checks_refuse(tiny_model, toy_csv, tmp_path, monkeypatch):
-    from sweep import workers
-    from sweep.errors import SweepError
-    from sweep.spec import load_spec
+    from sweep.core.errors import SweepError
+    from sweep.data.spec import load_spec
+    from sweep.study import workers
 
     spawned = []
     monkeypatch.setattr(SlotProcess, "spawn", lambda self: spawned.append(self))

@@ -12,10 +12,10 @@ import torch
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
 
-from sweep.config import TrialConfig
-from sweep.lm_batches import collate_lm, encode_lm
-from sweep.lm_tasks import parse_row
-from sweep.models import load_causal_lm, load_tokenizer, pad_token_id, resolve_model_path
+from sweep.data.config import TrialConfig
+from sweep.data.lm_batches import collate_lm, encode_lm
+from sweep.data.lm_tasks import parse_row
+from sweep.engine.models import load_causal_lm, load_tokenizer, pad_token_id, resolve_model_path
 
 pytestmark = pytest.mark.slow
 CFG = TrialConfig(model="smollm2-135m", task="rows.jsonl", rank=4, eta_a=1e-3, lam=8.0, device="cpu")
@@ -80,7 +80,7 @@ def test_one_lora_step_on_smollm2(converted):
 def test_a_real_smollm2_trial_of_a_few_steps_lowers_the_headline_loss(converted):
     """The whole trial path on the embedded LLM and an embedded instruction task: the kind found from
     the task, the loss per headline token reported and lowered by four LoRA+ steps."""
-    from sweep.train import run_trial
+    from sweep.engine.train import run_trial
 
     cfg = TrialConfig(model="smollm2-135m", task="bbc-headlines", rank=4, eta_a=5e-4, lam=16.0,
                       batch_size=4, max_steps=4, eval_every=4, max_length=96, train_limit=16,

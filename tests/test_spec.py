@@ -2,8 +2,8 @@
 
 import pytest
 
-from sweep.errors import SweepError
-from sweep.spec import find_study_file, load_spec, parse_range, parse_ranks
+from sweep.core.errors import SweepError
+from sweep.data.spec import find_study_file, load_spec, parse_range, parse_ranks
 
 
 def toml(tmp_path, text: str):
@@ -150,7 +150,7 @@ def test_an_installed_copy_finds_the_presets(tmp_path):
         shipped = {Path(n).name for n in z.namelist() if n.startswith("sweep/studies/")}
         z.extractall(tmp_path / "site")
     assert shipped == {p.name for p in (root / "studies").glob("*.toml")} and "default.toml" in shipped
-    code = ("import sweep; from sweep.spec import find_study_file, load_spec; "
+    code = ("import sweep; from sweep.data.spec import find_study_file, load_spec; "
             "print(sweep.__file__, load_spec(find_study_file('default')).n_trials)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
@@ -170,7 +170,7 @@ def _hash_as_first_stored(spec) -> str:
 
 
 def test_a_new_study_fixes_its_head_lr_and_a_stored_one_keeps_its_name(tmp_path):
-    from sweep.spec import StudySpec
+    from sweep.data.spec import StudySpec
 
     assert load_spec(None, {"model": "m", "task": "sst2"}).base.head_lr == 1e-3  # middle of 1e-4..1e-2
     assert load_spec(None, {"model": "m", "task": "sst2", "eta_a": (1e-5, 1e-3)}).base.head_lr == 1e-4

@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from sweep.stats import MIN_PAIRS, mean_curve, min_detectable_effect, paired, paired_t_power, steps_to_reach
+from sweep.core.stats import (
+    MIN_PAIRS,
+    mean_curve,
+    min_detectable_effect,
+    paired,
+    paired_t_power,
+    steps_to_reach,
+)
 
 PLUS = [0.80, 0.82, 0.81, 0.83, 0.79]
 PLAIN = [0.78, 0.79, 0.80, 0.80, 0.78]  # differences 0.02, 0.03, 0.01, 0.03, 0.01: mean 0.02, sd 0.01

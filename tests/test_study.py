@@ -3,12 +3,12 @@
 import optuna
 import pytest
 
-from sweep import search, workers
-from sweep.checks import preflight
-from sweep.hooks import Hooks
-from sweep.spec import load_spec
-from sweep.stored import trials_frame
-from sweep.workers import run_study
+from sweep.data.hooks import Hooks
+from sweep.data.spec import load_spec
+from sweep.engine.checks import preflight
+from sweep.study import search, workers
+from sweep.study.stored import trials_frame
+from sweep.study.workers import run_study
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from sweep import tasks
-from sweep.errors import SweepError
+from sweep.core.errors import SweepError
+from sweep.data import tasks
 
 
 def write(path, text: str) -> str:

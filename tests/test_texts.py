@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from sweep import tasks, texts
-from sweep.texts import Texts
+from sweep.core import texts
+from sweep.core.texts import Texts
+from sweep.data import tasks
 
 
 def old_fingerprint(task: tasks.TaskData) -> str:

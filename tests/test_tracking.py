@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from sweep.spec import load_spec
-from sweep.stored import StoredStudy
+from sweep.data.spec import load_spec
+from sweep.study.stored import StoredStudy
 
 runner = CliRunner()
 

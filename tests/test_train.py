@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.batches import collate, encode_task, eval_batches, train_batches
-from sweep.models import load_tokenizer
-from sweep.tasks import load_task
-from sweep.train import lr_factor, run_trial
+from sweep.data.batches import collate, encode_task, eval_batches, train_batches
+from sweep.data.tasks import load_task
+from sweep.engine.models import load_tokenizer
+from sweep.engine.train import lr_factor, run_trial
 
 
 def test_a_trial_learns_the_toy_task(tiny_cfg):
@@ -106,8 +106,8 @@ def test_schedule_warms_up_then_decays(tiny_cfg, schedule):
 
 
 def test_precision_auto_is_bf16_only_where_the_cpu_has_native_bf16_and_fp32_on_a_gpu(tiny_cfg):
-    from sweep.hardware import cpu_flags
-    from sweep.precision import precision
+    from sweep.core.hardware import cpu_flags
+    from sweep.engine.precision import precision
 
     cpu = torch.device("cpu")
     assert precision(tiny_cfg.replace(precision="auto"), cpu, cpu_bf16=True) == "bf16"
@@ -142,7 +142,7 @@ def test_bf16_casts_frozen_linears_but_not_a_head_tied_to_the_embeddings():
     import transformers as tf
     from transformers.pytorch_utils import Conv1D
 
-    from sweep.precision import cast_frozen_linears
+    from sweep.engine.precision import cast_frozen_linears
 
     for config in (tf.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64, tie_word_embeddings=True),
@@ -157,8 +157,8 @@ def test_bf16_casts_frozen_linears_but_not_a_head_tied_to_the_embeddings():
 
 
 def test_a_bf16_trial_hands_on_end_its_frozen_weights_as_loaded(tiny_cfg):
-    from sweep.models import load_model
-    from sweep.tasks import load_task
+    from sweep.data.tasks import load_task
+    from sweep.engine.models import load_model
 
     task = load_task(tiny_cfg.task)
     loaded = load_model(tiny_cfg, task.num_labels, task.label_names).state_dict()

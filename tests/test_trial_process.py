@@ -6,16 +6,16 @@ import time
 import optuna
 import pytest
 
-from sweep import trial_process
-from sweep.spec import load_spec
-from sweep.trial_process import TrialFailed, make_slots, run_isolated
-from sweep.workers import run_study
+from sweep.data.spec import load_spec
+from sweep.engine import trial_process
+from sweep.engine.trial_process import TrialFailed, make_slots, run_isolated
+from sweep.study.workers import run_study
 
 # A runner for the child that fails in the way the trial's lambda asks for, else trains for real.
 FAULTS = '''
 import os, signal, time
 import torch
-from sweep.train import run_trial
+from sweep.engine.train import run_trial
 
 def by_lambda(cfg, on_eval=None, on_step=None):
     if cfg.lam == 2.0:
@@ -40,7 +40,7 @@ def faulty(tmp_path, monkeypatch):
 
 
 def test_an_isolated_trial_returns_the_same_result_as_in_process(tiny_cfg):
-    from sweep.train import run_trial
+    from sweep.engine.train import run_trial
 
     cfg = tiny_cfg.replace(max_steps=6, eval_every=3)
     steps, evals = [], []

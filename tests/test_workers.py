@@ -6,10 +6,10 @@ import types
 
 import pytest
 
-from sweep import stored
-from sweep.liveness import identity as worker_identity
-from sweep.spec import load_spec
-from sweep.workers import open_study, run_study
+from sweep.core.liveness import identity as worker_identity
+from sweep.data.spec import load_spec
+from sweep.study import stored
+from sweep.study.workers import open_study, run_study
 
 STORAGES = {"sqlite": "sqlite:///{}/sweep.db", "journal": "journal://{}/sweep.log"}
 
@@ -100,7 +100,7 @@ def test_a_requeued_trial_runs_again_and_the_budget_still_holds(spec):
 
 
 def test_trials_that_keep_failing_stop_the_sweep_with_the_reason(spec, monkeypatch):
-    from sweep import workers
+    from sweep.study import workers
 
     def broken(*args, **kwargs):
         raise RuntimeError("no such device")

@@ -1,0 +1,1 @@
+"""Reading results: stored trials to tables, plots, importance and exported training configs."""

@@ -1,0 +1,1 @@
+"""What the user sees: option parsing, terminal progress and tables, experiment trackers."""

@@ -1,0 +1,1 @@
+"""Foundation: errors, schema helpers, statistics, metrics, signals, hardware; knows nothing of trials."""

@@ -1,0 +1,1 @@
+"""The study wing: Optuna storage and search, the workers' trial loop, confirm runs, reports."""
