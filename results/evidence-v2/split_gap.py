@@ -15,11 +15,11 @@ import dataclasses
 
 import numpy as np
 
-from sweep.batches import sample_indices
-from sweep.quiet import quiet_libraries
-from sweep.spec import find_study_file, load_spec
-from sweep.tasks import load_task
-from sweep.train import run_trial
+from sweep.core.quiet import quiet_libraries
+from sweep.data.batches import sample_indices
+from sweep.data.spec import find_study_file, load_spec
+from sweep.data.tasks import load_task
+from sweep.engine.train import run_trial
 
 ARMS = {"plain LoRA": (6.8e-4, 1.0, 8), "LoRA+": (4.7e-4, 5.0, 8)}  # the confirm arms, see README
 
