@@ -4,6 +4,7 @@ converted once into the cache, then trained with LoRA like any causal LM."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,14 @@ CFG = TrialConfig(model="smollm2-135m", task="rows.jsonl", rank=4, eta_a=1e-3, l
 
 
 @pytest.fixture(scope="module")
-def converted() -> tuple[Path, float]:
-    """The conversion in this test session's own cache, and how long it took."""
-    started = time.perf_counter()
-    path = Path(resolve_model_path("smollm2-135m"))
-    return path, time.perf_counter() - started
+def converted(tmp_path_factory) -> Iterator[tuple[Path, float]]:
+    """The conversion in this module's own cache (another test of the session may have converted the model
+    into the session's cache already), and how long it took."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORAPLUS_SWEEP_CACHE", str(tmp_path_factory.mktemp("smollm2-cache")))
+        started = time.perf_counter()
+        path = Path(resolve_model_path("smollm2-135m"))
+        yield path, time.perf_counter() - started
 
 
 def test_the_gguf_converts_once_and_later_loads_read_the_cache(converted):
