@@ -182,8 +182,9 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="SmolLM2-135M at max length 512 on this CPU")
     args = p.parse_args()
     if args.cpu:
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "base_dtype_memory.py"), "--forms", "fp32,bf16,4bit",
-               "--max-length", "512", "--train", "24", "--eval", "16", "--steps", "24", "--batch", "1"]
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "base_dtype_memory.py"),
+               "--forms", "fp32,bf16,4bit,4bit+ckpt", "--max-length", "512", "--train", "24", "--eval", "16",
+               "--steps", "24", "--batch", "1"]
         raise SystemExit(subprocess.call(cmd))
     import torch
 

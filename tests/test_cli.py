@@ -3,15 +3,9 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
+from commands import invoke, runner
 
 from cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_trial_json_prints_one_object_with_metric_and_throughput(tiny_model, toy_csv):

@@ -5,15 +5,7 @@ import shutil
 
 import optuna
 import pytest
-from typer.testing import CliRunner
-
-from cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
+from commands import invoke
 
 
 @pytest.fixture

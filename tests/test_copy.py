@@ -2,19 +2,12 @@
 
 import optuna
 import pytest
+from commands import invoke
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-from typer.testing import CliRunner
 
-from cli import app
 from sweep.data.spec import load_spec
 from sweep.study.stored import StoredStudy, study_names
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def store(url: str, name: str, values: list[float | None]) -> None:

@@ -10,11 +10,10 @@ import pytest
 import torch
 import transformers as tf
 import yaml
+from commands import invoke
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
-from typer.testing import CliRunner
 
-from cli import app
 from sweep.analysis.export import (
     BestTrial,
     axolotl_yaml,
@@ -35,12 +34,6 @@ from sweep.engine.lm_eval import token_loss
 from sweep.engine.models import pad_token_id, resolve_model_path
 from sweep.engine.precision import autocast
 from sweep.engine.train import run_trial
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def trials(*rows: tuple) -> pd.DataFrame:

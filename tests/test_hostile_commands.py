@@ -15,28 +15,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from commands import invoke, one_line
 from optuna.trial import create_trial
 from processes import running_trials_of, start, sweep_args, trial_processes, trials, wait_for
 from test_hostile import DISTRIBUTIONS, add_trial, open_study, snapshot
-from typer.testing import CliRunner
 
-from cli import app
 from sweep.core.signals import Interrupted, Stop, stop_on_signals
 from sweep.data.spec import load_spec
 from sweep.study.stored import trials_frame
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def one_line(r) -> str:
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.output
-    return lines[0]
 
 
 def add_loss_trial(study: optuna.Study, value: float, eta_a: float) -> None:

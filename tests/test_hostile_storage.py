@@ -12,17 +12,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from commands import invoke
 from readonly import read_only, writable
-from typer.testing import CliRunner
 
-from cli import app
 from sweep.study import storage as st
-
-runner = CliRunner()
-
-
-def invoke(*args, env=None):
-    return runner.invoke(app, [str(a) for a in args], env=env)
 
 
 def one_line_error(r, *words, code=2):

@@ -34,10 +34,11 @@ KILLED = "trial process killed by SIGKILL (out of host memory?)"
 
 
 def busy(proc: subprocess.Popen, db: str, name: str, jobs: int, training: bool):
-    """`proc`'s trials once it runs `jobs` of them, each in its process and, with `training`, each
-    past its first evaluation."""
+    """`proc`'s trials once it runs `jobs` of them, each in its process with its parameters drawn (a
+    loaded machine can be seen between a trial's start and its draw) and, with `training`, each past its
+    first evaluation."""
     running = running_trials_of(proc, db, name)
-    if len(running) < jobs or len(trial_processes(proc.pid)) < jobs:
+    if len(running) < jobs or len(trial_processes(proc.pid)) < jobs or not all(t.params for t in running):
         return None
     return running if not training or all(t.intermediate_values for t in running) else None
 

@@ -9,18 +9,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from commands import invoke
 from readonly import read_only, writable
-from typer.testing import CliRunner
 
-from cli import app
 from sweep.core.errors import SweepError
 from sweep.study import storage as st
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def one_line_error(r, *words):

@@ -13,29 +13,16 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from commands import invoke, one_line
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import create_trial
 from test_hostile import snapshot
-from typer.testing import CliRunner
 
-from cli import app
 from sweep.analysis import importance, plots, report
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = {"eta_a": FloatDistribution(1e-5, 1e-1, log=True),
                  "lambda": FloatDistribution(1.0, 64.0, log=True), "rank": CategoricalDistribution([4, 8])}
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def one_line(r) -> str:
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.output
-    return lines[0]
 
 
 def store(url: str, name: str, task: str, points: list[tuple[float, float, int, float]],

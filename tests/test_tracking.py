@@ -7,17 +7,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from typer.testing import CliRunner
+from commands import invoke
 
-from cli import app
 from sweep.data.spec import load_spec
 from sweep.study.stored import StoredStudy
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def toy_run(model: str, task: str, db: str) -> list:
