@@ -9,18 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from sweep.console import commandline as cl
 from sweep.console import options as opt
 from sweep.console import ui
-from sweep.console.commandline import (
-    DEBUG_ENV,
-    Edge,
-    err,
-    error,
-    export_adapter,
-    interrupted,
-    plain_help,
-    sweep,
-)
+from sweep.console.commandline import err, sweep
 from sweep.console.options import RemoteCodeOpt, StorageOpt
 from sweep.core.errors import SweepError
 from sweep.core.schema import short
@@ -30,7 +22,7 @@ from sweep.study.storage import mask_url
 from sweep.study.stored import StoredStudy
 
 app = typer.Typer(
-    cls=Edge,
+    cls=cl.Edge,
     help="Find the learning rates and the ratio lambda = eta_B / eta_A for LoRA+ on your model and task.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -40,7 +32,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of an unexpected error (also {DEBUG_ENV}=1); without it, every error is one line on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show the traceback of an unexpected error (also {cl.DEBUG_ENV}=1); without it, every error is one line on stderr.")] = False,
 ) -> None:
     """LoRA+ sweeps: trials, studies and reports.
 
@@ -64,7 +56,7 @@ def trial(
     try:
         result = ui.trial_live(cfg)
     except KeyboardInterrupt:
-        error("interrupted: the trial stopped before its end; nothing was stored", 130)
+        cl.error("interrupted: the trial stopped before its end; nothing was stored", 130)
         raise typer.Exit(130) from None
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
@@ -131,7 +123,7 @@ def confirm(
                                       eval_limit)
         summaries = ui.confirm_live(study, *planned)
     except KeyboardInterrupt as e:
-        raise interrupted(e, "finished runs are stored") from None
+        raise cl.interrupted(e, "finished runs are stored") from None
     frame = confirm_table(summaries, name, split, rank, out)
     ui.print_confirm(frame)
     if all(s.comparison is None for s in summaries):
@@ -271,7 +263,7 @@ def export(
     err.print(f"wrote {path}", highlight=False, markup=False)
     typer.echo(exp.render(best, fmt), nl=False)
     if adapter is not None:
-        export_adapter(best, adapter, trust_remote_code)
+        cl.export_adapter(best, adapter, trust_remote_code)
 
 
 @app.command()
@@ -295,7 +287,7 @@ def dashboard(
         err.print("dashboard stopped", highlight=False, markup=False)
 
 
-plain_help(app)
+cl.plain_help(app)
 
 
 def main() -> None:

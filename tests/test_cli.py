@@ -72,3 +72,22 @@ def test_help_keeps_bracketed_install_hints_and_lists_each_command_in_flowing_li
     group = runner.invoke(app, ["studies", "--help"], env={"COLUMNS": "250"}, terminal_width=250)
     assert "Copy studies with all their trials from SOURCE into --storage (e.g. a sweep run elsewhere);" \
         " names already stored there are refused" in group.stdout
+
+
+def _command_paths(group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+
+
+def test_no_help_shows_a_type_beside_a_flag():
+    """A flag takes no value: --help, --yes, --json, --per-bin show no <bool> in any command's help."""
+    import typer
+
+    paths = [(), *_command_paths(typer.main.get_command(app))]
+    assert len(paths) > 10
+    for path in paths:
+        r = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0 and "--help" in r.output, path
+        assert "<bool>" not in r.output, path

@@ -27,6 +27,18 @@ DEBUG_ENV = "LORAPLUS_SWEEP_DEBUG"
 err = Console(stderr=True)
 
 
+def _no_type_on_flags(command: Any, ctx: Any) -> Any:
+    """A flag takes no value: its help shows no <bool> type beside it (--help, --yes, --json, ...), in
+    a command and, for a group, in each of its commands."""
+    if command is not None:
+        for param in [command.get_help_option(ctx), *command.params]:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        for sub in getattr(command, "commands", {}).values():
+            _no_type_on_flags(sub, ctx)
+    return command
+
+
 class Edge(typer.core.TyperGroup):
     """The one place where errors become output, for every command: one line on stderr, secrets
     masked. SweepError: its message and exit code (2, or 1 when a sweep had to stop); a usage error:
@@ -75,6 +87,13 @@ class Edge(typer.core.TyperGroup):
         # second with torch and transformers) to free memory the process is about to give back.
         gc.freeze()
         sys.exit(code)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return _no_type_on_flags(super().get_command(ctx, cmd_name), ctx)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _no_type_on_flags(self, ctx)
+        super().format_help(ctx, formatter)
 
 
 def plain_help(app: typer.Typer) -> None:
