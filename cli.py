@@ -239,16 +239,18 @@ def export(
     storage: StorageOpt = DEFAULT_STORAGE,
     out: Annotated[Path | None, typer.Option(help="Where to write the best config JSON (default results/NAME-best.json).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="What to print: peft (Python code), axolotl or llama-factory (a YAML config).")] = "peft",
-    adapter: Annotated[Path | None, typer.Option(help="Train the best trial again (its config and seed) and save its adapter to this new or empty directory, for PeftModel.from_pretrained.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="Train the exported trial again (its config and seed) and save its adapter to this new or empty directory, for PeftModel.from_pretrained.")] = None,
     trust_remote_code: RemoteCodeOpt = False,
+    pick: Annotated[str, typer.Option(help="Which trial: recommended (the report's: the centre of the trials within noise of the best) or best (the highest value).")] = "recommended",
 ) -> None:
-    """Write the study's best trial config as JSON and print it for PEFT, axolotl or LLaMA-Factory;
-    with --adapter, train it again and save the adapter."""
+    """Write the study's recommended (or best) trial config as JSON and print it for PEFT, axolotl or
+    LLaMA-Factory; with --adapter, train it again and save the adapter."""
     from sweep.analysis import export as exp
     from sweep.core.outfiles import prepare_file, safe_name, write_text
 
-    if fmt not in exp.FORMATS:
-        raise SweepError(f"--format must be one of {', '.join(exp.FORMATS)}; got {short(fmt)}")
+    if fmt not in exp.FORMATS or pick not in exp.PICKS:
+        bad, allowed, given = ("--format", exp.FORMATS, fmt) if fmt not in exp.FORMATS else ("--pick", exp.PICKS, pick)
+        raise SweepError(f"{bad} must be one of {', '.join(allowed)}; got {short(given)}")
     study = StoredStudy.load(storage, name)
     study.require_ours("export")
     exp.require_search(study.name, study.attrs)
@@ -258,7 +260,7 @@ def export(
         from sweep.engine.adapters import check_destination
 
         adapter = check_destination(adapter)  # before any work: nothing is overwritten; links resolved
-    best = exp.best_trial(study.frame(), name)
+    best = exp.best_trial(study.frame(), name, pick)
     write_text(path, best.to_json())
     err.print(f"wrote {path}", highlight=False, markup=False)
     typer.echo(exp.render(best, fmt), nl=False)

@@ -14,6 +14,7 @@ from commands import invoke
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
+from sweep.analysis import report
 from sweep.analysis.export import (
     BestTrial,
     axolotl_yaml,
@@ -428,3 +429,23 @@ def test_export_adapter_of_a_causal_lm_gives_the_same_validation_loss(lm_study, 
     assert stored["metric_name"] == "loss" and loss(loaded) == pytest.approx(stored["value"], rel=1e-5)
     untrained = tf.AutoModelForCausalLM.from_pretrained(cfg.model)
     assert abs(loss(untrained) - stored["value"]) > 1e-3  # the adapter is what gives that loss
+
+
+def test_export_takes_the_trial_the_report_recommends_unless_asked_for_the_best():
+    """Three trials of equal value at eta_B 1e-4, 1e-3 and 1e-2: the best is the earliest (an edge of the
+    plateau), the recommended one its centre, as the report's summary names it."""
+    frame = trials(*[(n, "COMPLETE", 0.8, True) for n in range(3)])
+    frame["eta_a"], frame["lambda"] = [1e-4, 1e-4, 1e-3], [1.0, 10.0, 10.0]
+    assert report.recommendations(frame)["recommended_trial"].tolist() == [1]
+    recommended = best_trial(frame, "s")
+    assert (recommended.trial, recommended.picked) == (1, "recommended")
+    assert json.loads(recommended.to_json())["picked"] == "recommended"
+    assert "the recommended trial (#1)" in recommended.describe()
+    best = best_trial(frame, "s", pick="best")
+    assert (best.trial, best.picked) == (0, "best")
+
+
+def test_an_unknown_pick_is_one_usage_line(tmp_path):
+    r = invoke("export", "s", "--pick", "worst", "--storage", f"sqlite:///{tmp_path}/none.db")
+    assert r.exit_code == 2 and r.stderr.strip() == "error: --pick must be one of recommended, best; got 'worst'"
+    assert not (tmp_path / "none.db").exists()

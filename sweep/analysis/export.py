@@ -72,15 +72,17 @@ class BestTrial:
     config: TrialConfig
     precision: str | None = None  # what the trial's forward passes ran in (fp32, bf16, fp16), where stored
     steps: int | None = None  # the optimizer steps it took, where stored: its schedule's length
+    picked: str = "best"  # best, or recommended: the centre of the plateau within noise of the best
 
     def to_json(self) -> str:
         """The exported file: `trial --config FILE` reads it back."""
-        return json.dumps({"study": self.study, "trial": self.trial, "value": self.value,
-                           "metric_name": self.metric_name, "config": self.config.to_dict()}, indent=2) + "\n"
+        return json.dumps({"study": self.study, "trial": self.trial, "picked": self.picked,
+                           "value": self.value, "metric_name": self.metric_name,
+                           "config": self.config.to_dict()}, indent=2) + "\n"
 
     def describe(self) -> str:
         metric = self.metric_name or "metric"
-        return (f"the best trial (#{self.trial}) of study {short(self.study)}: validation {metric} "
+        return (f"the {self.picked} trial (#{self.trial}) of study {short(self.study)}: validation {metric} "
                 f"{self.value:.4g}")
 
 
@@ -94,17 +96,27 @@ def require_search(study: str, attrs: dict[str, Any]) -> None:
                          f"not a configuration to reuse; {search}")
 
 
-def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
-    """The best completed trial of a study's trials frame (sweep.analysis.report's rule: the highest
-    finite value of a COMPLETE trial, ties to the earlier one) with the trial config it stored."""
+PICKS = ("recommended", "best")
+
+
+def best_trial(trials: pd.DataFrame, study: str, pick: str = "recommended") -> BestTrial:
+    """A completed trial of a study's trials frame with the trial config it stored: the one the report
+    recommends (pick "recommended": the centre of the plateau within noise of the best, the largest
+    margin to a cliff, sweep.analysis.report.plateau) or the best (sweep.analysis.report's rule: the
+    highest finite value of a COMPLETE trial, ties to the earlier one)."""
     best = report.best_configs(trials)
     if best.empty:
         raise SweepError(f"study {short(study)} has no complete trial yet")
     row = best.iloc[0]
-    number = int(row["number"])
+    number, value = int(row["number"]), float(row["value"])
+    centre = report.plateau(trials) if pick == "recommended" else None
+    if centre is not None and int(centre.recommended["number"]) != number:
+        number, value = int(centre.recommended["number"]), float(centre.recommended["value"])
+    else:
+        pick = "best"
     stored = trials.loc[trials["number"] == number, "config"].iloc[0]
     if not isinstance(stored, dict):
-        raise SweepError(f"study {short(study)} was not written by loraplus-sweep: its best trial "
+        raise SweepError(f"study {short(study)} was not written by loraplus-sweep: its {pick} trial "
                          f"(#{number}) holds no trial config")
     try:
         cfg = TrialConfig.from_dict(stored)
@@ -116,9 +128,9 @@ def best_trial(trials: pd.DataFrame, study: str) -> BestTrial:
     if cfg.base_dtype == "auto" and cfg.quantize == "none" and base in ("fp32", "bf16", "fp16"):
         cfg = cfg.replace(base_dtype=base)  # what auto resolved to where the trial ran
     steps = trials.loc[trials["number"] == number, "steps"].iloc[0] if "steps" in trials else None
-    return BestTrial(study, number, float(row["value"]), None if pd.isna(metric) else str(metric), cfg,
+    return BestTrial(study, number, value, None if pd.isna(metric) else str(metric), cfg,
                      ran if isinstance(ran, str) else None,
-                     int(steps) if pd.notna(steps) and steps >= 1 else None)
+                     int(steps) if pd.notna(steps) and steps >= 1 else None, pick)
 
 
 def trial_kind(cfg: TrialConfig) -> str:
