@@ -2,7 +2,9 @@
 contrast that differs in lambda alone; and confirm runs score the whole split unless --eval-limit."""
 
 import pytest
+from rich.console import Console
 
+from sweep.console import ui
 from sweep.data.spec import load_spec
 from sweep.study import confirm
 from sweep.study.workers import run_study
@@ -22,7 +24,7 @@ def searched(tiny_model, toy_csv, tmp_path):
     return spec, run_study(spec)
 
 
-def test_matched_trains_plain_lora_at_the_lora_plus_arms_eta_b_on_the_same_seeds(searched):
+def test_matched_trains_plain_lora_at_the_lora_plus_arms_eta_b_on_the_same_seeds(searched, monkeypatch):
     spec, study = searched
     plan = confirm.plan(study.frame(), spec, seeds=2, split="validation", matched=True)
     plus = plan.challengers[0]
@@ -53,6 +55,12 @@ def test_matched_trains_plain_lora_at_the_lora_plus_arms_eta_b_on_the_same_seeds
     assert all(r["ci95 low"] <= r["gain"] <= r["ci95 high"] for r in rows.to_dict("records"))
     assert confirm.summarise(result).contrast == confirm.TUNED_CONTRAST
     assert len({c.label for c in confirm.summaries(result)}) == 2  # the plots' files apart
+    # the terminal's table says which plain side each row pairs with
+    console = Console(width=400, record=True)
+    monkeypatch.setattr(ui, "_stdout", lambda: console)
+    ui.print_confirm(rows)
+    shown = console.export_text()
+    assert f"vs {confirm.TUNED_CONTRAST}" in shown and f"vs {confirm.MATCHED_CONTRAST}" in shown
 
     # a confirm without --matched continues the same study and still shows the stored contrast
     again = confirm.run_confirm(study, spec, confirm.plan(study.frame(), spec, seeds=2, split="validation"))

@@ -447,5 +447,6 @@ def test_export_takes_the_trial_the_report_recommends_unless_asked_for_the_best(
 
 def test_an_unknown_pick_is_one_usage_line(tmp_path):
     r = invoke("export", "s", "--pick", "worst", "--storage", f"sqlite:///{tmp_path}/none.db")
-    assert r.exit_code == 2 and r.stderr.strip() == "error: --pick must be one of recommended, best; got 'worst'"
+    assert r.exit_code == 2
+    assert r.stderr.strip() == "error: --pick must be one of recommended, best; got 'worst'"
     assert not (tmp_path / "none.db").exists()

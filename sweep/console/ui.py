@@ -437,8 +437,12 @@ def print_confirm(frame: pd.DataFrame) -> None:
               "plain (eta_A, r)\nmean ± std", "gain [95% CI]", "p", "MDE (80%)", "verdict",
               "diverged / failed\nLoRA+ | plain", "steps to plain's final", "cost",
               title="confirm: LoRA+ vs plain LoRA, paired by seed")
+    # where plain LoRA also ran at LoRA+'s eta_B (--matched), each row says which plain side it pairs
+    contrasts = frame["contrast"].nunique() > 1 if "contrast" in frame else False
     for r in frame.to_dict("records"):
         arm = f"lambda bin {_num(r['lambda bin'], '.0f')}" + (" (best)" if r["best"] else "")
+        if contrasts:
+            arm += f"\nvs {r['contrast']}"
         if isinstance(r.get("split"), str):  # what the runs were scored on, and the arms' one head lr
             head = "" if _missing(r.get("head_lr")) else f", head lr {r['head_lr']:.2g}"
             arm += f"\n{r['split']} split{head}"
