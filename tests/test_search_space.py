@@ -60,6 +60,6 @@ def test_a_study_in_eta_b_draws_eta_b_and_lambda_and_trains_at_their_ratio(tiny_
     assert frame.set_index("number")["eta_a"].to_dict() == pytest.approx(stored)
     best = report.best_configs(frame).iloc[0]
     assert best["eta_a"] == pytest.approx(stored[int(best["number"])])
-    assert best_trial(frame, store.name).config.eta_a == pytest.approx(best["eta_a"])
+    assert best_trial(frame, store.name, pick="best").config.eta_a == pytest.approx(best["eta_a"])
     plain = max((t for t in trials if t.params["lambda"] == 1.0), key=lambda t: (t.value, -t.number))
     assert report.plain_lora_gain(frame).iloc[0]["plain_eta_a"] == pytest.approx(stored[plain.number])
