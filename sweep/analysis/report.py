@@ -869,7 +869,8 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "lambda_curve": curve,
         "default_lambda": defaults_table(default_lambda_from_curve(curve, df)),
         "budget": grid_equivalent(df),
-        "importance": importance_table(df),
+        # a replicated trial once, at its mean over seeds, as everywhere in the report
+        "importance": importance_table(pd.concat([completed(df), df[df["state"].ne("COMPLETE")]])),
     }
 
 
