@@ -48,7 +48,7 @@ def _root(
 def trial(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="A trial config JSON (as --json prints); flags given override it.", show_default="none")] = None,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the result as one JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     **settings: Any,
 ) -> None:
     """Run one LoRA+ fine-tune and print its validation result."""

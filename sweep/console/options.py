@@ -66,7 +66,7 @@ def _study_options(
                                                         show_default="none")] = None,
     jobs: Annotated[int, typer.Option(help="Concurrent trials on the CPU (the cores are split between them).")] = _SPEC["jobs"].default,
     devices: Annotated[str, typer.Option(help="GPUs to use, one trial each: auto (all visible), cpu, or ids like 0,1; 0+1 spreads each trial over GPUs 0 and 1.")] = _SPEC["devices"].default,
-    in_process: Annotated[bool, typer.Option("--in-process/--no-in-process", metavar="",
+    in_process: Annotated[bool, typer.Option("--in-process/--no-in-process",
                                              help="Run trials in this process (debugging): no isolation, no timeout.")] = False,
     heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; 3 missed: the trial runs again elsewhere.")] = _SPEC["heartbeat"].default,
     replicate: Annotated[int, typer.Option(metavar="K", help="After the search, race the best of each lambda bin and of plain LoRA on fresh seeds, one per round, dropping the bins a Holm-corrected test puts below the best, for at most K rounds (0: off).")] = _SPEC["replicate"].default,
@@ -102,8 +102,7 @@ def setting(name: str, run: bool = False) -> Any:
         help, shown = RUN_OWN[name][0], True
     boolean = HINTS[name] is bool
     decls = f"{flag(name)}/--no-{flag(name)[2:]}" if boolean else flag(name)
-    return typer.Option(decls, help=help, show_default=shown, rich_help_panel=f.metadata["group"],
-                        metavar="" if boolean else None)  # a flag takes no value: no <bool> beside it
+    return typer.Option(decls, help=help, show_default=shown, rich_help_panel=f.metadata["group"])
 
 
 def _settings(run: bool) -> list[inspect.Parameter]:
