@@ -15,7 +15,7 @@ from sweep.console import ui
 from sweep.console.commandline import err, sweep
 from sweep.console.options import RemoteCodeOpt, StorageOpt
 from sweep.core.errors import SweepError
-from sweep.core.schema import short
+from sweep.core.schema import not_one_of, short
 from sweep.data.config import TrialConfig
 from sweep.data.spec import DEFAULT_STORAGE
 from sweep.study.storage import mask_url
@@ -148,7 +148,7 @@ def report(
     from sweep.core.outfiles import FORMATS, prepare_dir
 
     if fmt not in ("rich", *FORMATS):
-        raise SweepError(f"--format must be one of rich, {', '.join(FORMATS)}; got {short(fmt)}")
+        raise SweepError(not_one_of("--format", fmt, ("rich", *FORMATS)))
     from sweep.analysis import outputs
     from sweep.study.reporting import gather, selected
 
@@ -248,9 +248,9 @@ def export(
     from sweep.analysis import export as exp
     from sweep.core.outfiles import prepare_file, safe_name, write_text
 
-    if fmt not in exp.FORMATS or pick not in exp.PICKS:
-        bad, allowed, given = ("--format", exp.FORMATS, fmt) if fmt not in exp.FORMATS else ("--pick", exp.PICKS, pick)
-        raise SweepError(f"{bad} must be one of {', '.join(allowed)}; got {short(given)}")
+    for flag, value, allowed in (("--format", fmt, exp.FORMATS), ("--pick", pick, exp.PICKS)):
+        if value not in allowed:
+            raise SweepError(not_one_of(flag, value, allowed))
     study = StoredStudy.load(storage, name)
     study.require_ours("export")
     exp.require_search(study.name, study.attrs)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from sweep.core.errors import SweepError
 from sweep.core.outfiles import prepare_dir, safe_name
-from sweep.core.schema import short
+from sweep.core.schema import not_one_of
 from sweep.data.config import TrialConfig
 from sweep.data.hooks import Finished, Hooks
 from sweep.data.result import EvalPoint
@@ -59,7 +59,7 @@ def require(names: tuple[str, ...] | list[str]) -> None:
     any trial runs."""
     for name in names:
         if name not in MODULES:
-            raise SweepError(f"--track must be one of {', '.join(TRACKERS)}; got {short(name)}")
+            raise SweepError(not_one_of("--track", name, TRACKERS))
         if importlib.util.find_spec(MODULES[name]) is None:
             raise SweepError(f"--track {name} needs the {MODULES[name]} package: "
                              f"pip install 'loraplus-sweep[{name}]'")

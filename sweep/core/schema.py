@@ -24,6 +24,11 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def not_one_of(name: str, value: Any, allowed: typing.Iterable[str]) -> str:
+    """The one line for a value outside its choices: "NAME must be one of A, B; got 'X'"."""
+    return f"{name} must be one of {', '.join(allowed)}; got {short(value)}"
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.core.errors import SweepError
-from sweep.core.schema import RENAMES, conform_fields, display_name, short
+from sweep.core.schema import RENAMES, conform_fields, display_name, not_one_of, short
 
 INIT_SCHEMES = ("standard", "reversed")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -296,7 +296,7 @@ def _value_problems(c: TrialConfig, bad_types: set[str]) -> list[str]:
                           ("kind", KINDS), ("eval_split", EVAL_SPLITS), ("base_dtype", BASE_DTYPES),
                           ("quantize", QUANTIZATIONS)):
         if name in names and getattr(c, name) not in allowed:
-            problems.append(f"{name} must be one of {', '.join(allowed)}; got {short(getattr(c, name))}")
+            problems.append(not_one_of(name, getattr(c, name), allowed))
     # A bf16 or fp16 base computes in its own dtype's autocast: fp32 arithmetic would meet weights of
     # another dtype in every linear layer.
     if ({"base_dtype", "precision"} <= names and c.base_dtype in ("bf16", "fp16")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.core.errors import SweepError
-from sweep.core.schema import conform, short
+from sweep.core.schema import conform, not_one_of, short
 from sweep.data.config import REMOTE_CODE_ONLY_FROM_FLAG, TrialConfig
 
 SAMPLERS = ("tpe", "random", "grid", "qmc")
@@ -430,7 +430,7 @@ def _validate(s: StudySpec) -> None:
         elif key == "lambda" and s.sampler != "grid" and not low <= 1.0 <= high:
             problems.append(f"lambda range [{low:g}, {high:g}] must include 1 (plain LoRA, the baseline)")
     if s.space not in SPACES:
-        problems.append(f"space must be one of {', '.join(SPACES)}; got {short(s.space)}")
+        problems.append(not_one_of("space", s.space, SPACES))
     elif s.space == "eta_a" and s.eta_b is not None:
         problems.append('an eta_b range is for space "eta_b"')
     elif s.space == "eta_b":
