@@ -10,7 +10,9 @@ at batch 32, and on texts longer than max_length (the estimate's worst case).
 --shape 8b prints, without measuring, the estimate for a Llama-3.1-8B-shaped model on a GPU at
 8 x 1,024 tokens per step, rank 16, in each base form, whole batches, micro-batches of one row, and
 micro-batches with gradient checkpointing.
-Usage: python benchmarks/memory_estimate.py [--cases a,b,...] [--shape 8b]
+--heap both measures each case twice, side by side: as trials run (buffers of 1 MB or more mapped on
+their own: sweep.core.heap) and with glibc's default, which raises that threshold as buffers are freed.
+Usage: python benchmarks/memory_estimate.py [--cases a,b,...] [--shape 8b] [--heap mapped|glibc|both]
 """
 
 from __future__ import annotations
@@ -78,9 +80,18 @@ def random_llama(path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def measure(settings: dict) -> dict:
-    """One trial in this process: its estimate and measured memory, as a dict."""
+def measure(settings: dict, heap: str = "mapped") -> dict:
+    """One trial in this process: its estimate and measured memory, as a dict; heap "glibc" leaves
+    glibc's allocation thresholds at their defaults."""
     import torch
+
+    from sweep.core import heap as heaps
+
+    if heap == "glibc":
+        heaps.map_large_buffers = lambda: False
+        import sweep.engine.train as train
+
+        train.map_large_buffers = heaps.map_large_buffers
 
     from sweep.core.quiet import quiet_libraries
     from sweep.data.config import TrialConfig
@@ -99,7 +110,7 @@ def measure(settings: dict) -> dict:
     before = _rss()
     r = run_trial(cfg)
     return {"before": before, "peak": r.peak_memory_mb * 2**20, "weights": e.weights, "trained": e.trained,
-            "activations": e.activations, "estimate": e.total}
+            "activations": e.activations, "estimate": e.total, "tokens_per_s": r.tokens_per_s}
 
 
 def _rss() -> int:
@@ -142,13 +153,14 @@ def main() -> None:
     p.add_argument("--cases", default="")
     p.add_argument("--shape", choices=["8b"], help="print the estimate for this shape only")
     p.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "loraplus-memory-estimate"))
+    p.add_argument("--heap", choices=["mapped", "glibc", "both"], default="mapped")
     p.add_argument("--one", help=argparse.SUPPRESS)  # a case's settings as JSON: measured in this process
     args = p.parse_args()
     if args.shape:
         estimate_8b()
         return
     if args.one:
-        print(json.dumps(measure(json.loads(args.one))))
+        print(json.dumps(measure(json.loads(args.one), args.heap)))
         return
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -158,19 +170,22 @@ def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     print(f"machine: {cpu}, python {platform.python_version()}")
-    print(f"{'case':22} {'weights':>8} {'training':>8} {'activ.':>8} {'estimate':>9} {'measured':>9} "
-          f"{'error':>6}   (MB; measured: peak less the RSS before the trial)")
+    print(f"{'case':22} {'heap':6} {'weights':>8} {'training':>8} {'activ.':>8} {'estimate':>9} "
+          f"{'measured':>9} {'error':>6} {'tokens/s':>9}   (MB; measured: peak less the RSS before it)")
     mb = 2**20
+    heaps = ["mapped", "glibc"] if args.heap == "both" else [args.heap]
     for name in names:
-        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(chosen[name])],
-                             capture_output=True, text=True, cwd=ROOT)
-        if out.returncode != 0:
-            print(f"{name:22} failed: {out.stderr.strip().splitlines()[-1:]}")
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        measured = r["peak"] - r["before"]
-        print(f"{name:22} {r['weights'] / mb:8.0f} {r['trained'] / mb:8.0f} {r['activations'] / mb:8.0f} "
-              f"{r['estimate'] / mb:9.0f} {measured / mb:9.0f} {r['estimate'] / measured - 1:+6.0%}")
+        for heap in heaps:
+            argv = [sys.executable, __file__, "--one", json.dumps(chosen[name]), "--heap", heap]
+            out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                print(f"{name:22} {heap:6} failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            measured = r["peak"] - r["before"]
+            print(f"{name:22} {heap:6} {r['weights'] / mb:8.0f} {r['trained'] / mb:8.0f} "
+                  f"{r['activations'] / mb:8.0f} {r['estimate'] / mb:9.0f} {measured / mb:9.0f} "
+                  f"{r['estimate'] / measured - 1:+6.0%} {r['tokens_per_s']:9,.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2":
 def _model(arch: str):
     torch.manual_seed(0)
     if arch == "gemma2":  # its logits are soft-capped after the output layer
-        config = tf.Gemma2Config(vocab_size=EOS + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 num_key_value_heads=1, intermediate_size=64, head_dim=16,
-                                 max_position_embeddings=128, final_logit_softcapping=3.0)
+        config = tf.Gemma2Config(vocab_size=EOS + 1, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                                 head_dim=16, max_position_embeddings=128, final_logit_softcapping=3.0)
     else:
         config = CONFIGS[arch]()
     base = tf.AutoModelForCausalLM.from_config(config)

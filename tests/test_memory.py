@@ -19,6 +19,7 @@ from sweep.core.errors import SweepError
 from sweep.data.config import TrialConfig
 from sweep.engine import memory
 from sweep.engine.checks import meta_model
+from sweep.engine.lm_eval import LOSS_CHUNK
 from sweep.engine.memory import GB, check_fits, estimate
 
 CPU = torch.device("cpu")
@@ -51,19 +52,40 @@ def test_an_8b_base_takes_its_dtypes_bytes_and_a_quarter_of_them_in_4bit(monkeyp
     nf4 = _gpu(cfg.replace(quantize="4bit", base_dtype="bf16"), model)
     # the linears in half a byte and their scales, the embeddings and output layer in bf16
     assert 4.5 * GB < nf4.weights < 6 * GB
-    assert nf4.activations == bf16.activations and nf4.trained == bf16.trained
+    assert nf4.trained == bf16.trained  # and it checkpoints: QLoRA's recipe
+    checkpointed = _gpu(cfg.replace(base_dtype="bf16", gradient_checkpointing=True), model)
+    assert nf4.activations == checkpointed.activations
 
 
 def test_activations_follow_the_micro_batch_checkpointing_and_the_vocabulary(monkeypatch):
     monkeypatch.setattr("sweep.engine.base.native_bf16", lambda device, cpu_bf16=None: True)
     cfg, model = _llama_8b(base_dtype="bf16")
     whole = _gpu(cfg, model).activations
-    assert _gpu(cfg.replace(micro_batch_size=1), model).activations == pytest.approx(whole / 8, rel=0.01)
-    # at 8 x 1024 tokens the 128k-word logits and the loss's fp32 copies of them take 14 GB
-    logits = 8 * 1024 * 128256 * (2 + 12)
-    assert whole > logits + 20 * GB  # and the blocks' saved tensors more than 20 GB
-    blocks_checkpointed = _gpu(cfg.replace(gradient_checkpointing=True), model).activations - logits
-    assert blocks_checkpointed < (whole - logits) / 4  # a block's input each, and one block whole
+    # the loss makes its logits a chunk at a time: 4M of them, in bf16 and the loss's fp32 copies
+    chunk = LOSS_CHUNK * (2 + 12)
+    assert _gpu(cfg.replace(micro_batch_size=1), model).activations - chunk == pytest.approx(
+        (whole - chunk) / 8, rel=0.01)
+    assert whole > chunk + 20 * GB  # the blocks' saved tensors more than 20 GB
+    blocks_checkpointed = _gpu(cfg.replace(gradient_checkpointing=True), model).activations - chunk
+    assert blocks_checkpointed < (whole - chunk) / 4  # a block's input each, and one block whole
+    # a model that soft-caps its logits after the output layer keeps every position's: 8 x 1024 x 128k
+    model.config.final_logit_softcapping = 30.0
+    capped = _gpu(cfg, model).activations
+    assert capped - whole == 8 * 1024 * 128256 * (2 + 12) - chunk
+
+
+def test_a_quantized_base_checkpoints_unless_told_not_to(monkeypatch):
+    monkeypatch.setattr("sweep.engine.base.native_bf16", lambda device, cpu_bf16=None: True)
+    cfg, model = _llama_8b(base_dtype="bf16")
+    assert cfg.gradient_checkpointing is None and not cfg.checkpointing
+    nf4 = cfg.replace(quantize="4bit")
+    assert nf4.checkpointing and not nf4.replace(gradient_checkpointing=False).checkpointing
+    assert _gpu(nf4, model).activations == _gpu(cfg.replace(gradient_checkpointing=True), model).activations
+    assert _gpu(nf4.replace(gradient_checkpointing=False), model).activations == _gpu(cfg, model).activations
+    # what a study is: the checkpointing a trial does, however it was asked
+    assert nf4.identity() == nf4.replace(gradient_checkpointing=True).identity()
+    assert cfg.identity() == cfg.replace(gradient_checkpointing=False).identity()
+    assert "gradient_checkpointing" not in cfg.identity()
 
 
 def test_a_trial_that_cannot_fit_is_one_line_naming_what_would_make_it_fit(monkeypatch):
@@ -130,3 +152,13 @@ def test_the_estimate_is_within_a_quarter_of_a_cpu_trials_measured_peak(case, tm
     measured = r["peak"] - r["before"]
     assert measured > 300 * 2**20  # large enough that the libraries' lazy imports do not decide it
     assert r["estimate"] == pytest.approx(measured, rel=0.25), (r, measured)
+
+
+def test_a_cpu_trial_maps_its_large_buffers_where_the_c_library_is_glibc():
+    import platform
+
+    from sweep.core import heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert heap.map_large_buffers()  # mallopt took the threshold

@@ -100,7 +100,7 @@ def setting(name: str, run: bool = False) -> Any:
     shown: str | bool = "unset" if f.default is None else True
     if run and name in RUN_OWN:
         help, shown = RUN_OWN[name][0], True
-    boolean = HINTS[name] is bool
+    boolean = HINTS[name] in (bool, bool | None)
     decls = f"{flag(name)}/--no-{flag(name)[2:]}" if boolean else flag(name)
     return typer.Option(decls, help=help, show_default=shown, rich_help_panel=f.metadata["group"])
 

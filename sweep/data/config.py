@@ -124,8 +124,10 @@ class TrialConfig:
                                     "as base_dtype says.", "run")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N; cuda:0+1 spreads the model over GPUs 0 and 1 "
                                   "(layers placed by transformers' device_map).", "run")
-    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass: less memory "
-                                                  "for about a third more compute.", "run")
+    gradient_checkpointing: bool | None = setting(None, "Recompute activations in the backward pass: less "
+                                                        "memory for about a third more compute; unset: on "
+                                                        "for a quantized base (QLoRA's recipe), else off.",
+                                                  "run")
     train_limit: int | None = setting(None, "Train on a fixed (seed 0), stratified sample of N examples, the "
                                             "same for every trial; unset: all.", "data")
     eval_limit: int | None = setting(None, "Evaluate on a fixed (seed 0), stratified sample of N examples, "
@@ -219,10 +221,20 @@ class TrialConfig:
         """to_dict without the LATER_DEFAULTS settings that are at their defaults: what a study's
         identity hashes."""
         out = self.to_dict()
+        # what checkpointing does, not how it was asked: unset means on for a quantized base, off else
+        out["gradient_checkpointing"] = self.checkpointing
         for name, default in LATER_DEFAULTS.items():
-            if getattr(self, name) == default:
+            if out[display_name(name)] == default:
                 out.pop(display_name(name))
         return out
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether the trial recomputes activations: as set, or unset on for a quantized base (QLoRA
+        trains so: with a 4-bit base the activations are most of a trial's memory)."""
+        if self.gradient_checkpointing is None:
+            return self.quantize != "none"
+        return self.gradient_checkpointing
 
     @property
     def micro_batches(self) -> int:

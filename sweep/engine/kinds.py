@@ -64,7 +64,7 @@ def prepare(cfg: TrialConfig, device: torch.device, task: TaskData | LMTask | No
         raise SweepError(PACKING_NEEDS_LM)
     else:
         work = _classification(cfg, device, task if isinstance(task, TaskData) else None)
-    if device.type == "cpu" and not cfg.gradient_checkpointing:
+    if device.type == "cpu" and not cfg.checkpointing:
         numpy_dropout(work.model, cfg.seed)
     return work
 

@@ -25,6 +25,7 @@ import torch
 
 from sweep.core.errors import SweepError
 from sweep.data.config import TrialConfig
+from sweep.engine.lm_eval import LOSS_CHUNK
 
 GB = 2**30
 # A trial's process on the CPU holds its libraries (torch, transformers, PEFT) besides the trial:
@@ -35,6 +36,9 @@ CUDA_PROCESS_BYTES = int(0.75 * GB)
 # The share of free memory a trial may plan to use: the estimate is not exact (within 25 % of the
 # measured peaks it was checked against), and a trial that runs out of memory fails late.
 USABLE_SHARE = 0.9
+# Config fields of models that change their logits after the output layer (Gemma 2's soft-cap,
+# Cohere's and Granite's scales): their loss takes the model's own logits, every position at once.
+AFTER_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,10 @@ def estimate(cfg: TrialConfig, model: torch.nn.Module, kind: str, device: torch.
 
     weights = linears = trained = 0
     base_bytes = DTYPES[base].itemsize
+    seen: set[int] = set()  # a tied output layer is the input embedding: its weight counts once
     for name, module in model.named_modules():
-        own = list(module.parameters(recurse=False))
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
         if not own:
             continue
         if any(id(p) in head for p in own):
@@ -112,16 +118,18 @@ def estimate(cfg: TrialConfig, model: torch.nn.Module, kind: str, device: torch.
     heads = _get(config, "num_attention_heads", "n_head", "num_heads")
     decoder = kind == "causal-lm" or bool(getattr(config, "is_decoder", False)) or output is not None
     per_block = _block_elements(tokens, hidden, inner, heads, cfg.max_length, decoder, cfg.dropout > 0)
-    if cfg.gradient_checkpointing:
+    if cfg.checkpointing:
         kept = layers * tokens * hidden + per_block  # each block's input, one block recomputed
     else:
         kept = layers * per_block
     activations = kept * act + 3 * tokens * hidden * 4  # and the embeddings' and last norm's
     if kind == "causal-lm":
-        vocab = _get(config, "vocab_size")
+        logits = tokens * _get(config, "vocab_size")
+        if not any(getattr(config, name, None) for name in AFTER_HEAD):
+            logits = min(logits, LOSS_CHUNK)  # made a chunk at a time (sweep.engine.lm_eval.chunked_nll)
         # the logits in the compute dtype, their fp32 copy, the log-softmax the loss keeps and its
         # gradient: every position of a micro-batch at most (the trained ones are computed)
-        activations += tokens * vocab * (act + 12)
+        activations += logits * (act + 12)
     if cfg.quantize != "none" and device.type == "cpu":
         # each quantized layer dequantizes its weight in every pass; glibc keeps the pages those
         # freed copies took among the activations: about half the dequantized linears (SmolLM2-135M)
@@ -136,15 +144,17 @@ def _block_elements(tokens: int, hidden: int, inner: int, heads: int, length: in
     A decoder block (pre-norm, gated MLP, SDPA without the attention matrix): the two norms' inputs
     and outputs, the rotated queries and keys, the values, the attention output (6 x hidden), and the
     MLP's gate, activation, up projection and their product (4 x inner). An encoder block (post-norm,
-    GELU MLP, dropout in training, attention through its probabilities) keeps more than its tensors
-    add up to (MiniLM-L6 at 32 x 128 tokens: 20 x hidden and 3 x inner a token, measured), and the
-    attention probabilities, their dropout mask and the dropped ones (3 x heads x length^2 a row).
+    GELU MLP, dropout in training, attention through its probabilities): the attention's input, its
+    queries, keys, values and context, the output projections' inputs and outputs, the norms' inputs
+    and the dropout masks (10 x hidden), the GELU's input and output (2 x inner), and the attention
+    probabilities, their dropout mask and the dropped ones (3 x heads x length^2 a row). (MiniLM-L6 at
+    32 x 128 tokens measured 15 % below this, with large buffers mapped: sweep.core.heap.)
     LoRA dropout keeps each adapted layer's own dropped input and mask besides.
     """
     if decoder:
         n = tokens * (8 * hidden + 4 * inner)
     else:
-        n = tokens * (20 * hidden + 3 * inner) + 3 * heads * length * tokens
+        n = tokens * (10 * hidden + 2 * inner) + 3 * heads * length * tokens
     if dropout:
         n += tokens * (6 * hidden + inner) * 5 // 4  # the dropped inputs (and their byte masks)
     return n
@@ -236,7 +246,7 @@ def _remedies(cfg: TrialConfig, kind: str):
     micro = min(cfg.micro_batch_size or cfg.batch_size, cfg.batch_size)
     if micro > 1:
         yield "--micro-batch-size 1", {"micro_batch_size": 1}
-    if not cfg.gradient_checkpointing:
+    if not cfg.checkpointing:
         yield "--gradient-checkpointing", {"gradient_checkpointing": True}
     if cfg.base_dtype in ("auto", "fp32") and cfg.quantize == "none" and cfg.precision != "fp32":
         yield "--base-dtype bf16", {"base_dtype": "bf16"}

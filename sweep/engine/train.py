@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from sweep.core.errors import SweepError
+from sweep.core.heap import map_large_buffers
 from sweep.core.metrics import sign
 from sweep.data.batches import train_batches
 from sweep.data.config import TrialConfig
@@ -112,6 +113,8 @@ def run_trial(
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        map_large_buffers()
     _reset_peak_memory(device, cfg.device)
     work = prepare(cfg, device, task)
     model = work.model
@@ -120,7 +123,7 @@ def run_trial(
     cast = cast_frozen_linears(model, torch.bfloat16) if precision(cfg, device) == "bf16" else []
     if on_end is None:
         cast.clear()
-    if cfg.gradient_checkpointing:
+    if cfg.checkpointing:
         # Not the reentrant kind: it needs inputs that require grads, which frozen embeddings never give.
         base = model.get_base_model()
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
