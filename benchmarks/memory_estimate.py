@@ -137,7 +137,9 @@ def estimate_8b() -> None:
                        device="cuda")
     forms = {"fp32": dict(base_dtype="fp32", precision="fp32"), "bf16": dict(base_dtype="bf16"),
              "4-bit NF4": dict(base_dtype="bf16", quantize="4bit")}
-    ways = {"batch 8": {}, "micro-batch 1": dict(micro_batch_size=1),
+    ways = {"batch 8": dict(gradient_checkpointing=False),
+            "micro-batch 1": dict(micro_batch_size=1, gradient_checkpointing=False),
+            "batch 8, checkpointing": dict(gradient_checkpointing=True),
             "micro-batch 1, checkpointing": dict(micro_batch_size=1, gradient_checkpointing=True)}
     print("Llama-3.1-8B shape on a GPU, 8 x 1,024 tokens a step, rank 16: estimated peak, GB "
           "(weights + training state + activations)")

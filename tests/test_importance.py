@@ -128,7 +128,8 @@ def test_each_study_is_measured_on_its_own_completed_trials():
 def test_the_report_tables_and_every_format_carry_the_importance():
     rows = frame(lambda e, lam, r: np.log2(lam), n=10).assign(init="standard", tokens=10, wall_time_s=1.0)
     table = report.tables(rows)["importance"]
-    assert table["parameters"].tolist() == [EVER, EVER_B]
+    assert table["parameters"].tolist() == [EVER, EVER_B, EVER, EVER_B]
+    assert table["among"].tolist() == [importance.ALL] * 2 + [importance.NEAR] * 2
     assert "lambda explains" in report.to_format(table, "markdown")
     assert "lambda explains" in report.to_format(table, "csv")
     assert "lambda explains" in report.to_format(table, "json")
@@ -173,5 +174,25 @@ def test_report_out_writes_the_importance_of_a_stored_study(tmp_path):
     assert "## importance" in res.stdout and "lambda explains" in res.stdout
     assert (out / "importance-toy.png").read_bytes().startswith(PNG_MAGIC)
     written = pd.read_csv(out / "importance.csv")
-    assert written["study"].tolist() == ["toy", "toy"] and written["trials"].tolist() == [10, 10]
+    assert written["study"].tolist() == ["toy"] * 4 and written["trials"].tolist()[:2] == [10, 10]
+    assert written["among"].tolist() == [importance.ALL] * 2 + [importance.NEAR] * 2
     assert written.loc[written["parameters"] == EVER, "lambda"].iloc[0] > 0.5
+
+
+def test_importance_within_noise_of_the_best_leaves_out_the_collapsed_runs():
+    """Runs that collapse past an eta_B cliff make eta_B explain nearly everything over all trials;
+    among the trials within noise of the best, what varies is lambda's small effect, and the report's
+    second set of rows says so."""
+    def metric(e, lam, r):
+        return np.where(e * lam > 3e-3, 0.3, 0.80 + 0.01 * np.log2(lam) / 6)
+
+    rows = frame(metric, n=40).assign(metric_se=0.02, init="standard", tokens=10, wall_time_s=1.0)
+    table = report.tables(rows)["importance"]
+    assert set(table["among"]) == {importance.ALL, importance.NEAR}
+    over_all = table[(table["parameters"] == EVER_B) & (table["among"] == importance.ALL)].iloc[0]
+    near = table[(table["parameters"] == EVER_B) & (table["among"] == importance.NEAR)].iloc[0]
+    assert_most_important(over_all, "eta_b")
+    collapsed = int((rows["eta_a"] * rows["lambda"] > 3e-3).sum())
+    assert near["trials"] == len(rows) - collapsed >= importance.MIN_TRIALS
+    assert_most_important(near, "lambda")
+    assert "trials within noise of the best" in near["answer"]

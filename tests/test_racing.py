@@ -83,7 +83,8 @@ def test_the_report_reads_a_replicated_trial_at_its_mean_over_seeds():
     assert report.diff_se(a, b, var) ** 2 == pytest.approx(2 * 0.004**2 + var * (1 / 4 + 1))
     assert report.default_lambda(df)["m"].lambda_bin == 4
     # parameter importance counts a replicated trial once (5 trials, not 5 and 3 replicates)
-    assert report.tables(df)["importance"]["trials"].tolist() == [len(SEARCH)] * 2
+    shares = report.tables(df)["importance"]
+    assert shares.loc[shares["among"] == "all", "trials"].tolist() == [len(SEARCH)] * 2
 
 
 def test_the_summary_says_where_the_race_ended():

@@ -29,31 +29,40 @@ MIN_TRIALS = 10
 SEED = 0  # the forest's: the same trials give the same shares, report after report
 PARAMETERISATIONS = (("eta_a", "lambda", "rank"), ("eta_b", "lambda", "rank"))
 LEARNING_RATES = ("eta_a", "eta_b", "lambda")  # searched log-uniform
-COLUMNS = ["study", "model", "task", "metric_name", "parameters", "trials", "eta_a", "eta_b", "lambda",
-           "rank", "interactions", "answer"]
+COLUMNS = ["study", "model", "task", "metric_name", "parameters", "among", "trials", "eta_a", "eta_b",
+           "lambda", "rank", "interactions", "answer"]
+# The trials a row's shares are measured over: every completed one, where runs that collapsed far below
+# the rest can decide the shares alone, or those within noise of the study's best (report.plateau).
+ALL, NEAR = "all", "within noise of the best"
 
 
-def importance_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per study (sorted by name) and parameterisation, each setting's share of the metric's variance.
+def importance_table(df: pd.DataFrame, near: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per study (sorted by name) and parameterisation, each setting's share of the metric's variance,
+    over all its trials and, with `near` (trials of the same studies), over those.
 
     Columns: study, model, task, metric_name, parameters ("eta_a, lambda, rank" or "eta_b, lambda,
-    rank"), trials (completed, with a finite value), eta_a, eta_b, lambda, rank (shares in [0, 1]; NaN
-    for a setting outside the parameterisation, held at one value, or where there are too few trials),
-    interactions (1 - the sum of the shares), and answer: the row in one sentence, lambda first.
+    rank"), among (ALL or NEAR), trials (completed, with a finite value), eta_a, eta_b, lambda, rank
+    (shares in [0, 1]; NaN for a setting outside the parameterisation, held at one value, or where
+    there are too few trials), interactions (1 - the sum of the shares), and answer: the row in one
+    sentence, lambda first.
     """
     rows = []
     for study, g in df.groupby("study", sort=True):
-        done = _usable(g)
         first = g.iloc[0]
         metric = str(first["metric_name"])
-        for params in PARAMETERISATIONS:
-            shares, interactions, answer = study_shares(done, params, metric)
-            rows.append({
-                "study": study, "model": first["model"], "task": first["task"], "metric_name": metric,
-                "parameters": ", ".join(params), "trials": len(done),
-                **{p: shares.get(p, math.nan) for p in ("eta_a", "eta_b", "lambda", "rank")},
-                "interactions": interactions, "answer": answer,
-            })
+        sets = [(ALL, _usable(g))]
+        if near is not None:
+            sets.append((NEAR, _usable(near[near["study"] == study])))
+        for among, done in sets:
+            for params in PARAMETERISATIONS:
+                shares, interactions, answer = study_shares(done, params, metric,
+                                                            "" if among == ALL else f" {among}")
+                rows.append({
+                    "study": study, "model": first["model"], "task": first["task"], "metric_name": metric,
+                    "parameters": ", ".join(params), "among": among, "trials": len(done),
+                    **{p: shares.get(p, math.nan) for p in ("eta_a", "eta_b", "lambda", "rank")},
+                    "interactions": interactions, "answer": answer,
+                })
     out = pd.DataFrame(rows, columns=COLUMNS)
     out["trials"] = out["trials"].astype("int64")
     return out
@@ -70,14 +79,15 @@ def _usable(rows: pd.DataFrame) -> pd.DataFrame:
     return frame[keep].sort_values("number", kind="mergesort")
 
 
-def study_shares(done: pd.DataFrame, params: tuple[str, ...], metric: str
+def study_shares(done: pd.DataFrame, params: tuple[str, ...], metric: str, which: str = ""
                  ) -> tuple[dict[str, float], float, str]:
     """fANOVA shares of `params` over the usable trials `done` (see _usable): (share per setting, NaN
-    where it cannot be measured; interactions; the answer in words)."""
+    where it cannot be measured; interactions; the answer in words, its trials called "these N
+    trials" + `which`)."""
     n = len(done)
     nan = {p: math.nan for p in params}
     if n < MIN_TRIALS:
-        return nan, math.nan, f"not enough trials: {n} completed, fANOVA needs {MIN_TRIALS}"
+        return nan, math.nan, f"not enough trials{which}: {n} completed, fANOVA needs {MIN_TRIALS}"
     varied = [p for p in params if done[p].nunique() > 1]
     if not varied:
         return nan, math.nan, f"not enough trials: {', '.join(params)} each held one value"
@@ -87,7 +97,7 @@ def study_shares(done: pd.DataFrame, params: tuple[str, ...], metric: str
     measured = _fanova(done, varied, metric)
     shares = {p: measured.get(p, math.nan) for p in params}
     interactions = max(0.0, 1.0 - sum(measured.values()))
-    return shares, interactions, _answer(shares, interactions, params, metric, n)
+    return shares, interactions, _answer(shares, interactions, params, metric, f"{n} trials{which}")
 
 
 def _fanova(done: pd.DataFrame, params: list[str], metric: str) -> dict[str, float]:
@@ -120,11 +130,11 @@ def _percent(share: float) -> str:
 
 
 def _answer(shares: dict[str, float], interactions: float, params: tuple[str, ...], metric: str,
-            n: int) -> str:
+            trials: str) -> str:
     """"lambda explains 41 % of the variance of accuracy across these 12 trials (fANOVA over eta_a,
     lambda, rank); eta_a 52 %, rank 7 %, interactions 0 %"."""
     lam = shares.get("lambda", math.nan)
-    head = (f"lambda held one value across these {n} trials" if math.isnan(lam) else
-            f"lambda explains {_percent(lam)} of the variance of {metric} across these {n} trials")
+    head = (f"lambda held one value across these {trials}" if math.isnan(lam) else
+            f"lambda explains {_percent(lam)} of the variance of {metric} across these {trials}")
     rest = ", ".join(f"{p} {_percent(shares[p])}" for p in params if p != "lambda")
     return f"{head} (fANOVA over {', '.join(params)}); {rest}, interactions {_percent(interactions)}"

@@ -270,7 +270,8 @@ def plot_importance(rows: pd.DataFrame, path: str | Path) -> Path:
             ax.invert_yaxis()  # lambda on top
             ax.set_xlim(0, 115)
             ax.set_xlabel("share of the metric's variance (%)")
-            ax.set_title(f"over {r['parameters']}", fontsize=9)
+            among = "" if r.get("among", "all") == "all" else f", {r['trials']} trials {r['among']}"
+            ax.set_title(f"over {r['parameters']}{among}", fontsize=9)
         first = measured.iloc[0]
         fig.suptitle(f"{first['model']} / {first['task']}: what explains {first['metric_name']} (fANOVA, "
                      f"{first['trials']} trials)\nstudy {studies[0]}", fontsize=10)

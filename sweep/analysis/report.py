@@ -193,9 +193,31 @@ def plateau(g: pd.DataFrame) -> Plateau | None:
     of the difference (diff_se, with the seed noise of g's replicates), or not at all. Where an SE is
     unknown only equal values are within noise. Of trials equally near the middle, the better, then
     the lower number."""
+    within = _within_noise(g)
+    if not within:
+        return None
+    best = within[0]
+    log_b = [math.log(float(r["eta_a"]) * float(r["lambda"])) for r in within]
+    middle = (min(log_b) + max(log_b)) / 2
+    # in `within`'s order on a tie: the better, then the lower number
+    centre = min(range(len(within)), key=lambda i: (abs(log_b[i] - middle), i))
+    clean = [{k: v for k, v in r.items() if k != "_score"} for r in (best, within[centre])]
+    return Plateau(clean[0], clean[1], len(within), math.exp(min(log_b)), math.exp(max(log_b)),
+                   tuple(sorted({int(lambda_bin(float(r["lambda"]))) for r in within})))
+
+
+def plateau_trials(g: pd.DataFrame) -> pd.DataFrame:
+    """The completed trials of `g` within noise of their best (see plateau), the best first."""
+    within = _within_noise(g)
+    return pd.DataFrame([{k: v for k, v in r.items() if k != "_score"} for r in within],
+                        columns=[c for c in g.columns if c != "_score"] if not within else None)
+
+
+def _within_noise(g: pd.DataFrame) -> list[dict[str, Any]]:
+    """plateau's trials as records with their `_score`, best first, then by score and number."""
     done = completed(g)
     if done.empty:
-        return None
+        return []
     scored = done.assign(_score=scores(done))
     rows = scored.sort_values(["_score", "number"], ascending=[False, True], kind="mergesort")
     records = rows.to_dict("records")
@@ -211,14 +233,7 @@ def plateau(g: pd.DataFrame) -> Plateau | None:
         bound = math.sqrt((_trial_se(r) + _trial_se(best)) ** 2 + seed)
         return not gap > NOISE_SES * bound and gap <= NOISE_SES * diff_se(r, best, seed_var)
 
-    within = [r for r in records if within_noise(r)]
-    log_b = [math.log(float(r["eta_a"]) * float(r["lambda"])) for r in within]
-    middle = (min(log_b) + max(log_b)) / 2
-    # in `within`'s order on a tie: the better, then the lower number
-    centre = min(range(len(within)), key=lambda i: (abs(log_b[i] - middle), i))
-    clean = [{k: v for k, v in r.items() if k != "_score"} for r in (best, within[centre])]
-    return Plateau(clean[0], clean[1], len(within), math.exp(min(log_b)), math.exp(max(log_b)),
-                   tuple(sorted({int(lambda_bin(float(r["lambda"]))) for r in within})))
+    return [r for r in records if within_noise(r)]
 
 
 def recommendations(df: pd.DataFrame) -> pd.DataFrame:
@@ -870,8 +885,17 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "default_lambda": defaults_table(default_lambda_from_curve(curve, df)),
         "budget": grid_equivalent(df),
         # a replicated trial once, at its mean over seeds, as everywhere in the report
-        "importance": importance_table(pd.concat([completed(df), df[df["state"].ne("COMPLETE")]])),
+        # over every trial, where collapsed runs can decide the shares, and over those within noise
+        "importance": importance_table(pd.concat([completed(df), df[df["state"].ne("COMPLETE")]]),
+                                       _near_best(df)),
     }
+
+
+def _near_best(df: pd.DataFrame) -> pd.DataFrame:
+    """Per study, its trials within noise of its best (plateau_trials)."""
+    parts = [plateau_trials(g) for _, g in df.groupby("study", sort=True)]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
 
 
 # A race drops a bin whose Holm-corrected one-sided p-value of trailing the leader is below this.
