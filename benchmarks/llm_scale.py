@@ -183,8 +183,8 @@ def main() -> None:
     args = p.parse_args()
     if args.cpu:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "base_dtype_memory.py"),
-               "--forms", "fp32,bf16,4bit,4bit-no-ckpt", "--max-length", "512", "--train", "24", "--eval", "16",
-               "--steps", "24", "--batch", "1"]
+               "--forms", "fp32,bf16,4bit,4bit-no-ckpt", "--max-length", "512", "--train", "24",
+               "--eval", "16", "--steps", "24", "--batch", "1"]
         raise SystemExit(subprocess.call(cmd))
     import torch
 
