@@ -34,11 +34,13 @@ KILLED = "trial process killed by SIGKILL (out of host memory?)"
 
 
 def busy(proc: subprocess.Popen, db: str, name: str, jobs: int, training: bool):
-    """`proc`'s trials once it runs `jobs` of them, each in its process with its parameters drawn (a
-    loaded machine can be seen between a trial's start and its draw) and, with `training`, each past its
+    """`proc`'s trials once it runs `jobs` of them, each in its process with its whole point drawn (a
+    loaded machine can be seen between a trial's start and its draw, or between two of its draws: rank
+    comes last, and a trial killed before it has no point to retry) and, with `training`, each past its
     first evaluation."""
     running = running_trials_of(proc, db, name)
-    if len(running) < jobs or len(trial_processes(proc.pid)) < jobs or not all(t.params for t in running):
+    if (len(running) < jobs or len(trial_processes(proc.pid)) < jobs
+            or not all("rank" in t.params for t in running)):
         return None
     return running if not training or all(t.intermediate_values for t in running) else None
 
