@@ -1,9 +1,12 @@
 """confirm --matched: plain LoRA also trained at the best LoRA+ arm's eta_B on the same seeds, a second
-contrast that differs in lambda alone; and confirm runs score the whole split unless --eval-limit."""
+contrast that differs in lambda alone; confirm --arm: a LoRA+ point of the user's own as an arm; and
+confirm runs score the whole split unless --eval-limit."""
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from cli import app
 from sweep.console import ui
 from sweep.data.spec import load_spec
 from sweep.study import confirm
@@ -77,3 +80,52 @@ def test_a_sample_is_asked_for_and_kept(searched):
         confirm.open_confirm_study(study, spec, whole)
     with pytest.raises(confirm.SweepError, match="--eval-limit must be an integer >= 1"):
         confirm.plan(study.frame(), spec, seeds=2, eval_limit=0)
+
+
+def test_arm_confirms_a_point_of_the_users_own_at_the_plain_arms_rank_and_is_kept(searched, monkeypatch):
+    spec, study = searched
+    plan = confirm.plan(study.frame(), spec, seeds=2, split="validation", named=("5e-4:16",))
+    named = plan.challengers[-1]
+    assert (named.name, named.eta_a, named.lam) == ("lora+ 0.0005:16", 5e-4, 16.0)
+    assert named.rank == plan.plain.rank
+    assert named.source == confirm.NAMED and plan.best != named.name
+    result = confirm.run_confirm(study, spec, plan)
+    configs = [t.user_attrs["config"] for t in result.trials() if t.user_attrs["arm"] == named.name]
+    assert sorted(c["seed"] for c in configs) == list(plan.seeds)
+    assert {(c["eta_a"], c["lambda"], c["rank"]) for c in configs} == {(5e-4, 16.0, plan.plain.rank)}
+
+    rows = confirm.table(confirm.summaries(result))
+    assert rows["arm"].tolist() == [plan.best, named.name]  # in lambda order, each against plain LoRA
+    assert rows["lora+ source"].tolist() == [plan.challengers[0].source, confirm.NAMED]
+    assert rows["best"].tolist() == [True, False] and (rows["seeds"] == 2).all()
+    assert len({c.label for c in confirm.summaries(result)}) == 2  # the plots' files apart
+    console = Console(width=400, record=True)
+    monkeypatch.setattr(ui, "_stdout", lambda: console)
+    ui.print_confirm(rows)
+    assert "your point (--arm)" in console.export_text()
+
+    # a confirm without --arm continues the same study: the stored point is kept, not refused
+    again = confirm.run_confirm(study, spec, confirm.plan(study.frame(), spec, seeds=2, split="validation"))
+    assert len(again.trials()) == 6 and [c.arm for c in confirm.summaries(again)] == rows["arm"].tolist()
+
+
+@pytest.mark.parametrize("text", ["5e-4", "5e-4:1", "5e-4:1.2", "0:16", "2:16", "nan:16", "5e-4:inf",
+                                  "5e-4:16:4", "x:y", ""])
+def test_arm_refuses_what_is_not_a_lora_plus_point(searched, text):
+    spec, study = searched
+    with pytest.raises(confirm.SweepError, match="--arm must be ETA_A:LAMBDA"):
+        confirm.plan(study.frame(), spec, seeds=2, named=(text,))
+    with pytest.raises(confirm.SweepError, match="two points read '0.0005:16'"):
+        confirm.plan(study.frame(), spec, seeds=2, named=("5e-4:16", "5.0001e-4:16"))
+    # the same point twice is one arm
+    assert len(confirm.plan(study.frame(), spec, seeds=2, named=("5e-4:16", "5e-4:16")).challengers) == 2
+
+
+def test_arm_is_a_usage_error_of_one_line_before_any_training(searched):
+    spec, study = searched
+    res = CliRunner().invoke(app, ["confirm", "toy", "--split", "validation", "--arm", "5e-4:1",
+                                   "--storage", spec.storage])
+    assert res.exit_code == 2 and res.stderr.strip().count("\n") == 0
+    assert "--arm must be ETA_A:LAMBDA" in res.stderr
+    assert len(study.trials()) == 2
+    assert confirm.StoredStudy.find(spec.storage, "toy.confirm-validation") is None

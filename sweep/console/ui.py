@@ -432,6 +432,7 @@ def _bin_cell(r: dict[str, Any] | None) -> str:
 def print_confirm(frame: pd.DataFrame) -> None:
     """The table of sweep.study.confirm.table, with its footnotes."""
     from sweep.core.stats import MIN_PAIRS
+    from sweep.study.confirm import NAMED
 
     t = Table("model / task\nLoRA+ arm", "pairs", "LoRA+ (eta_A, lambda, r)\nmean ± std",
               "plain (eta_A, r)\nmean ± std", "gain [95% CI]", "p", "MDE (80%)", "verdict",
@@ -441,6 +442,8 @@ def print_confirm(frame: pd.DataFrame) -> None:
     contrasts = frame["contrast"].nunique() > 1 if "contrast" in frame else False
     for r in frame.to_dict("records"):
         arm = f"lambda bin {_num(r['lambda bin'], '.0f')}" + (" (best)" if r["best"] else "")
+        if r.get("lora+ source") == NAMED:
+            arm = "your point (--arm)"
         if contrasts:
             arm += f"\nvs {r['contrast']}"
         if isinstance(r.get("split"), str):  # what the runs were scored on, and the arms' one head lr

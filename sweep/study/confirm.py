@@ -10,7 +10,9 @@ are scored on the test split, which no search trial saw (`--split validation` sc
 
 With `--matched`, plain LoRA also runs at the best LoRA+ arm's eta_B (its eta_A = that arm's eta_B):
 against the tuned plain arm, LoRA+ differs in eta_A and lambda; against this one, in lambda alone (the
-same eta_B, with A's rate lambda times smaller). Every run scores the whole split unless `--eval-limit`
+same eta_B, with A's rate lambda times smaller). `--arm ETA_A:LAMBDA` adds a LoRA+ point of the user's own
+(the paper's ratio at a given rate, the configuration already in use) as an arm at the plain arm's rank,
+compared with plain LoRA like the search's best. Every run scores the whole split unless `--eval-limit`
 asks for a sample (the search's eval_limit, which made its trials cheaper, is not carried over: a
 sample of the test split adds noise to the one comparison that decides).
 
@@ -48,6 +50,7 @@ SUFFIX = ".confirm"
 # confirm run repeats one.
 SEED_OFFSET = 1
 MIN_BIN = 1  # LoRA+ is lambda >= sqrt(2): report.lambda_bin 0 is plain LoRA's bin
+NAMED = "named with --arm"  # the source of an arm whose point the user gave, not the search
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,18 @@ class Arm:
 
 def bin_arm_name(lambda_bin: int) -> str:
     return f"lora+ bin {lambda_bin}"
+
+
+def named_arm(text: str, rank: int) -> Arm:
+    """The arm of `--arm ETA_A:LAMBDA` at `rank`, named after its point ("lora+ 0.0005:16")."""
+    try:
+        eta_a, lam = (float(v) for v in str(text).split(":"))
+    except ValueError:
+        eta_a = lam = math.nan
+    if not (0 < eta_a <= 1 and math.isfinite(lam) and report.lambda_bin(lam) >= MIN_BIN):
+        raise SweepError(f"--arm must be ETA_A:LAMBDA, a LoRA+ point with 0 < ETA_A <= 1 and LAMBDA >= 1.41 "
+                         f"(e.g. 5e-4:16); got {short(text)}")
+    return Arm(f"lora+ {eta_a:.3g}:{lam:.3g}", eta_a, lam, rank, NAMED)
 
 
 @dataclass(frozen=True)
@@ -161,10 +176,10 @@ def matched_arm(plus: Arm) -> Arm:
 
 def plan(trials: pd.DataFrame, spec: StudySpec, seeds: int, rank: int | None = None,
          per_bin: bool = False, split: str = "test", matched: bool = False,
-         eval_limit: int | None = None) -> Plan:
+         eval_limit: int | None = None, named: tuple[str, ...] = ()) -> Plan:
     """The arms of one confirm: plain LoRA against its best LoRA+ trial, or (per_bin) against the best
-    trial of each lambda bin, with (matched) plain LoRA at the best LoRA+ arm's eta_B, scored on
-    `split`, whole or (eval_limit) a sample."""
+    trial of each lambda bin, and against each `named` point (--arm ETA_A:LAMBDA), with (matched)
+    plain LoRA at the best LoRA+ arm's eta_B, scored on `split`, whole or (eval_limit) a sample."""
     if split not in EVAL_SPLITS:
         raise SweepError(f"--split must be one of {', '.join(EVAL_SPLITS)}; got {short(split)}")
     if eval_limit is not None and (isinstance(eval_limit, bool) or not isinstance(eval_limit, int)
@@ -175,6 +190,12 @@ def plan(trials: pd.DataFrame, spec: StudySpec, seeds: int, rank: int | None = N
     arms[MATCHED] = matched_arm(arms[best])
     study = trials["study"].iloc[0] if len(trials) else spec.study_name
     challengers = tuple(a for n, a in arms.items() if n not in (PLAIN, MATCHED) and (per_bin or n == best))
+    for a in dict.fromkeys(named_arm(t, arms[PLAIN].rank) for t in named):
+        if a.name in arms:
+            raise SweepError(f"--arm: two points read {short(a.name.split()[-1])} to 3 significant digits; "
+                             f"name points further apart")
+        arms[a.name] = a
+        challengers += (a,)
     return Plan(confirm_name(str(study), rank, split), arms[PLAIN], challengers, best, seeds_of(spec, seeds),
                 rank, arms, split, eval_limit, arms[MATCHED] if matched else None)
 
@@ -221,6 +242,8 @@ def open_confirm_study(study: StoredStudy, spec: StudySpec, plan: Plan) -> Store
     stored = stored or {}
     for name, described in stored.items():
         now = plan.candidates.get(name)
+        if now is None and described.get("source") == NAMED:
+            continue  # a point the user gave holds whatever the search found since
         if now is None or now.described() != described:
             raise SweepError(f"{confirm.name} confirmed other configurations (the study has improved since); "
                              f"delete it to confirm the new best: {delete}")
@@ -234,7 +257,7 @@ def open_confirm_study(study: StoredStudy, spec: StudySpec, plan: Plan) -> Store
 
 def prepare(study: StoredStudy, run: dict, trust_remote_code: bool, seeds: int, rank: int | None = None,
             per_bin: bool = False, split: str = "test", matched: bool = False,
-            eval_limit: int | None = None) -> tuple[StudySpec, Plan]:
+            eval_limit: int | None = None, named: tuple[str, ...] = ()) -> tuple[StudySpec, Plan]:
     """The study's spec, checked (its task has a `split` split), run here with `run` settings, and the
     plan of the confirm."""
     from sweep.core.quiet import quiet_libraries
@@ -248,7 +271,7 @@ def prepare(study: StoredStudy, run: dict, trust_remote_code: bool, seeds: int, 
     with slots_starting(spec):
         quiet_libraries()
         spec = preflight(spec, split)
-        return spec, plan(study.frame(), spec, seeds, rank, per_bin, split, matched, eval_limit)
+        return spec, plan(study.frame(), spec, seeds, rank, per_bin, split, matched, eval_limit, named)
 
 
 def run_confirm(study: StoredStudy, spec: StudySpec, plan: Plan, hooks: Hooks | None = None) -> StoredStudy:
@@ -351,10 +374,12 @@ class Confirmation:
     @property
     def label(self) -> str:
         """The study, with a split other than test, the rank asked for, the lambda bin of a LoRA+
-        arm other than the best and "-matched" against plain LoRA at LoRA+'s eta_B."""
+        arm other than the best (a named arm's point), and "-matched" against plain LoRA at LoRA+'s
+        eta_B."""
+        named = self.arms.get("lora+", {}).get("source") == NAMED
         return (self.study + ("" if self.split in ("test", None) else f"-{self.split}")
                 + ("" if self.rank is None else f"-r{self.rank}")
-                + ("" if self.best else f"-bin{self.lambda_bin}")
+                + ("" if self.best else f"-{self.arm.split()[-1]}" if named else f"-bin{self.lambda_bin}")
                 + ("-matched" if self.contrast == MATCHED_CONTRAST else ""))
 
 
@@ -456,6 +481,7 @@ def table(confirmations: list[Confirmation]) -> pd.DataFrame:
         rows.append({
             "model": c.model, "task": c.task, "study": c.study, "metric_name": c.metric_name,
             "arm": c.arm, "contrast": c.contrast, "lambda bin": c.lambda_bin, "best": c.best,
+            "lora+ source": plus.get("source"),
             "split": c.split, "head_lr": c.head_lr,
             "seeds": c.seeds, "lora+ eta_a": plus.get("eta_a"), "lora+ lambda": plus.get("lambda"),
             "lora+ rank": plus.get("rank"),
