@@ -102,7 +102,7 @@ def confirm(
     split: Annotated[str, typer.Option(help="The split the runs are scored on: test (held out from the search) or validation (what the search selected on).")] = "test",
     per_bin: Annotated[bool, typer.Option("--per-bin", help="Confirm the best trial of every lambda bin (lambda >= 1.41) against plain LoRA, one row per bin.")] = False,
     matched: Annotated[bool, typer.Option("--matched", help="Also train plain LoRA at the best LoRA+ arm's eta_B (its eta_A = that eta_B), on the same seeds: a second row whose arms differ in lambda alone.")] = False,
-    arm: Annotated[list[str] | None, typer.Option(help="Also confirm this LoRA+ point of your own, ETA_A:LAMBDA (e.g. 5e-4:16), against plain LoRA at its rank; repeatable.")] = None,
+    arm: Annotated[list[str] | None, typer.Option(metavar="ETA_A:LAMBDA", help="Also confirm this LoRA+ point of your own (e.g. 5e-4:16) against plain LoRA, at its rank; repeatable.")] = None,
     eval_limit: Annotated[int | None, typer.Option(min=1, help="Score each run on a fixed sample of N examples of the split.", show_default="the whole split")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     out: Annotated[Path | None, typer.Option(help="Also write the table (csv, markdown, json) and the convergence plot here.")] = None,

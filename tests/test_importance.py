@@ -196,3 +196,26 @@ def test_importance_within_noise_of_the_best_leaves_out_the_collapsed_runs():
     assert near["trials"] == len(rows) - collapsed >= importance.MIN_TRIALS
     assert_most_important(near, "lambda")
     assert "trials within noise of the best" in near["answer"]
+
+
+def test_a_report_finds_each_studys_trials_within_noise_once(monkeypatch):
+    """The summary's plateau (per model, task and definition) and the importance rows (per study) ask
+    about the same trials where a study is its definition's only one: one pass of paired comparisons,
+    the same answer as two."""
+    def metric(e, lam, r):
+        return np.where(e * lam > 3e-3, 0.3, 0.80 + 0.01 * np.log2(lam) / 6)
+
+    rows = pd.concat([frame(metric, n=24, study=s, seed=i) for i, s in enumerate("ab")], ignore_index=True)
+    rows = rows.assign(metric_se=0.02, init="standard", tokens=10, wall_time_s=1.0,
+                       definition=rows["study"])
+    passes = []
+    real = report._within_noise
+    monkeypatch.setattr(report, "_within_noise", lambda done: passes.append(set(done["study"])) or real(done))
+    tables = report.tables(rows)
+    assert sorted(map(sorted, passes)) == [["a"], ["b"]]
+    for s in "ab":
+        alone = rows[rows["study"] == s]
+        within = report.plateau_trials(alone)
+        assert report.plateau(alone).trials == len(within)
+        recommended = tables["summary"].set_index("definition").loc[s, "recommended_trial"]
+        assert recommended == report.plateau(alone).recommended["number"]

@@ -187,13 +187,13 @@ class Plateau:
     lambda_bins: tuple[int, ...]  # the bins of the trials within noise, ascending
 
 
-def plateau(g: pd.DataFrame) -> Plateau | None:
+def plateau(g: pd.DataFrame, within_noise: WithinNoise | None = None) -> Plateau | None:
     """The plateau of the completed trials of `g`, one (model, task, definition) or any part of it
     (None without one): every trial whose value trails the best by at most NOISE_SES standard errors
     of the difference (diff_se, with the seed noise of g's replicates), or not at all. Where an SE is
     unknown only equal values are within noise. Of trials equally near the middle, the better, then
-    the lower number."""
-    within = _within_noise(g)
+    the lower number. `within_noise`: a WithinNoise that may have found those trials already."""
+    within = (within_noise or WithinNoise())(g)
     if not within:
         return None
     best = within[0]
@@ -206,16 +206,32 @@ def plateau(g: pd.DataFrame) -> Plateau | None:
                    tuple(sorted({int(lambda_bin(float(r["lambda"]))) for r in within})))
 
 
-def plateau_trials(g: pd.DataFrame) -> pd.DataFrame:
+def plateau_trials(g: pd.DataFrame, within_noise: WithinNoise | None = None) -> pd.DataFrame:
     """The completed trials of `g` within noise of their best (see plateau), the best first."""
-    within = _within_noise(g)
+    within = (within_noise or WithinNoise())(g)
     return pd.DataFrame([{k: v for k, v in r.items() if k != "_score"} for r in within],
                         columns=[c for c in g.columns if c != "_score"] if not within else None)
 
 
-def _within_noise(g: pd.DataFrame) -> list[dict[str, Any]]:
-    """plateau's trials as records with their `_score`, best first, then by score and number."""
-    done = completed(g)
+class WithinNoise:
+    """plateau's trials of a frame, found once per set of completed trials: a report's summary (per
+    model, task and definition) and its importance rows (per study) mostly ask about the same trials,
+    and each finding runs paired bootstraps. One instance serves one frame of trials."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple, list[dict[str, Any]]] = {}
+
+    def __call__(self, g: pd.DataFrame) -> list[dict[str, Any]]:
+        done = completed(g)
+        key = tuple(sorted(zip(done["study"].astype(str), done["number"].astype(int), strict=True)))
+        if key not in self._found:
+            self._found[key] = _within_noise(done)
+        return self._found[key]
+
+
+def _within_noise(done: pd.DataFrame) -> list[dict[str, Any]]:
+    """plateau's trials of the completed trials `done`, as records with their `_score`, best first, then
+    by score and number."""
     if done.empty:
         return []
     scored = done.assign(_score=scores(done))
@@ -236,7 +252,7 @@ def _within_noise(g: pd.DataFrame) -> list[dict[str, Any]]:
     return [r for r in records if within_noise(r)]
 
 
-def recommendations(df: pd.DataFrame) -> pd.DataFrame:
+def recommendations(df: pd.DataFrame, within_noise: WithinNoise | None = None) -> pd.DataFrame:
     """Per (model, task, definition): the plateau within noise of the best and the trial at its centre
     (see plateau). Columns: model, task, definition, recommended_trial, recommended_eta_a,
     recommended_lambda, recommended_rank, recommended_value, plateau_trials, plateau_eta_b_low,
@@ -245,9 +261,9 @@ def recommendations(df: pd.DataFrame) -> pd.DataFrame:
     columns = [*KEYS, "recommended_trial", "recommended_eta_a", "recommended_lambda", "recommended_rank",
                "recommended_value", "plateau_trials", "plateau_eta_b_low", "plateau_eta_b_high",
                "plateau_lambdas"]
-    rows = []
+    rows, within_noise = [], within_noise or WithinNoise()
     for key, g in completed(_defined(df)).groupby(KEYS, sort=True):
-        p = plateau(g)
+        p = plateau(g, within_noise)
         r = p.recommended
         rows.append([*key, r["number"], r["eta_a"], r["lambda"], r["rank"], r["value"], p.trials,
                      p.eta_b_low, p.eta_b_high, ", ".join(f"{2.0**b:g}" for b in p.lambda_bins)])
@@ -856,7 +872,7 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
+def summary(df: pd.DataFrame, within_noise: WithinNoise | None = None) -> pd.DataFrame:
     """Per (model, task, definition): its setup, the best config, the best plain LoRA and the gain, the
     configuration recommended at the centre of the plateau within noise of the best (recommendations),
     the compute spent, how sure the best value and the gain are (judged), and `notes`: what the row cannot
@@ -866,7 +882,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     gain = plain_lora_gain(df).drop(columns=["best_lambda"])
     spent = compute_spent(df)
     out = gain.merge(best, on=KEYS, how="left").merge(spent, on=KEYS, how="right")
-    out = out.merge(recommendations(df), on=KEYS, how="left")
+    out = out.merge(recommendations(df, within_noise), on=KEYS, how="left")
     out = out.merge(judged(df), on=KEYS, how="left")
     raced = [(*key, race_text(g)) for key, g in _defined(df).groupby(KEYS, sort=True)]
     out = out.merge(pd.DataFrame(raced, columns=[*KEYS, "race"]), on=KEYS, how="left")
@@ -879,21 +895,22 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Every table of a report, by name; "importance" is per study (sweep.analysis.importance)."""
     curve = lambda_curve(df)
+    within_noise = WithinNoise()
     return {
-        "summary": summary(df),
+        "summary": summary(df, within_noise),
         "lambda_curve": curve,
         "default_lambda": defaults_table(default_lambda_from_curve(curve, df)),
         "budget": grid_equivalent(df),
         # a replicated trial once, at its mean over seeds, as everywhere in the report
         # over every trial, where collapsed runs can decide the shares, and over those within noise
         "importance": importance_table(pd.concat([completed(df), df[df["state"].ne("COMPLETE")]]),
-                                       _near_best(df)),
+                                       _near_best(df, within_noise)),
     }
 
 
-def _near_best(df: pd.DataFrame) -> pd.DataFrame:
+def _near_best(df: pd.DataFrame, within_noise: WithinNoise) -> pd.DataFrame:
     """Per study, its trials within noise of its best (plateau_trials)."""
-    parts = [plateau_trials(g) for _, g in df.groupby("study", sort=True)]
+    parts = [plateau_trials(g, within_noise) for _, g in df.groupby("study", sort=True)]
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
 
