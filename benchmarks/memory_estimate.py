@@ -10,9 +10,11 @@ at batch 32, and on texts longer than max_length (the estimate's worst case).
 --shape 8b prints, without measuring, the estimate for a Llama-3.1-8B-shaped model on a GPU at
 8 x 1,024 tokens per step, rank 16, in each base form, whole batches, micro-batches of one row, and
 micro-batches with gradient checkpointing.
---heap both measures each case twice, side by side: as trials run (buffers of 1 MB or more mapped on
-their own: sweep.core.heap) and with glibc's default, which raises that threshold as buffers are freed.
-Usage: python benchmarks/memory_estimate.py [--cases a,b,...] [--shape 8b] [--heap mapped|glibc|both]
+The estimate is of a trial whose buffers of 1 MB or more are mapped on their own (sweep.core.heap), as a
+CPU trial has them where memory is short (sweep.engine.memory.maps_its_heap), and so is every measured
+case by default; --heap glibc leaves glibc's default, which raises that threshold as buffers are freed,
+--heap auto decides as trials do, and --heap both measures mapped and glibc side by side.
+Usage: python benchmarks/memory_estimate.py [--cases a,b,...] [--shape 8b] [--heap mapped|glibc|auto|both]
 """
 
 from __future__ import annotations
@@ -81,17 +83,16 @@ def random_llama(path: Path) -> None:
 
 
 def measure(settings: dict, heap: str = "mapped") -> dict:
-    """One trial in this process: its estimate and measured memory, as a dict; heap "glibc" leaves
-    glibc's allocation thresholds at their defaults."""
+    """One trial in this process: its estimate and measured memory, as a dict. heap "mapped" maps its
+    large buffers, "glibc" leaves glibc's allocation thresholds at their defaults, "auto" decides as
+    trials do (sweep.engine.memory.maps_its_heap); `auto_maps` says what that decision is."""
     import torch
 
-    from sweep.core import heap as heaps
+    import sweep.engine.train as train
+    from sweep.engine.memory import maps_its_heap
 
-    if heap == "glibc":
-        heaps.map_large_buffers = lambda: False
-        import sweep.engine.train as train
-
-        train.map_large_buffers = heaps.map_large_buffers
+    if heap != "auto":
+        train.maps_its_heap = lambda cfg, base: heap == "mapped"
 
     from sweep.core.quiet import quiet_libraries
     from sweep.data.config import TrialConfig
@@ -110,7 +111,8 @@ def measure(settings: dict, heap: str = "mapped") -> dict:
     before = _rss()
     r = run_trial(cfg)
     return {"before": before, "peak": r.peak_memory_mb * 2**20, "weights": e.weights, "trained": e.trained,
-            "activations": e.activations, "estimate": e.total, "tokens_per_s": r.tokens_per_s}
+            "activations": e.activations, "estimate": e.total, "tokens_per_s": r.tokens_per_s,
+            "auto_maps": maps_its_heap(cfg, r.base)}
 
 
 def _rss() -> int:
@@ -155,7 +157,7 @@ def main() -> None:
     p.add_argument("--cases", default="")
     p.add_argument("--shape", choices=["8b"], help="print the estimate for this shape only")
     p.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "loraplus-memory-estimate"))
-    p.add_argument("--heap", choices=["mapped", "glibc", "both"], default="mapped")
+    p.add_argument("--heap", choices=["mapped", "glibc", "auto", "both"], default="mapped")
     p.add_argument("--one", help=argparse.SUPPRESS)  # a case's settings as JSON: measured in this process
     args = p.parse_args()
     if args.shape:

@@ -162,3 +162,26 @@ def test_a_cpu_trial_maps_its_large_buffers_where_the_c_library_is_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     assert heap.map_large_buffers()  # mallopt took the threshold
+
+
+def test_a_cpu_trial_maps_its_buffers_for_a_base_that_saves_memory_or_where_memory_is_short(tiny_cfg,
+                                                                                            monkeypatch):
+    cfg = tiny_cfg.replace(max_length=32, batch_size=4)
+    plenty = 64 * GB
+    monkeypatch.setattr(memory, "free_bytes", lambda device: plenty)
+    assert not memory.maps_its_heap(cfg, "fp32")  # speed first where memory is plenty
+    for form in ("bf16", "fp16", "4bit", "8bit"):
+        assert memory.maps_its_heap(cfg, form)  # asked for to save memory
+    from sweep.engine.models import load_config
+
+    need = estimate(cfg, meta_model(cfg, load_config(cfg), "classification"), "classification", CPU)
+    # the estimate with its activations twice, as glibc's heap may hold them, against half the free memory
+    twice = need.total + need.activations
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2 * twice + 2**20)
+    assert not memory.maps_its_heap(cfg, "fp32")
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2 * twice - 2**20)
+    assert memory.maps_its_heap(cfg, "fp32")
+    monkeypatch.setattr(memory, "free_bytes", lambda device: None)
+    assert memory.maps_its_heap(cfg, "fp32")  # unknown: the memory-safe choice
+    monkeypatch.setattr(memory, "free_bytes", lambda device: plenty)
+    assert memory.maps_its_heap(cfg.replace(model="/no/such/model"), "fp32")  # no estimate either

@@ -18,8 +18,9 @@ def map_large_buffers() -> bool:
     By default glibc raises that threshold whenever a mapped buffer is freed (up to 32 MB), so the
     activations and loss chunks that a training step allocates and frees come from the heap instead,
     and the heap keeps the pages they took among live blocks: a random 4-block Llama trial peaked
-    about 550 MB higher without this (benchmarks/memory_estimate.py --heap both). False where the C
-    library is not glibc (mallopt missing or refusing)."""
+    about 550 MB higher without this (benchmarks/memory_estimate.py --heap both). Each mapped buffer costs
+    its page faults, so a trial asks for this only where memory counts (sweep.engine.memory.maps_its_heap).
+    False where the C library is not glibc (mallopt missing or refusing)."""
     try:
         return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MAP_FROM_BYTES))
     except (OSError, AttributeError):

@@ -212,6 +212,31 @@ def free_bytes(device: torch.device) -> int | None:
         return None
 
 
+def maps_its_heap(cfg: TrialConfig, base: str) -> bool:
+    """Whether a CPU trial of `cfg`, its base loaded as `base`, has its large buffers mapped on their
+    own (sweep.core.heap.map_large_buffers): where its base is loaded to save memory (4-bit, 8-bit,
+    bf16, fp16), or where memory is short: its estimate with the activations counted twice (glibc's
+    heap kept freed activations resident: a random 4-block Llama trial peaked at 1,081-1,170 MB against
+    564 MB mapped) above half the free memory. Elsewhere speed wins: a mapped buffer costs its page
+    faults each time it is made, and mapped, that Llama trained at 0.80 of glibc's speed and MiniLM-L6
+    at 32 x 128 tokens at 0.79 (medians of three paired rounds: benchmarks/heap_speed.py,
+    benchmarks/results/heap-speed-epyc.txt). Where no estimate can be made, they are mapped."""
+    from sweep.data.lm_tasks import task_kind
+    from sweep.engine.checks import meta_model
+    from sweep.engine.models import load_config
+
+    if base != "fp32":
+        return True
+    device = torch.device("cpu")
+    free = free_bytes(device)
+    try:
+        kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
+        need = estimate(cfg, meta_model(cfg, load_config(cfg), kind), kind, device)
+    except (SweepError, OSError, ValueError, TypeError):  # the trial itself says why, if it must
+        return True
+    return free is None or need.total + need.activations > free / 2
+
+
 def check_fits(cfg: TrialConfig, model: torch.nn.Module, kind: str, device: torch.device,
                rank: int | None = None, trials_at_once: int = 1, free: int | None = None) -> Estimate:
     """Refuse, in one line naming what would make it fit, a trial whose estimated peak is more than

@@ -26,6 +26,7 @@ from sweep.data.result import EvalPoint, StopReason, TrialResult, library_versio
 from sweep.data.tasks import TaskData
 from sweep.engine.base import base_dtype, gpu_group
 from sweep.engine.kinds import prepare
+from sweep.engine.memory import maps_its_heap
 from sweep.engine.models import parameter_count
 from sweep.engine.optim import build_optimizer
 from sweep.engine.precision import autocast, cast_frozen_linears, precision, uncast
@@ -113,7 +114,9 @@ def run_trial(
     """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
+    form = cfg.quantize if cfg.quantize != "none" else base_dtype(cfg, device, lambda: parameter_count(
+        cfg.model, cfg.trust_remote_code))
+    if device.type == "cpu" and maps_its_heap(cfg, form):
         map_large_buffers()
     _reset_peak_memory(device, cfg.device)
     work = prepare(cfg, device, task)
@@ -256,8 +259,7 @@ def run_trial(
         versions=library_versions(),
         update_norms=_update_norms(optimizer, start),
         precision=precision(cfg, device),
-        base=cfg.quantize if cfg.quantize != "none" else base_dtype(cfg, device, lambda: parameter_count(
-            cfg.model, cfg.trust_remote_code)),
+        base=form,
         setup_time_s=setup_time,
         eval_time_s=eval_time,
     )
