@@ -97,9 +97,8 @@ def measure(settings: dict, heap: str = "mapped") -> dict:
     from sweep.core.quiet import quiet_libraries
     from sweep.data.config import TrialConfig
     from sweep.data.lm_tasks import task_kind
-    from sweep.engine.checks import meta_model
     from sweep.engine.memory import estimate
-    from sweep.engine.models import load_config
+    from sweep.engine.models import load_config, meta_model
     from sweep.engine.train import run_trial
 
     quiet_libraries()

@@ -18,9 +18,9 @@ from cli import app
 from sweep.core.errors import SweepError
 from sweep.data.config import TrialConfig
 from sweep.engine import memory
-from sweep.engine.checks import meta_model
 from sweep.engine.lm_eval import LOSS_CHUNK
 from sweep.engine.memory import GB, check_fits, estimate
+from sweep.engine.models import meta_model
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent

@@ -42,7 +42,7 @@ def check_trial(cfg: TrialConfig, ranks: tuple[int, ...] = (), trials_at_once: i
     usable but worth knowing (a class the training set lacks) is a warning on stderr once every check
     has passed. `ranks`: every LoRA rank the trials may take (a study's), else cfg.rank."""
     from sweep.engine.base import check_quantization
-    from sweep.engine.models import default_target_modules, load_config, load_tokenizer
+    from sweep.engine.models import default_target_modules, load_config, load_tokenizer, meta_model
 
     cache_dir()  # every trial writes its tokenized task there
     kind = task_kind(cfg.task, cfg.kind, cfg.label_column)
@@ -189,20 +189,6 @@ def _positions(config, tokenizer) -> int | None:
     return min(limits) if limits else None
 
 
-def meta_model(cfg: TrialConfig, config, kind: str) -> torch.nn.Module:
-    """The trial's model class for `kind` built from `config` on the meta device: its modules and
-    shapes, no weights, no memory."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    auto, what = ((AutoModelForCausalLM, "causal LM") if kind == "causal-lm"
-                  else (AutoModelForSequenceClassification, "sequence classification"))
-    try:
-        with torch.device("meta"):
-            return auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
-    except ValueError as e:  # e.g. an architecture without a sequence-classification head
-        raise SweepError(f"cannot build {short(cfg.model)} for {what}: {str(e).splitlines()[0]}") from e
-
-
 def _device(setting: str) -> torch.device:
     """The device a trial of this setting runs on (auto: the first GPU where CUDA answers)."""
     if setting == "auto":
@@ -214,7 +200,7 @@ def _check_layers(cfg: TrialConfig, model: torch.nn.Module, kind: str, ranks: tu
     """Every target module name matches a module of the model, as PEFT matches them (the name, or
     its last dotted parts), and no rank is more than the narrower side of a layer LoRA adapts: its
     factors' product holds that rank at most, so a larger one trains the same update under another
-    name (and another alpha / rank scaling). `model`: built on the meta device (meta_model)."""
+    name (and another alpha / rank scaling). `model`: built on the meta device (models.meta_model)."""
     from sweep.engine.models import CAUSAL_LM_TARGETS, adapted_layers, default_target_modules
 
     config = model.config

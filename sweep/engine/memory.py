@@ -222,8 +222,7 @@ def maps_its_heap(cfg: TrialConfig, base: str) -> bool:
     at 32 x 128 tokens at 0.79 (medians of three paired rounds: benchmarks/heap_speed.py,
     benchmarks/results/heap-speed-epyc.txt). Where no estimate can be made, they are mapped."""
     from sweep.data.lm_tasks import task_kind
-    from sweep.engine.checks import meta_model
-    from sweep.engine.models import load_config
+    from sweep.engine.models import load_config, meta_model
 
     if base != "fp32":
         return True

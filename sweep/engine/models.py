@@ -33,6 +33,7 @@ from transformers import (
 from sweep.core.errors import SweepError
 from sweep.core.hardware import release_free_memory
 from sweep.core.hub import hub_reachable
+from sweep.core.schema import short
 from sweep.data.batches import cache_dir
 from sweep.data.config import TrialConfig
 from sweep.engine.base import DTYPES, base_dtype, gpu_group, quantization_config
@@ -198,6 +199,20 @@ def load_tokenizer(cfg: TrialConfig) -> PreTrainedTokenizerBase:
 def load_config(cfg: TrialConfig) -> PretrainedConfig:
     """The model's config alone (no weights), for checks before any training."""
     return _from_pretrained(AutoConfig, cfg)
+
+
+def meta_model(cfg: TrialConfig, config, kind: str) -> torch.nn.Module:
+    """The trial's model class for `kind` built from `config` on the meta device: its modules and
+    shapes, no weights, no memory."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto, what = ((AutoModelForCausalLM, "causal LM") if kind == "causal-lm"
+                  else (AutoModelForSequenceClassification, "sequence classification"))
+    try:
+        with torch.device("meta"):
+            return auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    except ValueError as e:  # e.g. an architecture without a sequence-classification head
+        raise SweepError(f"cannot build {short(cfg.model)} for {what}: {str(e).splitlines()[0]}") from e
 
 
 @functools.lru_cache(maxsize=8)
