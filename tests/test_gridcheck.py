@@ -103,3 +103,23 @@ def test_a_grid_and_a_sweep_of_the_same_trials_share_their_settings_hash_and_not
     assert settings_hash(stored("evidence-minilm-bbc-news-grid", epochs=1.0)[1]) != settings_hash(grid_dict)
     assert settings_hash({**grid_dict, "data_fingerprint": "beef"}) != settings_hash(grid_dict)
     assert settings_hash(None) is None
+
+
+def test_settings_added_later_at_their_defaults_leave_the_settings_hash_as_it_was():
+    """A study stored before base_dtype, quantize and an unset gradient_checkpointing existed pools
+    with the same settings stored after (as its name does: TrialConfig.identity)."""
+    from sweep.data.config import TrialConfig
+    from sweep.study.stored import settings_hash
+
+    now = {"base": TrialConfig().to_dict(), "data_fingerprint": "f00d"}
+    assert now["base"]["gradient_checkpointing"] is None and now["base"]["quantize"] == "none"
+    before = {**now, "base": {k: v for k, v in now["base"].items() if k not in ("base_dtype", "quantize")}}
+    before["base"]["gradient_checkpointing"] = False
+    assert settings_hash(before) == settings_hash(now)
+    quantized = {**now, "base": {**now["base"], "quantize": "4bit"}}
+    assert settings_hash(quantized) != settings_hash(now)
+    # unset checkpointing is on for a quantized base: the same trials as asking for it
+    asked = {**quantized, "base": {**quantized["base"], "gradient_checkpointing": True}}
+    assert settings_hash(asked) == settings_hash(quantized)
+    off = {**quantized, "base": {**quantized["base"], "gradient_checkpointing": False}}
+    assert settings_hash(off) != settings_hash(quantized)
