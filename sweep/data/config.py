@@ -219,14 +219,8 @@ class TrialConfig:
 
     def identity(self) -> dict[str, Any]:
         """to_dict without the LATER_DEFAULTS settings that are at their defaults: what a study's
-        identity hashes."""
-        out = self.to_dict()
-        # what checkpointing does, not how it was asked: unset means on for a quantized base, off else
-        out["gradient_checkpointing"] = self.checkpointing
-        for name, default in LATER_DEFAULTS.items():
-            if out[display_name(name)] == default:
-                out.pop(display_name(name))
-        return out
+        identity hashes (identity_of)."""
+        return identity_of(self.to_dict())
 
     @property
     def checkpointing(self) -> bool:
@@ -240,6 +234,20 @@ class TrialConfig:
     def micro_batches(self) -> int:
         """Forward passes per step."""
         return -(-self.batch_size // min(self.micro_batch_size or self.batch_size, self.batch_size))
+
+
+def identity_of(settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `settings` (as to_dict writes them, or as a study stored them, perhaps before some
+    settings existed) that reads as what the trials do: checkpointing resolved, and the LATER_DEFAULTS
+    settings at their defaults (or absent) left out."""
+    out = dict(settings)
+    # what checkpointing does, not how it was asked: unset means on for a quantized base, off else
+    if out.get("gradient_checkpointing") is None:
+        out["gradient_checkpointing"] = out.get("quantize", "none") != "none"
+    for name, default in LATER_DEFAULTS.items():
+        if out.get(display_name(name), default) == default:
+            out.pop(display_name(name), None)
+    return out
 
 
 def flag(name: str) -> str:

@@ -22,7 +22,7 @@ from sweep.core import liveness
 from sweep.core.errors import SweepError
 from sweep.core.metrics import direction
 from sweep.core.schema import short
-from sweep.data.config import LATER_DEFAULTS, TrialConfig, display_name
+from sweep.data.config import TrialConfig, identity_of
 from sweep.data.hooks import Finished
 from sweep.data.result import TrialResult
 from sweep.data.spec import RUN_KEYS, StudySpec
@@ -547,15 +547,9 @@ def settings_hash(spec: Any) -> str | None:
     definitions differ by their spaces)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("base"), dict):
         return None
-    fixed = {k: v for k, v in spec["base"].items() if k not in ("eta_a", "lambda", "rank")}
-    # As a study's identity reads them (TrialConfig.identity): what checkpointing does, and settings
-    # added later left out at their defaults, so that a study stored before they existed pools with
-    # one stored after.
-    if fixed.get("gradient_checkpointing") is None:
-        fixed["gradient_checkpointing"] = fixed.get("quantize", "none") != "none"
-    for name, default in LATER_DEFAULTS.items():
-        if fixed.get(display_name(name), default) == default:
-            fixed.pop(display_name(name), None)
+    # read as a study's identity reads them, so that a study stored before some settings existed
+    # pools with one stored after
+    fixed = {k: v for k, v in identity_of(spec["base"]).items() if k not in ("eta_a", "lambda", "rank")}
     text = json.dumps([fixed, spec.get("data_fingerprint")], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
